@@ -1,0 +1,1 @@
+"""CASBI data product."""

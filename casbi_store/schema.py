@@ -1,0 +1,108 @@
+"""The store's schema: every group, array, dimension, unit and attribute name, defined once.
+
+``docs/STORE.md`` describes the same schema for people; every other module reads names from here.
+The store is Zarr format 2 with consolidated metadata (see ``docs/STORE.md`` for why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+ZARR_FORMAT = 2
+
+# ---- groups -------------------------------------------------------------------------------------
+GALAXIES = "galaxies"  # one row per kept snapshot (a building block)
+STARS = "stars"  # ragged per-star arrays, rows of one galaxy are contiguous
+HISTOGRAMS = "histograms"  # 64x64 chemical-plane histograms, one per galaxy
+ERRORS = "errors"  # snapshots that failed or were excluded
+
+# ---- dimensions ---------------------------------------------------------------------------------
+DIM_GALAXY = "galaxy"
+DIM_STAR = "star"
+DIM_ERROR = "error"
+DIM_FEH_BIN = "feh_bin"
+DIM_OFE_BIN = "ofe_bin"
+DIM_FEH_EDGE = "feh_edge"
+DIM_OFE_EDGE = "ofe_edge"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One stored array: its name, dtype, unit and meaning."""
+
+    name: str
+    dtype: str
+    units: str
+    description: str
+
+
+# ---- galaxies table (dim: galaxy) ---------------------------------------------------------------
+NAME = Field("name", "str", "", "snapshot file name, the seed's Galaxy_name (e.g. g1.05e10.00512)")
+SIMULATION = Field("simulation", "str", "", "simulation folder name (e.g. g1.05e10)")
+SNAPSHOT = Field("snapshot", "int32", "", "snapshot (time step) number from the file name")
+TIME = Field("time", "float64", "Gyr", "cosmic time of the snapshot; the infall time tau")
+REDSHIFT = Field("redshift", "float64", "", "redshift of the snapshot")
+MSTAR = Field("mstar", "float64", "Msol", "total current mass of all star particles of the main halo")
+MDM = Field("mdm", "float64", "Msol", "total mass of dark-matter particles of the main halo")
+N_STAR = Field("n_star", "int64", "", "star particles kept (finite [Fe/H] and [O/Fe])")
+N_STAR_DROPPED = Field("n_star_dropped", "int64", "", "star particles dropped: zero iron or oxygen")
+HALO_NUMBER = Field("halo_number", "int64", "", "pynbody number of the halo chosen as main halo")
+STAR_OFFSET = Field("star_offset", "int64", "", "first row of this galaxy in the stars group")
+SOURCE_PATH = Field("source_path", "str", "", "snapshot path relative to the suite root")
+SUITE_ROOT = Field("suite_root", "str", "", "absolute suite root at extraction time")
+FINGERPRINT = Field("fingerprint", "str", "", "content fingerprint of the snapshot and its side files")
+
+GALAXY_FIELDS: tuple[Field, ...] = (
+    NAME, SIMULATION, SNAPSHOT, TIME, REDSHIFT, MSTAR, MDM, N_STAR, N_STAR_DROPPED, HALO_NUMBER,
+    STAR_OFFSET, SOURCE_PATH, SUITE_ROOT, FINGERPRINT,
+)
+
+# ---- stars (dim: star) --------------------------------------------------------------------------
+FEH = Field("feh", "float32", "dex", "[Fe/H] from FeMassFrac and hydrogen (pinned solar constants)")
+OFE = Field("ofe", "float32", "dex", "[O/Fe] from OxMassFrac and FeMassFrac (pinned solar constants)")
+STAR_MASS = Field("mass", "float32", "Msol", "current star-particle mass")
+TFORM = Field("tform", "float32", "Gyr", "formation time (cosmic time)")
+
+STAR_FIELDS: tuple[Field, ...] = (FEH, OFE, STAR_MASS, TFORM)
+
+# ---- histograms (dims: galaxy, feh_bin, ofe_bin) ------------------------------------------------
+COUNTS = Field("counts", "int32", "stars", "number of star particles per ([Fe/H], [O/Fe]) bin")
+MASS_WEIGHTED = Field("mass_weighted", "float32", "Msol", "star-particle mass per bin")
+FEH_EDGES = Field("feh_edges", "float64", "dex", "[Fe/H] bin edges (65 values)")
+OFE_EDGES = Field("ofe_edges", "float64", "dex", "[O/Fe] bin edges (65 values)")
+FEH_CENTERS = Field("feh_bin", "float64", "dex", "[Fe/H] bin centres")
+OFE_CENTERS = Field("ofe_bin", "float64", "dex", "[O/Fe] bin centres")
+HIST_NAME = Field("name", "str", "", "galaxy name, equal row by row to galaxies/name")
+
+HISTOGRAM_FIELDS: tuple[Field, ...] = (COUNTS, MASS_WEIGHTED)
+
+# ---- errors (dim: error) ------------------------------------------------------------------------
+ERR_PATH = Field("path", "str", "", "snapshot path relative to the suite root")
+ERR_NAME = Field("name", "str", "", "snapshot file name")
+ERR_SIMULATION = Field("simulation", "str", "", "simulation folder name")
+ERR_STATUS = Field("status", "str", "", "'failed' or 'excluded'")
+ERR_KIND = Field("kind", "str", "", "machine-readable kind (see ErrorKind)")
+ERR_MESSAGE = Field("message", "str", "", "what went wrong, naming the file")
+ERR_FINGERPRINT = Field("fingerprint", "str", "", "fingerprint of the source at the attempt")
+
+ERROR_FIELDS: tuple[Field, ...] = (
+    ERR_PATH, ERR_NAME, ERR_SIMULATION, ERR_STATUS, ERR_KIND, ERR_MESSAGE, ERR_FINGERPRINT,
+)
+
+# ---- attributes ---------------------------------------------------------------------------------
+ATTR_SCHEMA_VERSION = "casbi_schema_version"
+ATTR_BINNING = "binning"  # root: current binning spec + version (dict)
+ATTR_BINNING_HISTORY = "binning_history"  # root: list of earlier binning specs
+ATTR_BINNING_VERSION = "binning_version"  # histograms group: version its rows were built with
+ATTR_PROVENANCE = "provenance"  # root: list of runs (package versions, command, time, counts)
+ATTR_EXTRACTION = "extraction"  # root: extraction settings (solar constants, main-halo rule, limit)
+ATTR_UNITS = "units"
+ATTR_DESCRIPTION = "description"
+
+N_BINS = 64
+
+# Galaxy chunk of the histogram arrays; composition later reads whole chunks.
+HISTOGRAM_CHUNK = 256
+STAR_CHUNK = 1_048_576
+TABLE_CHUNK = 4096
