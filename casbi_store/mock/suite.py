@@ -39,7 +39,7 @@ from .nihao_files import (
 log = logging.getLogger(__name__)
 
 ABUNDANCE_SCATTER_DEX = 0.05
-PRISTINE_WINDOW_GYR = 0.005  # stars formed this soon after the onset carry no metals at all
+PRISTINE_WINDOW_GYR = 0.03  # stars formed this soon after the onset carry no metals at all
 EARLY_DEFECT_STEP = 16  # ~0.2 Gyr, before any galaxy forms stars
 
 

@@ -1,0 +1,282 @@
+"""Running the extraction of a whole suite on a Dask cluster into the store.
+
+One Dask task per snapshot. Each finished task is staged on disk next to the store
+(``STORE.staging/``) as it arrives, so a killed run resumes without redoing finished snapshots;
+at the end all outcomes are committed in (simulation, step) order, so the store does not depend
+on the number of workers or the order in which tasks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import schema as S
+from .abundances import SOLAR_CONSTANTS
+from .binning import BinningSpec
+from .extract import ErrorKind, ExtractionSettings, extract_outcome
+from .provenance import provenance
+from .snapshots import SnapshotRef, find_snapshots, fingerprint
+from .store import GalaxyBatch, StoreWriter, iter_batches
+
+log = logging.getLogger(__name__)
+
+COMMIT_BATCH = 256  # galaxies per append
+
+
+@dataclass
+class RunSummary:
+    """What one extraction run did."""
+
+    store: str
+    n_snapshots: int = 0
+    skipped: int = 0
+    ok: int = 0
+    excluded: int = 0
+    failed: int = 0
+    source_changed: int = 0
+    n_stars: int = 0
+    seconds: float = 0.0
+    dashboard: str = ""
+    binning_version: int | None = None
+    repaired: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # name -> kind
+
+    def as_text(self) -> str:
+        lines = [
+            f"store          {self.store}",
+            f"snapshots      {self.n_snapshots} found, {self.skipped} already in the store",
+            f"extracted      {self.ok} ok, {self.excluded} excluded, {self.failed} failed"
+            + (f", {self.source_changed} changed since extraction" if self.source_changed else ""),
+            f"stars          {self.n_stars:,} written",
+            f"binning        version {self.binning_version}",
+            f"time           {self.seconds:.1f} s",
+        ]
+        if self.dashboard:
+            lines.append(f"dashboard      {self.dashboard}")
+        for name, kind in sorted(self.failures.items()):
+            lines.append(f"  not used: {name:<28} {kind}")
+        if self.repaired:
+            lines.append("repaired       " + "; ".join(self.repaired))
+        return "\n".join(lines)
+
+
+def _extract_task(path: str, settings: dict) -> dict:
+    return extract_outcome(path, ExtractionSettings(**settings))
+
+
+class Staging:
+    """Finished outcomes on disk, keyed by snapshot name and fingerprint."""
+
+    def __init__(self, store: str):
+        self.dir = Path(f"{os.fspath(store).rstrip('/')}.staging")
+
+    def _stem(self, name: str, fp: str) -> Path:
+        return self.dir / f"{name}.{fp}"
+
+    def get(self, name: str, fp: str, arrays: bool = True) -> dict | None:
+        """The staged outcome, or None; ``arrays=False`` reads only the small metadata."""
+        meta = self._stem(name, fp).with_suffix(".json")
+        if not meta.exists():
+            return None
+        outcome = json.loads(meta.read_text())
+        if arrays and outcome["status"] == "ok":
+            with np.load(self._stem(name, fp).with_suffix(".npz")) as arrays:
+                outcome.update({k: arrays[k] for k in arrays.files})
+        return outcome
+
+    def put(self, name: str, fp: str, outcome: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stem = self._stem(name, fp)
+        arrays = {k: v for k, v in outcome.items() if isinstance(v, np.ndarray)}
+        if arrays:
+            np.savez(stem.with_suffix(".tmp.npz"), **arrays)
+            os.replace(stem.with_suffix(".tmp.npz"), stem.with_suffix(".npz"))
+        meta = {k: v for k, v in outcome.items() if not isinstance(v, np.ndarray)}
+        stem.with_suffix(".tmp.json").write_text(json.dumps(meta))
+        os.replace(stem.with_suffix(".tmp.json"), stem.with_suffix(".json"))  # written last
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, n_workers: int | None = None):
+    """A client of the cluster at ``scheduler``, or of a new LocalCluster (one thread per worker)."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = n_workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR,
+                      env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def extract_suite(
+    suite: str | os.PathLike,
+    store: str | os.PathLike,
+    *,
+    settings: ExtractionSettings | None = None,
+    binning: BinningSpec | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> RunSummary:
+    """Extract every new snapshot of ``suite`` into ``store`` and update the histograms.
+
+    Snapshots already recorded with the same fingerprint (as galaxies, failures or exclusions)
+    are skipped; ``retry_failed`` re-attempts recorded failures. ``scheduler`` is the address of
+    a running Dask scheduler; without it a ``LocalCluster`` of ``n_workers`` processes (default:
+    one per core) is started and closed.
+    """
+    settings = settings or ExtractionSettings()
+    binning = binning or BinningSpec()
+    suite = Path(suite).resolve()
+    store = os.fspath(store)
+    start = time.perf_counter()
+    extraction_attrs = {**asdict(settings), "solar": SOLAR_CONSTANTS, "halo_finder": "AHF"}
+    writer = StoreWriter(store, extraction_attrs, binning)
+    summary = RunSummary(store=store)
+    summary.repaired = writer.repair()
+
+    refs = find_snapshots(suite)
+    summary.n_snapshots = len(refs)
+    known = writer.galaxy_index()
+    errors = writer.error_rows()
+    prints = {r.name: fingerprint(r.path(suite)) for r in tqdm(
+        refs, desc="fingerprints", unit="snap", disable=not progress, leave=False)}
+
+    todo: list[SnapshotRef] = []
+    for ref in refs:
+        fp = prints[ref.name]
+        if ref.name in known:
+            if known[ref.name] == fp:
+                summary.skipped += 1
+            else:
+                errors[ref.relpath] = _error_row(ref, "failed", ErrorKind.SOURCE_CHANGED, fp,
+                                                 f"{ref.relpath}: changed since it was extracted "
+                                                 "(fingerprint differs); extract into a new store")
+                summary.source_changed += 1
+            continue
+        previous = errors.get(ref.relpath)
+        if previous and previous["fingerprint"] == fp and not (
+                retry_failed and previous["status"] == "failed"):
+            summary.skipped += 1
+            continue
+        todo.append(ref)
+
+    staging = Staging(store)
+    outcomes: dict[str, dict] = {}
+    pending = []
+    for ref in todo:
+        staged = staging.get(ref.name, prints[ref.name], arrays=False)
+        if staged is not None:
+            outcomes[ref.name] = staged
+        else:
+            pending.append(ref)
+
+    if pending:
+        outcomes.update(_run_on_cluster(pending, suite, settings, staging, prints, scheduler,
+                                        n_workers, progress, summary))
+
+    ok_refs = []
+    for ref in todo:
+        outcome = outcomes[ref.name]
+        if outcome["status"] == "ok":
+            ok_refs.append(ref)
+            errors.pop(ref.relpath, None)
+        else:
+            errors[ref.relpath] = _error_row(ref, outcome["status"], outcome["kind"],
+                                             prints[ref.name], outcome["message"])
+            summary.failures[ref.name] = outcome["kind"]
+            if outcome["status"] == "excluded":
+                summary.excluded += 1
+            else:
+                summary.failed += 1
+    summary.ok = len(ok_refs)
+    summary.n_stars = sum(int(outcomes[r.name]["n_star"]) for r in ok_refs)
+
+    batches = (_batch(chunk, staging, prints, suite) for chunk in iter_batches(ok_refs, COMMIT_BATCH))
+    added = writer.append_galaxies(batches)
+    writer.write_errors(errors)
+    if writer.n_galaxies():
+        summary.binning_version = writer.update_binning(new_rows=added)["version"]
+    summary.seconds = time.perf_counter() - start
+    writer.record_run(provenance(
+        action="extract", suite=str(suite), ok=summary.ok, excluded=summary.excluded,
+        failed=summary.failed, skipped=summary.skipped, stars=summary.n_stars,
+        seconds=round(summary.seconds, 2), binning_version=summary.binning_version))
+    staging.clear()
+    log.info("extraction done:\n%s", summary.as_text())
+    return summary
+
+
+def _run_on_cluster(pending, suite, settings, staging, prints, scheduler, n_workers, progress,
+                    summary) -> dict[str, dict]:
+    from dask.distributed import as_completed
+
+    outcomes = {}
+    with dask_client(scheduler, n_workers) as client:
+        summary.dashboard = client.dashboard_link or ""
+        log.info("Dask dashboard: %s", summary.dashboard)
+        futures = {}
+        for ref in pending:
+            fut = client.submit(_extract_task, str(ref.path(suite)), asdict(settings),
+                                key=f"extract-{ref.name}-{prints[ref.name][:8]}", pure=False)
+            futures[fut] = ref
+        bar = tqdm(total=len(futures), desc="extracting", unit="snap", disable=not progress)
+        for fut in as_completed(futures):
+            ref = futures[fut]
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # worker died, task lost: record, do not stop
+                outcome = {"status": "failed", "kind": str(ErrorKind.UNEXPECTED),
+                           "message": f"{ref.relpath}: task failed on the cluster: {exc!r}"}
+            staging.put(ref.name, prints[ref.name], outcome)
+            outcomes[ref.name] = {k: v for k, v in outcome.items()
+                                  if not isinstance(v, np.ndarray)}  # arrays stay on disk
+            fut.release()
+            bar.update()
+            if outcome["status"] != "ok":
+                bar.write(f"  {outcome['status']}: {ref.name} ({outcome['kind']})")
+        bar.close()
+    return outcomes
+
+
+def _error_row(ref: SnapshotRef, status: str, kind: str, fp: str, message: str) -> dict:
+    return {S.ERR_PATH.name: ref.relpath, S.ERR_NAME.name: ref.name,
+            S.ERR_SIMULATION.name: ref.simulation, S.ERR_STATUS.name: status,
+            S.ERR_KIND.name: str(kind), S.ERR_MESSAGE.name: message,
+            S.ERR_FINGERPRINT.name: fp}
+
+
+def _batch(refs: list[SnapshotRef], staging: Staging, prints: dict, suite: Path) -> GalaxyBatch:
+    rows = [staging.get(r.name, prints[r.name]) for r in refs]
+    columns = {
+        S.NAME.name: [r.name for r in refs],
+        S.SIMULATION.name: [r.simulation for r in refs],
+        S.SNAPSHOT.name: [r.step for r in refs],
+        S.SOURCE_PATH.name: [r.relpath for r in refs],
+        S.SUITE_ROOT.name: [str(suite)] * len(refs),
+        S.FINGERPRINT.name: [prints[r.name] for r in refs],
+    }
+    for f in (S.TIME, S.REDSHIFT, S.MSTAR, S.MDM, S.N_STAR, S.N_STAR_DROPPED, S.HALO_NUMBER):
+        columns[f.name] = [row[f.name] for row in rows]
+    stars = {f.name: np.concatenate([row[f.name] for row in rows]).astype(f.dtype)
+             for f in S.STAR_FIELDS}
+    return GalaxyBatch(columns=columns, stars=stars)
