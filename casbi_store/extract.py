@@ -99,6 +99,13 @@ def _main_halo(snap, path: str, rule: str):
         raise SnapshotError(ErrorKind.LOAD, path, f"cannot read halo {number}: {exc!r}") from exc
 
 
+def _redshift(snap) -> float:
+    try:
+        return float(snap.properties["z"])
+    except KeyError:  # a non-cosmological run has no redshift
+        return float("nan")
+
+
 def _star_array(stars, name: str, path: str) -> np.ndarray:
     try:
         return np.asarray(stars[name])
@@ -133,7 +140,7 @@ def extract_snapshot(path: str, settings: ExtractionSettings | None = None) -> d
         metals = _star_array(stars, "metals", path)
         tform = np.asarray(stars["tform"].in_units("Gyr"), dtype=np.float64)
         t_snap = float(snap.properties["time"].in_units("Gyr"))
-        redshift = float(snap.properties["z"]) if "z" in snap.properties else float("nan")
+        redshift = _redshift(snap)
     feh, ofe, valid = abundance_ratios(fe, ox, metals)
     n_keep = int(valid.sum())
     if n_keep == 0:

@@ -39,6 +39,9 @@ def _open_group(store: str, group: str, storage_options: dict | None = None) -> 
                             storage_options=storage_options, decode_times=False)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no '{group}' group (not a casbi store, or still empty)") from exc
+    except ValueError as exc:  # arrays of one group disagree in length
+        raise StoreError(f"{store}: group '{group}' is inconsistent ({exc}); an extraction was "
+                         "interrupted; re-run `casbi-store extract` to repair") from exc
 
 
 def store_attrs(store: str, storage_options: dict | None = None) -> dict:
@@ -130,7 +133,7 @@ class StoreWriter:
         self.path = os.fspath(path)
         self.extraction = extraction
         self.binning_spec = binning_spec
-        self._root = zarr.open_group(self.path, mode="a", zarr_format=S.ZARR_FORMAT)
+        self._root = self._open_root()
         attrs = self._root.attrs
         if S.ATTR_SCHEMA_VERSION not in attrs:
             attrs.update({S.ATTR_SCHEMA_VERSION: S.SCHEMA_VERSION, S.ATTR_EXTRACTION: extraction,
@@ -142,6 +145,11 @@ class StoreWriter:
             raise StoreError(
                 f"{self.path} was extracted with {attrs[S.ATTR_EXTRACTION]}, not {extraction}; "
                 "mixing settings in one store would make its rows incomparable: use a new store")
+
+    def _open_root(self) -> zarr.Group:
+        # Never through .zmetadata: it is a snapshot from the last commit, stale while writing.
+        return zarr.open_group(self.path, mode="a", zarr_format=S.ZARR_FORMAT,
+                               use_consolidated=False)
 
     # -- what is there ----------------------------------------------------------------------------
     def _has(self, group: str) -> bool:
@@ -237,7 +245,7 @@ class StoreWriter:
             encoding = {name: {"chunks": c} for name, c in chunks.items() if name in ds}
             ds.to_zarr(self.path, group=group, mode="w", encoding=encoding,
                        zarr_format=S.ZARR_FORMAT, consolidated=False)
-        self._root = zarr.open_group(self.path, mode="a", zarr_format=S.ZARR_FORMAT)
+        self._root = self._open_root()
 
     def write_errors(self, rows: dict[str, dict]) -> None:
         """Replace the error table with ``rows`` (path -> row), sorted by path."""
@@ -247,7 +255,7 @@ class StoreWriter:
         encoding = {f.name: {"chunks": (S.TABLE_CHUNK,)} for f in S.ERROR_FIELDS}
         table.to_zarr(self.path, group=S.ERRORS, mode="w", encoding=encoding,
                       zarr_format=S.ZARR_FORMAT, consolidated=False)
-        self._root = zarr.open_group(self.path, mode="a", zarr_format=S.ZARR_FORMAT)
+        self._root = self._open_root()
 
     # -- binning and histograms -------------------------------------------------------------------
     def _resolve_binning(self) -> Binning:
@@ -319,7 +327,7 @@ class StoreWriter:
             else:
                 block.to_zarr(self.path, group=S.HISTOGRAMS, mode="a", append_dim=S.DIM_GALAXY,
                               zarr_format=S.ZARR_FORMAT, consolidated=False)
-        self._root = zarr.open_group(self.path, mode="a", zarr_format=S.ZARR_FORMAT)
+        self._root = self._open_root()
         self._root[S.HISTOGRAMS].attrs[S.ATTR_BINNING_VERSION] = version
 
     # -- bookkeeping ------------------------------------------------------------------------------
@@ -344,3 +352,56 @@ def _jsonable(obj):
 def iter_batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None = None) -> str:
+    """A readable summary: galaxies, simulations, ranges, binning versions, errors, runs."""
+    store = os.fspath(path_or_url)
+    attrs = store_attrs(store, storage_options)
+    lines = [f"store {store}  (schema v{attrs.get(S.ATTR_SCHEMA_VERSION)})"]
+    try:
+        gal = _open_group(store, S.GALAXIES, storage_options)[
+            [S.SIMULATION.name, S.MSTAR.name, S.MDM.name, S.TIME.name, S.N_STAR.name]].load()
+    except StoreError:
+        gal = None
+    if gal is not None and gal.sizes[S.DIM_GALAXY]:
+        sims = sorted(set(_strings(gal[S.SIMULATION.name].values)))
+        lines += [
+            f"galaxies     {gal.sizes[S.DIM_GALAXY]} from {len(sims)} simulations, "
+            f"{int(gal[S.N_STAR.name].sum()):,} stars",
+            f"  M*         {float(gal[S.MSTAR.name].min()):.3g} .. "
+            f"{float(gal[S.MSTAR.name].max()):.3g} Msun",
+            f"  M_dm       {float(gal[S.MDM.name].min()):.3g} .. "
+            f"{float(gal[S.MDM.name].max()):.3g} Msun",
+            f"  time       {float(gal[S.TIME.name].min()):.2f} .. "
+            f"{float(gal[S.TIME.name].max()):.2f} Gyr",
+        ]
+    else:
+        lines.append("galaxies     none")
+    binning = attrs.get(S.ATTR_BINNING)
+    if binning:
+        lines.append(
+            f"binning      v{binning['version']} ({binning['spec']['method']}, "
+            f"{binning['spec']['n_bins']}x{binning['spec']['n_bins']}): "
+            f"[Fe/H] {binning['feh_range'][0]:.3f} .. {binning['feh_range'][1]:.3f}, "
+            f"[O/Fe] {binning['ofe_range'][0]:.3f} .. {binning['ofe_range'][1]:.3f}")
+        for old in attrs.get(S.ATTR_BINNING_HISTORY, []):
+            lines.append(f"  earlier    v{old['version']}: [Fe/H] {old['feh_range']}, "
+                         f"[O/Fe] {old['ofe_range']}")
+    try:
+        err = open_errors(store, storage_options)
+        kinds = _strings(err[S.ERR_KIND.name].values)
+        status = _strings(err[S.ERR_STATUS.name].values)
+        names = _strings(err[S.ERR_NAME.name].values)
+        lines.append(f"not used     {len(kinds)} snapshots "
+                     f"({status.count('failed')} failed, {status.count('excluded')} excluded)")
+        for name, st, kind in zip(names, status, kinds, strict=True):
+            lines.append(f"  {st:<9}  {name:<28} {kind}")
+    except StoreError:
+        pass
+    runs = attrs.get(S.ATTR_PROVENANCE, [])
+    for run in runs[-5:]:
+        lines.append(f"run          {run.get('time_utc')} {run.get('action')}: ok {run.get('ok')}, "
+                     f"excluded {run.get('excluded')}, failed {run.get('failed')}, "
+                     f"skipped {run.get('skipped')} in {run.get('seconds')} s")
+    return "\n".join(lines)

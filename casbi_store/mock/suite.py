@@ -113,7 +113,7 @@ def draw_simulations(spec: SuiteSpec) -> list[SimulationModel]:
     log_mh = lo + (hi - lo) * strata / spec.n_simulations
     models = []
     names: set[str] = set()
-    for i, lm in enumerate(log_mh):
+    for lm in log_mh:
         m10 = 10 ** (lm - 10)
         mstar = stellar_mass_target(lm) * 10 ** rng.normal(0, 0.2)
         chem = OneZoneParams(

@@ -1,0 +1,33 @@
+# casbi_store: `make test` (what CI runs) and `make demo` (the main job on the mock suite).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test lint demo bench clean
+
+venv: $(STAMP)
+
+# torch first, pinned: the CPU build comes from local disk; an unpinned torch pulls CUDA.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check casbi_store tests bench
+
+test: venv lint
+	$(VENV)/bin/pytest -q
+
+demo: venv
+	$(VENV)/bin/casbi-store run pipelines/demo.yaml
+
+bench: venv
+	$(PY) bench/bench_extract.py --out bench/results
+
+clean:
+	rm -rf demo bench/results .pytest_cache

@@ -1,0 +1,186 @@
+"""``casbi-store``: the command line. Validates arguments, then calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .binning import BinningSpec
+from .config import ConfigError, load_pipeline
+from .extract import MAIN_HALO_RULES, ExtractionSettings
+
+log = logging.getLogger("casbi_store")
+
+
+def _cmd_mock(args) -> int:
+    from .mock import generate_suite, preset
+
+    overrides = {k: v for k, v in {"n_simulations": args.n_simulations,
+                                   "n_star_max": args.n_star_max,
+                                   "n_dm_final": args.n_dm}.items() if v is not None}
+    spec = preset(args.preset, seed=args.seed, defects=args.defects, **overrides)
+    manifest = generate_suite(args.out, spec, workers=args.workers or os.cpu_count() or 1,
+                              progress=not args.quiet)
+    n_snap = sum(len(spec.steps) for _ in manifest["simulations"])
+    print(f"mock suite: {len(manifest['simulations'])} simulations, ~{n_snap} snapshots in {args.out}")
+    return 0
+
+
+def _binning_from_args(args) -> BinningSpec:
+    if args.feh_range or args.ofe_range:
+        if not (args.feh_range and args.ofe_range):
+            raise ValueError("--feh-range and --ofe-range go together (fixed binning)")
+        return BinningSpec(method="fixed", feh_range=tuple(args.feh_range),
+                           ofe_range=tuple(args.ofe_range), n_bins=args.bins)
+    return BinningSpec(method="percentile", percentiles=tuple(args.percentiles), n_bins=args.bins)
+
+
+def _cmd_extract(args) -> int:
+    from .extraction_run import extract_suite
+
+    summary = extract_suite(
+        args.suite, args.store,
+        settings=ExtractionSettings(main_halo=args.main_halo, mstar_limit=args.mstar_limit),
+        binning=_binning_from_args(args), scheduler=args.scheduler, n_workers=args.workers,
+        retry_failed=args.retry_failed, progress=not args.quiet)
+    print(summary.as_text())
+    return 0
+
+
+def _cmd_ls(args) -> int:
+    from .store import describe_store
+
+    print(describe_store(args.store))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from .plots import plot_chemical_planes, plot_trends
+    from .store import open_store
+
+    ds = open_store(args.store).load()
+    out = Path(args.out)
+    print(plot_chemical_planes(ds, out / "chemical_planes.png"))
+    print(plot_trends(ds, out / "trends.png"))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .extraction_run import extract_suite
+    from .mock import generate_suite, preset
+    from .plots import plot_chemical_planes, plot_trends
+    from .store import describe_store, open_store
+
+    pipe = load_pipeline(args.pipeline)
+    suite = None
+    if pipe.mock:
+        m = pipe.mock
+        suite = pipe.path(m.out)
+        log.info("stage mock: preset %s, seed %s -> %s", m.preset, m.seed, suite)
+        generate_suite(suite, preset(m.preset, seed=m.seed, defects=m.defects),
+                       workers=m.workers or os.cpu_count() or 1, progress=not args.quiet)
+    if pipe.extract:
+        e = pipe.extract
+        suite = pipe.path(e.suite) if e.suite else suite
+        store = pipe.path(e.store)
+        log.info("stage extract: %s -> %s", suite, store)
+        summary = extract_suite(suite, store, settings=e.settings(), binning=e.binning_spec(),
+                                scheduler=e.scheduler, n_workers=e.workers,
+                                progress=not args.quiet)
+        print(summary.as_text())
+        ds = open_store(store).load()
+        planes = plot_chemical_planes(ds, pipe.path("plots/chemical_planes.png"))
+        trends = plot_trends(ds, pipe.path("plots/trends.png"))
+        print()
+        print(describe_store(store))
+        print("\nwhere to look:")
+        print(f"  suite      {suite}")
+        print(f"  store      {store}   (casbi_store.open_store({str(store)!r}))")
+        print(f"  pictures   {planes}\n             {trends}")
+        print(f"  listing    casbi-store ls {store}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="casbi-store", description=(
+        "CASBI data product: simulation snapshots -> Zarr store of chemical-plane histograms."))
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mock", help="generate a mock NIHAO suite (tipsy + AHF files)")
+    m.add_argument("out", help="empty folder to write the suite into")
+    m.add_argument("--preset", choices=["tiny", "demo"], default="demo")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--defects", action="store_true",
+                   help="add broken inputs (truncated file, no stars, missing FeMassFrac, "
+                        "no halo catalogue, a dwarf above the stellar-mass limit)")
+    m.add_argument("--n-simulations", type=int, help="override the preset's number of simulations")
+    m.add_argument("--n-star-max", type=int, help="cap on star particles of the largest galaxy")
+    m.add_argument("--n-dm", type=int, help="dark-matter particles of a main halo at z=0")
+    m.add_argument("--workers", type=int, help="processes (default: one per core)")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=_cmd_mock)
+
+    e = sub.add_parser("extract", help="extract every snapshot of a suite into a Zarr store")
+    e.add_argument("suite", help="suite folder (NIHAO layout: SUITE/<sim>/<sim>.<step>)")
+    e.add_argument("--store", required=True, help="Zarr store to create or update")
+    e.add_argument("--scheduler", help="address of a running Dask scheduler (default: LocalCluster)")
+    e.add_argument("--workers", type=int, help="LocalCluster worker processes (default: cores)")
+    e.add_argument("--main-halo", choices=MAIN_HALO_RULES, default="first",
+                   help="main halo: first AHF row, or the most massive (Mvir)")
+    e.add_argument("--mstar-limit", type=float, default=6e9,
+                   help="exclude galaxies with M* at or above this (Msun; default: LMC, 6e9)")
+    e.add_argument("--percentiles", type=float, nargs=2, default=(0.01, 99.99),
+                   metavar=("LO", "HI"), help="range clipping percentiles (default 0.01 99.99)")
+    e.add_argument("--feh-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="fixed [Fe/H] range instead of percentiles")
+    e.add_argument("--ofe-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="fixed [O/Fe] range instead of percentiles")
+    e.add_argument("--bins", type=int, default=64, help="bins per axis (default 64)")
+    e.add_argument("--retry-failed", action="store_true",
+                   help="re-attempt snapshots recorded as failed even if unchanged")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_extract)
+
+    ls = sub.add_parser("ls", help="list a store: galaxies, binning, errors, runs")
+    ls.add_argument("store")
+    ls.set_defaults(func=_cmd_ls)
+
+    pl = sub.add_parser("plot", help="chemical planes and trends of a store, as PNG")
+    pl.add_argument("store")
+    pl.add_argument("--out", default="plots", help="folder for the PNG files")
+    pl.set_defaults(func=_cmd_plot)
+
+    r = sub.add_parser("run", help="run a declarative pipeline (pipelines/*.yaml)")
+    r.add_argument("pipeline", help="pipeline YAML file")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"casbi-store: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from .store import StoreError
+
+        if isinstance(exc, StoreError):
+            print(f"casbi-store: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Pipeline configuration: a YAML file, typed and validated once, here at the edge.
+
+Example (``pipelines/demo.yaml``)::
+
+    workdir: demo            # relative paths below are inside it
+    mock: {preset: demo, seed: 42, defects: true}
+    extract: {store: store.zarr, main_halo: first, mstar_limit: 6.0e9,
+              binning: {method: percentile, percentiles: [0.01, 99.99]}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .binning import BinningSpec
+from .extract import ExtractionSettings
+
+
+class ConfigError(ValueError):
+    """A pipeline file that does not validate; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class MockStage:
+    preset: str = "demo"
+    seed: int = 0
+    defects: bool = False
+    out: str = "suite"
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class ExtractStage:
+    store: str = "store.zarr"
+    suite: str | None = None  # default: the mock stage's output
+    scheduler: str | None = None
+    workers: int | None = None
+    main_halo: str = "first"
+    mstar_limit: float = 6e9
+    binning: dict = field(default_factory=dict)
+
+    def settings(self) -> ExtractionSettings:
+        return ExtractionSettings(main_halo=self.main_halo, mstar_limit=float(self.mstar_limit))
+
+    def binning_spec(self) -> BinningSpec:
+        return BinningSpec.from_dict(self.binning) if self.binning else BinningSpec()
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    workdir: Path
+    mock: MockStage | None
+    extract: ExtractStage | None
+    source: Path
+
+    def path(self, p: str) -> Path:
+        return self.workdir / p
+
+
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate a pipeline YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
+    allowed = {"workdir", "mock", "extract"}
+    if not isinstance(data, dict) or set(data) - allowed:
+        raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
+    mock = _build(MockStage, data["mock"], f"{path}: mock") if "mock" in data else None
+    extract = _build(ExtractStage, data["extract"], f"{path}: extract") if "extract" in data else None
+    if extract is not None:
+        try:  # validate the typed settings now, not half-way through a run
+            extract.settings()
+            extract.binning_spec()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: extract: {exc}") from exc
+        if extract.suite is None and mock is None:
+            raise ConfigError(f"{path}: extract needs 'suite' when there is no mock stage")
+    return Pipeline(workdir=Path(data.get("workdir", ".")), mock=mock, extract=extract,
+                    source=path)

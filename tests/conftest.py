@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny mock suite with defects and a store extracted from it on real Dask."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from casbi_store.extraction_run import extract_suite
+from casbi_store.mock import generate_suite, preset
+
+TINY_SEED = 1
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tmp_path_factory) -> Path:
+    """The tiny preset with every defect (read-only for tests: copy before changing it)."""
+    out = tmp_path_factory.mktemp("suite") / "tiny"
+    generate_suite(out, preset("tiny", seed=TINY_SEED, defects=True), workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_suite, tmp_path_factory) -> tuple[Path, object]:
+    """The tiny suite extracted with a 2-worker LocalCluster; returns (store path, summary)."""
+    store = tmp_path_factory.mktemp("store") / "tiny.zarr"
+    summary = extract_suite(tiny_suite, store, n_workers=2, progress=False)
+    return store, summary
+
+
+def copy_suite(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def store_arrays(store: Path) -> dict[str, np.ndarray]:
+    """Every array of every group, for equality checks (attributes like run times excluded)."""
+    out = {}
+    for group in ("galaxies", "stars", "histograms", "errors"):
+        ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=2)
+        for name, var in ds.variables.items():
+            values = var.values
+            if values.dtype.kind in "OTU":
+                values = np.asarray([str(v) for v in values.ravel()], dtype=object)
+            out[f"{group}/{name}"] = values
+    return out
+
+
+def assert_same_arrays(a: dict, b: dict, skip: tuple[str, ...] = ()) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if key.split("/")[-1] in skip:
+            continue
+        assert a[key].shape == b[key].shape, key
+        assert np.array_equal(a[key], b[key], equal_nan=a[key].dtype.kind == "f"), key

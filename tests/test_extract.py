@@ -1,0 +1,232 @@
+"""Extraction on real files with a real Dask cluster, checked against numpy on the files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from conftest import assert_same_arrays, copy_suite, store_arrays
+from tipsy_reader import main_halo_stars
+
+from casbi_store import galaxy_stars, open_errors, open_store
+from casbi_store.extract import ErrorKind, ExtractionSettings, SnapshotError, extract_snapshot
+from casbi_store.extraction_run import extract_suite
+from casbi_store.mock import generate_suite, preset
+from casbi_store.snapshots import find_snapshots
+from casbi_store.store import StoreError
+
+# Independent [Fe/H], [O/Fe]: pynbody's documented tipsy solar values, written out here again.
+SOLAR_FE, SOLAR_O, SOLAR_H = 1.25e-3, 8.4e-3, 0.706
+
+EXPECTED_DEFECTS = {
+    "truncated": ErrorKind.LOAD,
+    "before_star_formation": ErrorKind.NO_STARS,
+    "missing_FeMassFrac": ErrorKind.MISSING_ARRAY,
+    "missing_halo_catalogue": ErrorKind.NO_HALOS,
+    "above_stellar_mass_limit": ErrorKind.EXCLUDED_MASS,
+}
+
+
+def independent(snapshot: str) -> dict:
+    """Main-halo stars straight from the files, with numpy only."""
+    raw = main_halo_stars(snapshot)
+    fe, ox, z = (raw[k].astype(np.float64) for k in ("fe", "ox", "metals"))
+    keep = (fe > 0) & (ox > 0)
+    hydrogen = 1 - z - (0.236 + 2.1 * z)
+    feh = np.log10(fe[keep] / hydrogen[keep]) - np.log10(SOLAR_FE / SOLAR_H)
+    ofe = np.log10(ox[keep] / fe[keep]) - np.log10(SOLAR_O / SOLAR_FE)
+    return {"mstar": raw["star_mass_msun"].sum(), "mdm": raw["dm_mass_msun_total"],
+            "n_star": int(keep.sum()), "n_dropped": int((~keep).sum()),
+            "feh": feh.astype(np.float32), "ofe": ofe.astype(np.float32),
+            "mass": raw["star_mass_msun"][keep]}
+
+
+def test_every_galaxy_matches_the_files(tiny_suite, tiny_store):
+    store, summary = tiny_store
+    ds = open_store(store).load()
+    assert summary.ok == ds.sizes["galaxy"] > 0
+    fe_edges, of_edges = ds.feh_edges.values, ds.ofe_edges.values
+    all_feh, all_ofe = [], []
+    for name in ds.galaxy.values:
+        g = ds.sel(galaxy=name)
+        ref = independent(str(tiny_suite / str(g.source_path.values)))
+        assert int(g.n_star) == ref["n_star"]
+        assert int(g.n_star_dropped) == ref["n_dropped"]
+        assert float(g.mstar) == pytest.approx(ref["mstar"], rel=1e-6)
+        assert float(g.mdm) == pytest.approx(ref["mdm"], rel=1e-6)
+        counts, _, _ = np.histogram2d(ref["feh"], ref["ofe"], bins=[fe_edges, of_edges])
+        assert np.array_equal(g.counts.values, counts.astype(np.int32)), name
+        weighted, _, _ = np.histogram2d(ref["feh"], ref["ofe"], bins=[fe_edges, of_edges],
+                                        weights=ref["mass"])
+        np.testing.assert_allclose(g.mass_weighted.values, weighted, rtol=1e-5)
+        inside = ((ref["feh"] >= fe_edges[0]) & (ref["feh"] <= fe_edges[-1])
+                  & (ref["ofe"] >= of_edges[0]) & (ref["ofe"] <= of_edges[-1]))
+        assert int(g.counts.sum()) == int(inside.sum())
+        stars = galaxy_stars(store, str(name))
+        np.testing.assert_array_equal(stars.feh.values, ref["feh"])
+        all_feh.append(ref["feh"])
+        all_ofe.append(ref["ofe"])
+    # the ranges are the 0.01/99.99 percentiles of all kept stars
+    lo, hi = np.percentile(np.concatenate(all_feh).astype(np.float64), [0.01, 99.99])
+    assert (fe_edges[0], fe_edges[-1]) == pytest.approx((lo, hi), abs=1e-12)
+    lo, hi = np.percentile(np.concatenate(all_ofe).astype(np.float64), [0.01, 99.99])
+    assert (of_edges[0], of_edges[-1]) == pytest.approx((lo, hi), abs=1e-12)
+    # some pristine (zero-metal) stars exist and were dropped, not clamped
+    assert int(ds.n_star_dropped.sum()) > 0
+    assert float(ds.time.min()) > 3 and float(ds.time.max()) == pytest.approx(13.8, abs=0.1)
+
+
+def test_defects_recorded_with_their_kind_and_nothing_lost(tiny_suite, tiny_store):
+    import yaml
+
+    store, summary = tiny_store
+    manifest = yaml.safe_load((tiny_suite / "mock_suite.yaml").read_text())
+    defect_of = {s["name"]: s["defect"] for s in manifest["simulations"] if s["defect"]}
+    errors = open_errors(store)
+    kinds = {str(n): str(k) for n, k in zip(errors.name.values, errors.kind.values, strict=True)}
+    status = {str(n): str(s) for n, s in zip(errors.name.values, errors.status.values, strict=True)}
+    by_sim = {}
+    for name, kind in kinds.items():
+        by_sim.setdefault(name.rsplit(".", 1)[0], set()).add(kind)
+    assert set(by_sim) == set(defect_of)
+    for sim, defect in defect_of.items():
+        assert by_sim[sim] == {str(EXPECTED_DEFECTS[defect])}, sim
+    assert {status[n] for n in kinds if kinds[n] == "excluded_mass"} == {"excluded"}
+    assert {status[n] for n in kinds if kinds[n] != "excluded_mass"} == {"failed"}
+    for message, path in zip(errors.message.values, errors.path.values, strict=True):
+        assert str(path) in str(message)  # the message names the file
+    galaxies = set(open_store(store).galaxy.values.tolist())
+    every = {r.name for r in find_snapshots(tiny_suite)}
+    assert galaxies | set(kinds) == every and not galaxies & set(kinds)
+    # the LMC-like dwarf's early snapshot is below the limit and kept
+    assert any(g.startswith("g3.16e11") for g in galaxies)
+
+
+def test_extraction_never_writes_into_the_suite(tiny_suite, tiny_store):
+    def listing():
+        return sorted((str(p.relative_to(tiny_suite)), p.stat().st_size, p.stat().st_mtime_ns)
+                      for p in tiny_suite.rglob("*"))
+    before = listing()
+    store = tiny_store[0].parent / "again.zarr"
+    extract_suite(tiny_suite, store, n_workers=1, progress=False)
+    assert listing() == before
+    assert not list(tiny_suite.rglob("*fpos*"))
+
+
+def test_rerun_adds_nothing_and_one_worker_equals_two(tiny_suite, tiny_store, tmp_path):
+    store, _ = tiny_store
+    before = store_arrays(store)
+    summary = extract_suite(tiny_suite, store, n_workers=2, progress=False)
+    assert summary.ok == summary.failed == summary.excluded == 0
+    assert summary.skipped == summary.n_snapshots
+    assert_same_arrays(before, store_arrays(store))
+    one = tmp_path / "one.zarr"
+    extract_suite(tiny_suite, one, n_workers=1, progress=False)
+    assert_same_arrays(before, store_arrays(one))
+
+
+def test_adding_a_simulation_appends_exactly_its_snapshots(tiny_suite, tmp_path):
+    suite = copy_suite(tiny_suite, tmp_path / "suite")
+    store = tmp_path / "grow.zarr"
+    extract_suite(suite, store, n_workers=2, progress=False)
+    before = open_store(store).load()
+    version_before = before.attrs["binning"]["version"]
+    extra = tmp_path / "extra"
+    generate_suite(extra, preset("tiny", seed=99, n_simulations=1), progress=False)
+    (sim,) = [p for p in extra.iterdir() if p.is_dir()]
+    shutil.copytree(sim, suite / sim.name)
+    summary = extract_suite(suite, store, n_workers=2, progress=False)
+    after = open_store(store).load()
+    added = [str(n) for n in after.galaxy.values[before.sizes["galaxy"]:]]
+    assert added == sorted(p.name for p in (suite / sim.name).iterdir()
+                           if p.name.count(".") == 2 and p.name.split(".")[-1].isdigit())
+    assert summary.ok == len(added) and summary.skipped == before.sizes["galaxy"] + 7
+    assert list(after.galaxy.values[: before.sizes["galaxy"]]) == list(before.galaxy.values)
+    # ranges moved, so every histogram was rebuilt: equal to a fresh extraction, row by row
+    assert after.attrs["binning"]["version"] == version_before + 1
+    fresh = tmp_path / "fresh.zarr"
+    extract_suite(suite, fresh, n_workers=2, progress=False)
+    ref = open_store(fresh).load()
+    assert after.attrs["binning"]["feh_range"] == ref.attrs["binning"]["feh_range"]
+    for name in ref.galaxy.values:
+        assert np.array_equal(after.counts.sel(galaxy=name), ref.counts.sel(galaxy=name))
+
+
+def test_interrupted_commit_is_repaired(tiny_suite, tmp_path):
+    store = tmp_path / "crash.zarr"
+    extract_suite(tiny_suite, store, n_workers=2, progress=False)
+    reference = store_arrays(store)
+    # a commit killed after appending stars but before the galaxies rows
+    root = zarr.open_group(store, mode="a", zarr_format=2, use_consolidated=False)
+    for name in ("feh", "ofe", "mass", "tform"):
+        arr = root["stars"][name]
+        arr.resize((arr.shape[0] + 500,))
+    # ... and a histogram rebuild killed half-way
+    root["histograms"]["counts"].resize((3, 64, 64))
+    root["histograms"].attrs["binning_version"] = -1
+    zarr.consolidate_metadata(store, zarr_format=2)
+    with pytest.raises(StoreError, match="interrupted"):
+        open_store(store)
+    summary = extract_suite(tiny_suite, store, n_workers=1, progress=False)
+    assert summary.repaired and summary.ok == 0
+    assert_same_arrays(reference, store_arrays(store))
+
+
+def test_staged_results_are_reused_after_a_kill(tiny_suite, tmp_path, monkeypatch):
+    from casbi_store import extraction_run
+
+    store = tmp_path / "staged.zarr"
+    calls = []
+    real = extraction_run._run_on_cluster
+
+    def crash_after_staging(pending, *args, **kwargs):
+        calls.append(len(pending))
+        real(pending[:5], *args, **kwargs)  # five snapshots finish and are staged
+        raise KeyboardInterrupt  # ... then the run is killed
+
+    monkeypatch.setattr(extraction_run, "_run_on_cluster", crash_after_staging)
+    with pytest.raises(KeyboardInterrupt):
+        extract_suite(tiny_suite, store, n_workers=1, progress=False)
+    monkeypatch.setattr(extraction_run, "_run_on_cluster",
+                        lambda pending, *a, **k: calls.append(len(pending)) or real(pending, *a, **k))
+    extract_suite(tiny_suite, store, n_workers=1, progress=False)
+    n = len(find_snapshots(tiny_suite))
+    assert calls == [n, n - 5]
+    assert not os.path.exists(f"{store}.staging")
+
+
+def test_extract_snapshot_errors_and_main_halo_rule(tiny_suite):
+    refs = {r.name: r for r in find_snapshots(tiny_suite)}
+    good = str(refs["g1.18e10.01024"].path(tiny_suite))
+    first = extract_snapshot(good, ExtractionSettings(main_halo="first"))
+    massive = extract_snapshot(good, ExtractionSettings(main_halo="most_massive"))
+    assert first["halo_number"] == massive["halo_number"] == 0
+    assert np.array_equal(first["feh"], massive["feh"])
+    with pytest.raises(SnapshotError) as info:
+        extract_snapshot(good, ExtractionSettings(mstar_limit=1e3))
+    assert info.value.kind == ErrorKind.EXCLUDED_MASS and info.value.status == "excluded"
+    assert good in str(info.value)
+    with pytest.raises(ValueError, match="main_halo"):
+        ExtractionSettings(main_halo="biggest")
+
+
+def test_store_refuses_other_settings(tiny_suite, tiny_store, tmp_path):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(tiny_store[0], store)
+    with pytest.raises(StoreError, match="extracted with"):
+        extract_suite(tiny_suite, store, settings=ExtractionSettings(mstar_limit=1e9),
+                      n_workers=1, progress=False)
+
+
+def test_open_store_dataset_shape(tiny_store):
+    ds = open_store(tiny_store[0])
+    assert ds.counts.dims == ("galaxy", "feh_bin", "ofe_bin")
+    assert ds.counts.shape[1:] == (64, 64) and ds.feh_edges.shape == (65,)
+    assert ds.mstar.attrs["units"] == "Msol" and ds.time.attrs["units"] == "Gyr"
+    assert isinstance(ds.counts.data, object) and not isinstance(ds.counts.data, np.ndarray)
+    assert xr.open_zarr(tiny_store[0], group="galaxies", consolidated=True).sizes["galaxy"] == \
+        ds.sizes["galaxy"]
