@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import distributed  # noqa: F401  (configures its loggers on import; quieten them after)
+
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return args.func(args)

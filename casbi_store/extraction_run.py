@@ -222,7 +222,8 @@ def extract_suite(
         failed=summary.failed, skipped=summary.skipped, stars=summary.n_stars,
         seconds=round(summary.seconds, 2), binning_version=summary.binning_version))
     staging.clear()
-    log.info("extraction done:\n%s", summary.as_text())
+    log.info("extraction of %s done: %d ok, %d excluded, %d failed, %d skipped in %.1f s", suite,
+             summary.ok, summary.excluded, summary.failed, summary.skipped, summary.seconds)
     return summary
 
 

@@ -1,0 +1,79 @@
+"""The command line and pipeline files, run as a user would (separate processes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from casbi_store.config import ConfigError, load_pipeline
+
+CLI = [sys.executable, "-m", "casbi_store.cli"]
+
+
+def run(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_subcommands():
+    out = run("--help").stdout
+    for cmd in ("mock", "extract", "ls", "plot", "run"):
+        assert cmd in out
+
+
+def test_mock_extract_ls_plot(tmp_path):
+    run("mock", tmp_path / "suite", "--preset", "tiny", "--seed", "5", "--n-simulations", "2", "-q")
+    out = run("extract", tmp_path / "suite", "--store", tmp_path / "s.zarr", "--workers", "2",
+              "-q").stdout
+    assert "8 ok, 0 excluded, 0 failed" in out and "dashboard" in out
+    listing = run("ls", tmp_path / "s.zarr").stdout
+    assert "galaxies     8 from 2 simulations" in listing and "binning      v1" in listing
+    run("plot", tmp_path / "s.zarr", "--out", tmp_path / "plots")
+    assert (tmp_path / "plots" / "chemical_planes.png").stat().st_size > 10_000
+    # fixed binning over the same store is a new binning version
+    out = run("extract", tmp_path / "suite", "--store", tmp_path / "s.zarr", "--feh-range", "-4",
+              "1", "--ofe-range", "-1", "1", "-q").stdout
+    assert "binning        version 2" in out
+    assert "earlier    v1" in run("ls", tmp_path / "s.zarr").stdout
+
+
+def test_clear_errors(tmp_path):
+    proc = run("extract", tmp_path / "nowhere", "--store", tmp_path / "s.zarr", check=False)
+    assert proc.returncode == 2 and "nowhere" in proc.stderr and "does not exist" in proc.stderr
+    proc = run("extract", tmp_path, "--store", tmp_path / "s.zarr", "--feh-range", "1", "0",
+               "--ofe-range", "0", "1", check=False)
+    assert proc.returncode == 2 and "lo < hi" in proc.stderr
+    proc = run("ls", tmp_path / "missing.zarr", check=False)
+    assert proc.returncode == 2 and "missing.zarr" in proc.stderr
+
+
+def test_pipeline_validation_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mock: {preset: tiny, sed: 3}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: mock: unknown key\(s\) \['sed'\]"):
+        load_pipeline(bad)
+    bad.write_text("extract: {store: s.zarr, main_halo: biggest, suite: x}\n")
+    with pytest.raises(ConfigError, match="main_halo"):
+        load_pipeline(bad)
+    bad.write_text("extract: {store: s.zarr}\n")
+    with pytest.raises(ConfigError, match="needs 'suite'"):
+        load_pipeline(bad)
+    repo = Path(__file__).resolve().parents[1]
+    for shipped in (repo / "pipelines").glob("*.yaml"):
+        load_pipeline(shipped)  # the shipped pipelines validate
+
+
+def test_run_tiny_pipeline(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    out = run("run", repo / "pipelines" / "tiny.yaml", "-q", cwd=tmp_path).stdout
+    assert "where to look" in out and "excluded_mass" in out
+    assert (tmp_path / "tiny-run" / "store.zarr").is_dir()
+    assert (tmp_path / "tiny-run" / "plots" / "trends.png").exists()
+    again = run("run", repo / "pipelines" / "tiny.yaml", "-q", cwd=tmp_path).stdout
+    assert "0 ok, 0 excluded, 0 failed" in again  # resumable: nothing new to do
