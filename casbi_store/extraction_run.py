@@ -49,6 +49,7 @@ class RunSummary:
     dashboard: str = ""
     binning_version: int | None = None
     repaired: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
     failures: dict[str, str] = field(default_factory=dict)  # name -> kind
 
     def as_text(self) -> str:
@@ -59,7 +60,8 @@ class RunSummary:
             + (f", {self.source_changed} changed since extraction" if self.source_changed else ""),
             f"stars          {self.n_stars:,} written",
             f"binning        version {self.binning_version}",
-            f"time           {self.seconds:.1f} s",
+            f"time           {self.seconds:.1f} s ("
+            + ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items()) + ")",
         ]
         if self.dashboard:
             lines.append(f"dashboard      {self.dashboard}")
@@ -118,8 +120,16 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None):
         with Client(scheduler) as client:
             yield client
         return
+    import dask
+
     n = n_workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which makes glibc return memory
+    # after every large array: pynbody loads then run ~25% slower (bench/README.md). Unset it.
+    # The workers' statistical profiler samples the running thread every 10 ms (GIL); off.
+    quiet = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+             "distributed.worker.profile.enabled": False}
+    with dask.config.set(quiet), \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR,
                       env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}) as cluster, \
             Client(cluster) as client:
@@ -158,42 +168,47 @@ def extract_suite(
     summary.n_snapshots = len(refs)
     known = writer.galaxy_index()
     errors = writer.error_rows()
-    prints = {r.name: fingerprint(r.path(suite)) for r in tqdm(
-        refs, desc="fingerprints", unit="snap", disable=not progress, leave=False)}
-
-    todo: list[SnapshotRef] = []
-    for ref in refs:
-        fp = prints[ref.name]
-        if ref.name in known:
-            if known[ref.name] == fp:
-                summary.skipped += 1
-            else:
-                errors[ref.relpath] = _error_row(ref, "failed", ErrorKind.SOURCE_CHANGED, fp,
-                                                 f"{ref.relpath}: changed since it was extracted "
-                                                 "(fingerprint differs); extract into a new store")
-                summary.source_changed += 1
-            continue
-        previous = errors.get(ref.relpath)
-        if previous and previous["fingerprint"] == fp and not (
-                retry_failed and previous["status"] == "failed"):
-            summary.skipped += 1
-            continue
-        todo.append(ref)
-
     staging = Staging(store)
     outcomes: dict[str, dict] = {}
-    pending = []
-    for ref in todo:
-        staged = staging.get(ref.name, prints[ref.name], arrays=False)
-        if staged is not None:
-            outcomes[ref.name] = staged
-        else:
-            pending.append(ref)
-
-    if pending:
-        outcomes.update(_run_on_cluster(pending, suite, settings, staging, prints, scheduler,
-                                        n_workers, progress, summary))
-
+    todo: list[SnapshotRef] = []
+    clock = time.perf_counter()
+    with dask_client(scheduler, n_workers) as client:
+        summary.phases["cluster_start"] = time.perf_counter() - clock
+        summary.dashboard = client.dashboard_link or ""
+        log.info("Dask dashboard: %s", summary.dashboard)
+        clock = time.perf_counter()
+        prints = _fingerprints(client, refs, suite, progress)
+        summary.phases["fingerprints"] = time.perf_counter() - clock
+        for ref in refs:
+            fp = prints[ref.name]
+            if ref.name in known:
+                if known[ref.name] == fp:
+                    summary.skipped += 1
+                else:
+                    errors[ref.relpath] = _error_row(
+                        ref, "failed", ErrorKind.SOURCE_CHANGED, fp,
+                        f"{ref.relpath}: changed since it was extracted (fingerprint differs); "
+                        "extract into a new store")
+                    summary.source_changed += 1
+                continue
+            previous = errors.get(ref.relpath)
+            if previous and previous["fingerprint"] == fp and not (
+                    retry_failed and previous["status"] == "failed"):
+                summary.skipped += 1
+                continue
+            todo.append(ref)
+        pending = []
+        for ref in todo:
+            staged = staging.get(ref.name, prints[ref.name], arrays=False)
+            if staged is not None:
+                outcomes[ref.name] = staged
+            else:
+                pending.append(ref)
+        clock = time.perf_counter()
+        if pending:
+            outcomes.update(_run_on_cluster(client, pending, suite, settings, staging, prints,
+                                            progress))
+    summary.phases["extract"] = time.perf_counter() - clock
     ok_refs = []
     for ref in todo:
         outcome = outcomes[ref.name]
@@ -211,11 +226,15 @@ def extract_suite(
     summary.ok = len(ok_refs)
     summary.n_stars = sum(int(outcomes[r.name]["n_star"]) for r in ok_refs)
 
+    clock = time.perf_counter()
     batches = (_batch(chunk, staging, prints, suite) for chunk in iter_batches(ok_refs, COMMIT_BATCH))
     added = writer.append_galaxies(batches)
     writer.write_errors(errors)
+    summary.phases["commit"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     if writer.n_galaxies():
         summary.binning_version = writer.update_binning(new_rows=added)["version"]
+    summary.phases["histograms"] = time.perf_counter() - clock
     summary.seconds = time.perf_counter() - start
     writer.record_run(provenance(
         action="extract", suite=str(suite), ok=summary.ok, excluded=summary.excluded,
@@ -227,35 +246,55 @@ def extract_suite(
     return summary
 
 
-def _run_on_cluster(pending, suite, settings, staging, prints, scheduler, n_workers, progress,
-                    summary) -> dict[str, dict]:
+def _fingerprints(client, refs: list[SnapshotRef], suite: Path, progress: bool) -> dict[str, str]:
+    """Fingerprints computed on the cluster, one task per simulation (reads run in parallel)."""
+    from dask.distributed import as_completed
+
+    by_sim: dict[str, list[SnapshotRef]] = {}
+    for ref in refs:
+        by_sim.setdefault(ref.simulation, []).append(ref)
+    futures = {client.submit(_fingerprint_task, [str(r.path(suite)) for r in group], pure=False):
+               group for group in by_sim.values()}
+    prints = {}
+    with tqdm(total=len(refs), desc="fingerprints", unit="snap", disable=not progress,
+              leave=False) as bar:
+        for fut in as_completed(futures):
+            group = futures[fut]
+            prints.update(zip((r.name for r in group), fut.result(), strict=True))
+            bar.update(len(group))
+    return prints
+
+
+def _fingerprint_task(paths: list[str]) -> list[str]:
+    return [fingerprint(Path(p)) for p in paths]
+
+
+def _run_on_cluster(client, pending, suite, settings, staging, prints, progress) -> dict[str, dict]:
+    """Extract ``pending`` snapshots, staging each outcome as it arrives."""
     from dask.distributed import as_completed
 
     outcomes = {}
-    with dask_client(scheduler, n_workers) as client:
-        summary.dashboard = client.dashboard_link or ""
-        log.info("Dask dashboard: %s", summary.dashboard)
-        futures = {}
-        for ref in pending:
-            fut = client.submit(_extract_task, str(ref.path(suite)), asdict(settings),
-                                key=f"extract-{ref.name}-{prints[ref.name][:8]}", pure=False)
-            futures[fut] = ref
-        bar = tqdm(total=len(futures), desc="extracting", unit="snap", disable=not progress)
-        for fut in as_completed(futures):
-            ref = futures[fut]
-            try:
-                outcome = fut.result()
-            except Exception as exc:  # worker died, task lost: record, do not stop
-                outcome = {"status": "failed", "kind": str(ErrorKind.UNEXPECTED),
-                           "message": f"{ref.relpath}: task failed on the cluster: {exc!r}"}
-            staging.put(ref.name, prints[ref.name], outcome)
-            outcomes[ref.name] = {k: v for k, v in outcome.items()
-                                  if not isinstance(v, np.ndarray)}  # arrays stay on disk
-            fut.release()
-            bar.update()
-            if outcome["status"] != "ok":
-                bar.write(f"  {outcome['status']}: {ref.name} ({outcome['kind']})")
-        bar.close()
+    futures = {}
+    for ref in pending:
+        fut = client.submit(_extract_task, str(ref.path(suite)), asdict(settings),
+                            key=f"extract-{ref.name}-{prints[ref.name][:8]}", pure=False)
+        futures[fut] = ref
+    bar = tqdm(total=len(futures), desc="extracting", unit="snap", disable=not progress)
+    for fut in as_completed(futures):
+        ref = futures[fut]
+        try:
+            outcome = fut.result()
+        except Exception as exc:  # worker died, task lost: record, do not stop
+            outcome = {"status": "failed", "kind": str(ErrorKind.UNEXPECTED),
+                       "message": f"{ref.relpath}: task failed on the cluster: {exc!r}"}
+        staging.put(ref.name, prints[ref.name], outcome)
+        outcomes[ref.name] = {k: v for k, v in outcome.items()
+                              if not isinstance(v, np.ndarray)}  # arrays stay on disk
+        fut.release()
+        bar.update()
+        if outcome["status"] != "ok":
+            bar.write(f"  {outcome['status']}: {ref.name} ({outcome['kind']})")
+    bar.close()
     return outcomes
 
 

@@ -183,16 +183,17 @@ def test_staged_results_are_reused_after_a_kill(tiny_suite, tmp_path, monkeypatc
     calls = []
     real = extraction_run._run_on_cluster
 
-    def crash_after_staging(pending, *args, **kwargs):
+    def crash_after_staging(client, pending, *args, **kwargs):
         calls.append(len(pending))
-        real(pending[:5], *args, **kwargs)  # five snapshots finish and are staged
+        real(client, pending[:5], *args, **kwargs)  # five snapshots finish and are staged
         raise KeyboardInterrupt  # ... then the run is killed
 
     monkeypatch.setattr(extraction_run, "_run_on_cluster", crash_after_staging)
     with pytest.raises(KeyboardInterrupt):
         extract_suite(tiny_suite, store, n_workers=1, progress=False)
     monkeypatch.setattr(extraction_run, "_run_on_cluster",
-                        lambda pending, *a, **k: calls.append(len(pending)) or real(pending, *a, **k))
+                        lambda client, pending, *a, **k: calls.append(len(pending))
+                        or real(client, pending, *a, **k))
     extract_suite(tiny_suite, store, n_workers=1, progress=False)
     n = len(find_snapshots(tiny_suite))
     assert calls == [n, n - 5]
