@@ -126,8 +126,11 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None):
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which makes glibc return memory
     # after every large array: pynbody loads then run ~25% slower (bench/README.md). Unset it.
     # The workers' statistical profiler samples the running thread every 10 ms (GIL); off.
+    # Scheduler-side queuing hands a worker its next task only after the previous one reported
+    # back: a round trip of idle time per snapshot. Our tasks are few and long: send them all.
     quiet = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-             "distributed.worker.profile.enabled": False}
+             "distributed.worker.profile.enabled": False,
+             "distributed.scheduler.worker-saturation": float("inf")}
     with dask.config.set(quiet), \
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR,
