@@ -92,19 +92,23 @@ def resolve_binning(spec: BinningSpec, feh: np.ndarray, ofe: np.ndarray) -> Binn
 
 
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each value for uniform ``edges``, as ``np.histogram``; -1 outside the range or NaN."""
+    """Bin of each value for uniform ``edges``, as ``np.histogram``; -1 outside the range or NaN.
+
+    Arithmetic guess, then numpy's own one-step correction against the exact edges, so values on
+    an edge land exactly where ``np.searchsorted(edges, x, side="right") - 1`` puts them.
+    """
     x = np.asarray(values, dtype=np.float64)
     n = len(edges) - 1
     lo, hi = edges[0], edges[-1]
-    finite = np.isfinite(x)
-    guess = np.floor((np.where(finite, x, lo) - lo) * (n / (hi - lo)))
-    i = np.clip(guess, 0, n - 1).astype(np.intp)
-    # One step of correction against the exact edges removes floating-point disagreement.
-    i -= x < edges[i]
-    i = np.clip(i, 0, n - 1)
-    i += (x >= edges[i + 1]) & (i < n - 1)
-    inside = finite & (x >= lo) & (x <= hi) & (x >= edges[i]) & ((x < edges[i + 1]) | (i == n - 1))
-    return np.where(inside, i, -1)
+    out = np.full(x.shape, -1, dtype=np.intp)
+    keep = (x >= lo) & (x <= hi)  # False for NaN
+    xk = x[keep]
+    i = ((xk - lo) * (n / (hi - lo))).astype(np.intp)
+    i[i == n] = n - 1
+    i -= xk < edges[i]
+    i += (xk >= edges[i + 1]) & (i != n - 1)
+    out[keep] = i
+    return out
 
 
 def histogram_stack(
@@ -125,7 +129,8 @@ def histogram_stack(
     i = bin_index(feh, binning.feh_edges)
     j = bin_index(ofe, binning.ofe_edges)
     keep = (i >= 0) & (j >= 0)
-    flat = (galaxy[keep] * nb + i[keep]) * nb + j[keep]
+    flat = (galaxy * nb + i) * nb + j
+    flat = flat[keep]
     size = n_gal * nb * nb
     counts = np.bincount(flat, minlength=size).astype(np.int32)
     weighted = np.bincount(flat, weights=np.asarray(mass, dtype=np.float64)[keep], minlength=size)
