@@ -66,10 +66,38 @@ class ExtractionSettings:
             raise ValueError(f"mstar_limit must be positive, not {self.mstar_limit}")
 
 
+_UNIT_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def memoize_unit_projection() -> None:
+    """Cache pynbody's ``UnitBase.dimensional_project`` in this process.
+
+    pynbody re-derives the on-disk units of every array it loads with a rational Gauss-Jordan
+    elimination over ``fractions.Fraction`` (``infer_original_units``): about 60% of the CPU time
+    of a snapshot extraction. The answer depends only on the powers of the units' bases, which
+    their string forms spell out exactly, so it is cached per (unit, basis). Idempotent.
+    """
+    from pynbody import units
+
+    if getattr(units.UnitBase.dimensional_project, "_casbi_cached", False):
+        return
+    original = units.UnitBase.dimensional_project
+
+    def dimensional_project(self, basis_units):
+        key = (type(self).__name__, str(self), tuple(str(b) for b in basis_units))
+        if key not in _UNIT_CACHE:
+            _UNIT_CACHE[key] = original(self, basis_units)
+        return _UNIT_CACHE[key].copy()
+
+    dimensional_project._casbi_cached = True
+    units.UnitBase.dimensional_project = dimensional_project
+
+
 def _load(path: str):
     import pynbody
 
     pynbody.config["number_of_threads"] = 1
+    memoize_unit_projection()
     try:
         snap = pynbody.load(path)
         snap["mass"]  # read the main file now, so a truncated file fails here

@@ -231,3 +231,28 @@ def test_open_store_dataset_shape(tiny_store):
     assert isinstance(ds.counts.data, object) and not isinstance(ds.counts.data, np.ndarray)
     assert xr.open_zarr(tiny_store[0], group="galaxies", consolidated=True).sizes["galaxy"] == \
         ds.sizes["galaxy"]
+
+
+def test_memoized_unit_projection_equals_pynbody():
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from pynbody import units
+cases = [("2e4 kpc a", ["km", "km s^-1", "Msol", "a", "h"]), ("Msol", ["kpc", "Msol", "a", "h"]),
+         ("km s^-1 a", ["kpc a", "km s^-1 a", "9.99e14 Msol", "a", "h"]), ("Gyr", ["kpc", "km s^-1"]),
+         ("K", ["kpc", "km s^-1", "Msol", "K", "a", "h"])]
+def run():
+    return [units.Unit(u).dimensional_project(b) for u, b in cases]
+plain = run()
+from casbi_store.extract import memoize_unit_projection
+memoize_unit_projection(); memoize_unit_projection()
+cached_first, cached_again = run(), run()
+cached_again[0][0] = 99  # callers may mutate what they get back
+for a, b, c in zip(plain, cached_first, run()):
+    assert list(a) == list(b) == list(c), (a, b, c)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
