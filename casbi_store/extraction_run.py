@@ -169,49 +169,18 @@ def extract_suite(
 
     refs = find_snapshots(suite)
     summary.n_snapshots = len(refs)
-    known = writer.galaxy_index()
-    errors = writer.error_rows()
+    plan = _Plan(writer.galaxy_index(), writer.error_rows(), retry_failed, summary)
     staging = Staging(store)
-    outcomes: dict[str, dict] = {}
-    todo: list[SnapshotRef] = []
     clock = time.perf_counter()
     with dask_client(scheduler, n_workers) as client:
         summary.phases["cluster_start"] = time.perf_counter() - clock
         summary.dashboard = client.dashboard_link or ""
         log.info("Dask dashboard: %s", summary.dashboard)
         clock = time.perf_counter()
-        prints = _fingerprints(client, refs, suite, progress)
-        summary.phases["fingerprints"] = time.perf_counter() - clock
-        for ref in refs:
-            fp = prints[ref.name]
-            if ref.name in known:
-                if known[ref.name] == fp:
-                    summary.skipped += 1
-                else:
-                    errors[ref.relpath] = _error_row(
-                        ref, "failed", ErrorKind.SOURCE_CHANGED, fp,
-                        f"{ref.relpath}: changed since it was extracted (fingerprint differs); "
-                        "extract into a new store")
-                    summary.source_changed += 1
-                continue
-            previous = errors.get(ref.relpath)
-            if previous and previous["fingerprint"] == fp and not (
-                    retry_failed and previous["status"] == "failed"):
-                summary.skipped += 1
-                continue
-            todo.append(ref)
-        pending = []
-        for ref in todo:
-            staged = staging.get(ref.name, prints[ref.name], arrays=False)
-            if staged is not None:
-                outcomes[ref.name] = staged
-            else:
-                pending.append(ref)
-        clock = time.perf_counter()
-        if pending:
-            outcomes.update(_run_on_cluster(client, pending, suite, settings, staging, prints,
-                                            progress))
-    summary.phases["extract"] = time.perf_counter() - clock
+        outcomes = _scan_and_extract(client, refs, suite, settings, plan, staging, progress)
+    errors, prints = plan.errors, plan.prints
+    todo = sorted(plan.todo)  # commit order is (simulation, step), whatever finished first
+    summary.phases["scan+extract"] = time.perf_counter() - clock
     ok_refs = []
     for ref in todo:
         outcome = outcomes[ref.name]
@@ -249,56 +218,87 @@ def extract_suite(
     return summary
 
 
-def _fingerprints(client, refs: list[SnapshotRef], suite: Path, progress: bool) -> dict[str, str]:
-    """Fingerprints computed on the cluster, one task per simulation (reads run in parallel)."""
+class _Plan:
+    """Decides, from a snapshot's fingerprint, whether it needs extracting."""
+
+    def __init__(self, known: dict[str, str], errors: dict[str, dict], retry_failed: bool,
+                 summary: RunSummary):
+        self.known, self.errors, self.retry_failed, self.summary = known, errors, retry_failed, summary
+        self.prints: dict[str, str] = {}
+        self.todo: list[SnapshotRef] = []
+
+    def needs_extraction(self, ref: SnapshotRef, fp: str) -> bool:
+        self.prints[ref.name] = fp
+        if ref.name in self.known:
+            if self.known[ref.name] == fp:
+                self.summary.skipped += 1
+            else:
+                self.errors[ref.relpath] = _error_row(
+                    ref, "failed", ErrorKind.SOURCE_CHANGED, fp,
+                    f"{ref.relpath}: changed since it was extracted (fingerprint differs); "
+                    "extract into a new store")
+                self.summary.source_changed += 1
+            return False
+        previous = self.errors.get(ref.relpath)
+        if previous and previous["fingerprint"] == fp and not (
+                self.retry_failed and previous["status"] == "failed"):
+            self.summary.skipped += 1
+            return False
+        self.todo.append(ref)
+        return True
+
+
+def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging: Staging,
+                      progress: bool) -> dict[str, dict]:
+    """Fingerprint (one task per simulation) and extract (one task per snapshot) on the cluster.
+
+    A simulation's snapshots are submitted for extraction as soon as its fingerprints are back, so
+    the scan overlaps the extraction. Outcomes are staged on disk as they arrive; the returned
+    dict holds their small metadata only.
+    """
     from dask.distributed import as_completed
 
     by_sim: dict[str, list[SnapshotRef]] = {}
     for ref in refs:
         by_sim.setdefault(ref.simulation, []).append(ref)
-    futures = {client.submit(_fingerprint_task, [str(r.path(suite)) for r in group], pure=False):
-               group for group in by_sim.values()}
-    prints = {}
-    with tqdm(total=len(refs), desc="fingerprints", unit="snap", disable=not progress,
-              leave=False) as bar:
-        for fut in as_completed(futures):
-            group = futures[fut]
-            prints.update(zip((r.name for r in group), fut.result(), strict=True))
-            bar.update(len(group))
-    return prints
-
-
-def _fingerprint_task(paths: list[str]) -> list[str]:
-    return [fingerprint(Path(p)) for p in paths]
-
-
-def _run_on_cluster(client, pending, suite, settings, staging, prints, progress) -> dict[str, dict]:
-    """Extract ``pending`` snapshots, staging each outcome as it arrives."""
-    from dask.distributed import as_completed
-
-    outcomes = {}
-    futures = {}
-    for ref in pending:
-        fut = client.submit(_extract_task, str(ref.path(suite)), asdict(settings),
-                            key=f"extract-{ref.name}-{prints[ref.name][:8]}", pure=False)
-        futures[fut] = ref
-    bar = tqdm(total=len(futures), desc="extracting", unit="snap", disable=not progress)
-    for fut in as_completed(futures):
-        ref = futures[fut]
+    scans = {client.submit(_fingerprint_task, [str(r.path(suite)) for r in group], pure=False):
+             group for group in by_sim.values()}
+    extractions: dict = {}
+    outcomes: dict[str, dict] = {}
+    bar = tqdm(total=len(refs), desc="extracting", unit="snap", disable=not progress)
+    queue = as_completed(scans)
+    for fut in queue:
+        if fut in scans:
+            for ref, fp in zip(scans[fut], fut.result(), strict=True):
+                if not plan.needs_extraction(ref, fp):
+                    bar.update()
+                elif (staged := staging.get(ref.name, fp, arrays=False)) is not None:
+                    outcomes[ref.name] = staged  # finished by a run that was killed
+                    bar.update()
+                else:
+                    job = client.submit(_extract_task, str(ref.path(suite)), asdict(settings),
+                                        key=f"extract-{ref.name}-{fp[:8]}", pure=False)
+                    extractions[job] = ref
+                    queue.add(job)
+            continue
+        ref = extractions.pop(fut)
         try:
             outcome = fut.result()
         except Exception as exc:  # worker died, task lost: record, do not stop
             outcome = {"status": "failed", "kind": str(ErrorKind.UNEXPECTED),
                        "message": f"{ref.relpath}: task failed on the cluster: {exc!r}"}
-        staging.put(ref.name, prints[ref.name], outcome)
-        outcomes[ref.name] = {k: v for k, v in outcome.items()
-                              if not isinstance(v, np.ndarray)}  # arrays stay on disk
+        staging.put(ref.name, plan.prints[ref.name], outcome)
+        outcomes[ref.name] = {k: v for k, v in outcome.items() if not isinstance(v, np.ndarray)}
         fut.release()
         bar.update()
         if outcome["status"] != "ok":
             bar.write(f"  {outcome['status']}: {ref.name} ({outcome['kind']})")
     bar.close()
     return outcomes
+
+
+def _fingerprint_task(paths: list[str]) -> list[str]:
+    return [fingerprint(Path(p)) for p in paths]
 
 
 def _error_row(ref: SnapshotRef, status: str, kind: str, fp: str, message: str) -> dict:

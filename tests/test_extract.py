@@ -180,23 +180,31 @@ def test_staged_results_are_reused_after_a_kill(tiny_suite, tmp_path, monkeypatc
     from casbi_store import extraction_run
 
     store = tmp_path / "staged.zarr"
-    calls = []
-    real = extraction_run._run_on_cluster
+    real_put = extraction_run.Staging.put
+    staged = []
 
-    def crash_after_staging(client, pending, *args, **kwargs):
-        calls.append(len(pending))
-        real(client, pending[:5], *args, **kwargs)  # five snapshots finish and are staged
-        raise KeyboardInterrupt  # ... then the run is killed
+    def put_then_die(self, name, fp, outcome):
+        real_put(self, name, fp, outcome)
+        staged.append(name)
+        if len(staged) == 5:
+            raise KeyboardInterrupt  # the run is killed after five outcomes reached the disk
 
-    monkeypatch.setattr(extraction_run, "_run_on_cluster", crash_after_staging)
+    monkeypatch.setattr(extraction_run.Staging, "put", put_then_die)
     with pytest.raises(KeyboardInterrupt):
         extract_suite(tiny_suite, store, n_workers=1, progress=False)
-    monkeypatch.setattr(extraction_run, "_run_on_cluster",
-                        lambda client, pending, *a, **k: calls.append(len(pending))
-                        or real(client, pending, *a, **k))
-    extract_suite(tiny_suite, store, n_workers=1, progress=False)
+    first = list(staged)
+    staged.clear()
+
+    def put_and_count(self, name, fp, outcome):
+        real_put(self, name, fp, outcome)
+        staged.append(name)
+
+    monkeypatch.setattr(extraction_run.Staging, "put", put_and_count)
+    summary = extract_suite(tiny_suite, store, n_workers=1, progress=False)
     n = len(find_snapshots(tiny_suite))
-    assert calls == [n, n - 5]
+    assert len(first) == 5 and len(staged) == n - 5  # the five were not extracted again
+    assert not set(first) & set(staged)
+    assert summary.ok + summary.failed + summary.excluded == n
     assert not os.path.exists(f"{store}.staging")
 
 
