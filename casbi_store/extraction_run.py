@@ -72,15 +72,26 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _extract_task(path: str, settings: dict) -> dict:
-    return extract_outcome(path, ExtractionSettings(**settings))
+def _extract_task(path: str, settings: dict, staging: Staging, name: str, fp: str) -> dict:
+    """Extract on a worker and stage the outcome there (shared file system), returning only its
+    metadata; where the worker cannot write the staging folder, the arrays travel back instead."""
+    outcome = extract_outcome(path, ExtractionSettings(**settings))
+    try:
+        staging.put(name, fp, outcome)
+    except OSError:
+        return outcome
+    return {**_metadata(outcome), "staged": True}
+
+
+def _metadata(outcome: dict) -> dict:
+    return {k: v for k, v in outcome.items() if not isinstance(v, np.ndarray)}
 
 
 class Staging:
     """Finished outcomes on disk, keyed by snapshot name and fingerprint."""
 
     def __init__(self, store: str):
-        self.dir = Path(f"{os.fspath(store).rstrip('/')}.staging")
+        self.dir = Path(f"{os.fspath(store).rstrip('/')}.staging").resolve()
 
     def _stem(self, name: str, fp: str) -> Path:
         return self.dir / f"{name}.{fp}"
@@ -277,7 +288,8 @@ def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging:
                     bar.update()
                 else:
                     job = client.submit(_extract_task, str(ref.path(suite)), asdict(settings),
-                                        key=f"extract-{ref.name}-{fp[:8]}", pure=False)
+                                        staging, ref.name, fp, key=f"extract-{ref.name}-{fp[:8]}",
+                                        pure=False)
                     extractions[job] = ref
                     queue.add(job)
             continue
@@ -287,8 +299,9 @@ def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging:
         except Exception as exc:  # worker died, task lost: record, do not stop
             outcome = {"status": "failed", "kind": str(ErrorKind.UNEXPECTED),
                        "message": f"{ref.relpath}: task failed on the cluster: {exc!r}"}
-        staging.put(ref.name, plan.prints[ref.name], outcome)
-        outcomes[ref.name] = {k: v for k, v in outcome.items() if not isinstance(v, np.ndarray)}
+        if not outcome.pop("staged", False):
+            staging.put(ref.name, plan.prints[ref.name], outcome)
+        outcomes[ref.name] = _metadata(outcome)
         fut.release()
         bar.update()
         if outcome["status"] != "ok":

@@ -176,36 +176,29 @@ def test_interrupted_commit_is_repaired(tiny_suite, tmp_path):
     assert_same_arrays(reference, store_arrays(store))
 
 
-def test_staged_results_are_reused_after_a_kill(tiny_suite, tmp_path, monkeypatch):
-    from casbi_store import extraction_run
+def test_staged_results_are_reused_after_a_kill(tiny_suite, tmp_path):
+    from casbi_store.extraction_run import Staging
+    from casbi_store.snapshots import fingerprint
 
     store = tmp_path / "staged.zarr"
-    real_put = extraction_run.Staging.put
-    staged = []
-
-    def put_then_die(self, name, fp, outcome):
-        real_put(self, name, fp, outcome)
-        staged.append(name)
-        if len(staged) == 5:
-            raise KeyboardInterrupt  # the run is killed after five outcomes reached the disk
-
-    monkeypatch.setattr(extraction_run.Staging, "put", put_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        extract_suite(tiny_suite, store, n_workers=1, progress=False)
-    first = list(staged)
-    staged.clear()
-
-    def put_and_count(self, name, fp, outcome):
-        real_put(self, name, fp, outcome)
-        staged.append(name)
-
-    monkeypatch.setattr(extraction_run.Staging, "put", put_and_count)
+    refs = find_snapshots(tiny_suite)
+    # What a killed run leaves behind: outcomes staged on disk, nothing committed. One is marked
+    # so that we can tell whether it was reused or extracted again.
+    staging = Staging(str(store))
+    marked = refs[0]
+    staging.put(marked.name, fingerprint(marked.path(tiny_suite)),
+                {"status": "failed", "kind": "unexpected", "message": "STAGED-MARKER"})
     summary = extract_suite(tiny_suite, store, n_workers=1, progress=False)
-    n = len(find_snapshots(tiny_suite))
-    assert len(first) == 5 and len(staged) == n - 5  # the five were not extracted again
-    assert not set(first) & set(staged)
-    assert summary.ok + summary.failed + summary.excluded == n
+    errors = open_errors(store)
+    messages = dict(zip(map(str, errors.name.values), map(str, errors.message.values), strict=True))
+    assert messages[marked.name] == "STAGED-MARKER"
+    assert summary.ok + summary.failed + summary.excluded == len(refs)
     assert not os.path.exists(f"{store}.staging")
+    # a staged outcome for an older version of a file is not reused
+    staging.put(marked.name, "0" * 32, {"status": "failed", "kind": "unexpected",
+                                         "message": "STALE"})
+    extract_suite(tiny_suite, tmp_path / "other.zarr", n_workers=1, progress=False)
+    assert "STALE" not in map(str, open_errors(tmp_path / "other.zarr").message.values)
 
 
 def test_extract_snapshot_errors_and_main_halo_rule(tiny_suite):
