@@ -106,3 +106,18 @@ N_BINS = 64
 HISTOGRAM_CHUNK = 256
 STAR_CHUNK = 1_048_576
 TABLE_CHUNK = 4096
+
+# ---- training sets: training_sets/<name>/<version>/<split> ---------------------------------------
+TRAINING_SETS = "training_sets"
+SPLITS = ("train", "val", "test")
+ATTR_VERSIONS = "versions"  # on training_sets/<name>: published version -> metadata
+DIM_HALO = "halo"
+DIM_BLOCK = "block"
+DIM_PARAM = "param"
+X = Field("x", "int32", "stars", "composed halo: sum of its members' counts histograms")
+N_SUB = Field("n_sub", "int32", "", "number of building blocks in the halo")
+THETA = Field("theta", "float64", "Msol, Msol, Gyr",
+              "per block (M* descending): mstar, mdm, tau; NaN beyond n_sub")
+MEMBERS = Field("members", "int64", "", "galaxies-table row of each block (M* descending); -1 pad")
+TRAINING_FIELDS: tuple[Field, ...] = (X, N_SUB, THETA, MEMBERS)
+HALO_CHUNK = 512
