@@ -51,6 +51,31 @@ def _cmd_extract(args) -> int:
     return 0
 
 
+def _compose_and_register(store, spec, catalog: str | None) -> None:
+    from .compose import compose
+
+    entry = compose(store, spec)
+    counts = ", ".join(f"{k} {v}" for k, v in entry["counts"].items())
+    print(f"training set {spec.name}:{spec.version}: {counts} halos, checksum {entry['checksum'][:12]}")
+    if catalog:
+        from .catalog import update_catalog
+
+        path = update_catalog(catalog, store)
+        print(f"  catalog    {path}")
+        print(f'  load it    intake.open_catalog("{path}").{spec.name}'
+              f'(version="{spec.version}", split="test").to_dask()')
+
+
+def _cmd_compose(args) -> int:
+    from .compose import ComposeSpec
+
+    spec = ComposeSpec.from_yaml(args.spec)
+    if args.version:
+        spec = ComposeSpec.from_dict({**spec.__dict__, "version": args.version}, where=args.spec)
+    _compose_and_register(args.store, spec, args.catalog)
+    return 0
+
+
 def _cmd_ls(args) -> int:
     from .store import describe_store
 
@@ -102,6 +127,10 @@ def _cmd_run(args) -> int:
         print(f"  store      {store}   (casbi_store.open_store({str(store)!r}))")
         print(f"  pictures   {planes}\n             {trends}")
         print(f"  listing    casbi-store ls {store}")
+    if pipe.compose:
+        catalog = str(pipe.path(pipe.compose.catalog)) if pipe.compose.catalog else None
+        for spec in pipe.compose.sets:
+            _compose_and_register(pipe.path(pipe.extract.store), spec, catalog)
     return 0
 
 
@@ -147,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_extract)
 
+    c = sub.add_parser("compose", help="compose a versioned training set into the store")
+    c.add_argument("store")
+    c.add_argument("--spec", required=True, help="YAML spec (see pipelines/specs/)")
+    c.add_argument("--version", help="override the spec's version (v1, v2, ...)")
+    c.add_argument("--catalog", default="catalogs/casbi.yaml",
+                   help="intake catalog to register the set in ('' for none)")
+    c.set_defaults(func=_cmd_compose)
+
     ls = sub.add_parser("ls", help="list a store: galaxies, binning, errors, runs")
     ls.add_argument("store")
     ls.set_defaults(func=_cmd_ls)
@@ -172,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, ValueError, KeyError, FileNotFoundError, FileExistsError) as exc:
         print(f"casbi-store: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:

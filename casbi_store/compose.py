@@ -344,8 +344,9 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
         encoding = {S.X.name: {"chunks": (chunk, nb, nb)}, S.N_SUB.name: {"chunks": (chunk,)},
                     S.THETA.name: {"chunks": (chunk, table.shape[1], len(PARAMETERS))},
                     S.MEMBERS.name: {"chunks": (chunk, table.shape[1])}}
-        out.to_zarr(store, group=_group(spec.name, spec.version, split), mode="w",
-                    encoding=encoding, zarr_format=S.ZARR_FORMAT, consolidated=False)
+        with _progress(progress, f"{spec.name}:{spec.version} {split}"):
+            out.to_zarr(store, group=_group(spec.name, spec.version, split), mode="w",
+                        encoding=encoding, zarr_format=S.ZARR_FORMAT, consolidated=False)
         written = zarr.open_array(store, path=f"{_group(spec.name, spec.version, split)}/{S.X.name}",
                                   mode="r", zarr_format=S.ZARR_FORMAT).shape[0]
         if written != len(table):
@@ -368,6 +369,18 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
     return entry
 
 
+def _progress(show: bool, label: str):
+    """Dask's progress bar around a write, when wanted."""
+    import contextlib
+
+    from dask.diagnostics import ProgressBar
+
+    if not show:
+        return contextlib.nullcontext()
+    log.info("composing %s", label)
+    return ProgressBar(dt=1.0)
+
+
 def _lazy_halos(table: np.ndarray, hist_csr, nb: int, noise) -> da.Array:
     """x as a Dask array, one block per Zarr chunk of halos: bounded memory, parallel compute."""
     import dask
@@ -386,10 +399,3 @@ def _lazy_halos(table: np.ndarray, hist_csr, nb: int, noise) -> da.Array:
     if not blocks:
         return da.zeros((0, nb, nb), dtype=np.int32)
     return da.concatenate(blocks).reshape(len(table), nb, nb)
-
-
-def latest_version(versions: dict) -> str:
-    """Highest version in natural order (v2 < v10)."""
-    if not versions:
-        raise KeyError("no published version")
-    return max(versions, key=lambda v: int(v[1:]))

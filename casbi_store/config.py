@@ -51,11 +51,32 @@ class ExtractStage:
 
 
 @dataclass(frozen=True)
+class ComposeStage:
+    catalog: str | None = None  # intake catalog to register the sets in (relative to workdir)
+    sets: tuple = ()  # ComposeSpec objects
+
+    @classmethod
+    def parse(cls, data: dict, where: str) -> ComposeStage:
+        from .compose import ComposeError, ComposeSpec
+
+        if not isinstance(data, dict) or set(data) - {"catalog", "sets"}:
+            raise ConfigError(f"{where}: expected keys 'catalog' and 'sets'")
+        specs = []
+        for i, item in enumerate(data.get("sets") or []):
+            try:
+                specs.append(ComposeSpec.from_dict(item, where=f"{where}: sets[{i}]"))
+            except ComposeError as exc:
+                raise ConfigError(str(exc)) from exc
+        return cls(catalog=data.get("catalog"), sets=tuple(specs))
+
+
+@dataclass(frozen=True)
 class Pipeline:
     workdir: Path
     mock: MockStage | None
     extract: ExtractStage | None
     source: Path
+    compose: ComposeStage | None = None
 
     def path(self, p: str) -> Path:
         return self.workdir / p
@@ -81,7 +102,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
-    allowed = {"workdir", "mock", "extract"}
+    allowed = {"workdir", "mock", "extract", "compose"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
     mock = _build(MockStage, data["mock"], f"{path}: mock") if "mock" in data else None
@@ -94,5 +115,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
             raise ConfigError(f"{path}: extract: {exc}") from exc
         if extract.suite is None and mock is None:
             raise ConfigError(f"{path}: extract needs 'suite' when there is no mock stage")
+    compose = ComposeStage.parse(data["compose"], f"{path}: compose") if "compose" in data else None
+    if compose is not None and extract is None:
+        raise ConfigError(f"{path}: compose needs the extract stage's store")
     return Pipeline(workdir=Path(data.get("workdir", ".")), mock=mock, extract=extract,
-                    source=path)
+                    source=path, compose=compose)
