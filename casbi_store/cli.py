@@ -76,6 +76,16 @@ def _cmd_compose(args) -> int:
     return 0
 
 
+def _cmd_validate(args) -> int:
+    from .validate import validate_store
+
+    problems = validate_store(args.store)
+    for problem in problems:
+        print(problem)
+    print(f"{args.store}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
 def _cmd_ls(args) -> int:
     from .store import describe_store
 
@@ -183,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--catalog", default="catalogs/casbi.yaml",
                    help="intake catalog to register the set in ('' for none)")
     c.set_defaults(func=_cmd_compose)
+
+    v = sub.add_parser("validate", help="check a store: schema, chunks, counts, members, checksums")
+    v.add_argument("store")
+    v.set_defaults(func=_cmd_validate)
 
     ls = sub.add_parser("ls", help="list a store: galaxies, binning, errors, runs")
     ls.add_argument("store")

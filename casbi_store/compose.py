@@ -97,14 +97,22 @@ class ComposeSpec:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "spec") -> ComposeSpec:
-        allowed = {f.name for f in fields(cls)}
-        unknown = set(data) - allowed
+        types = {f.name: f.type for f in fields(cls)}
+        unknown = set(data) - set(types)
         if unknown:
-            raise ComposeError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ComposeError(f"{where}: {exc}") from exc
+            raise ComposeError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(types)}")
+        clean = {}
+        for key, value in data.items():
+            kind = {"int": int, "float": float, "str": str}[types[key]]
+            # YAML 1.1 reads 1.41e9 (no '+' in the exponent) as a string: accept numeric text.
+            ok = isinstance(value, kind) or (kind is float and isinstance(value, (int, str)))
+            try:
+                clean[key] = kind(value) if ok and not isinstance(value, bool) else None
+            except ValueError:
+                clean[key] = None
+            if clean[key] is None:
+                raise ComposeError(f"{where}: {key} must be {types[key]}, not {value!r}")
+        return cls(**clean)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> ComposeSpec:
@@ -269,15 +277,19 @@ def registry(store: str, name: str) -> dict[str, dict]:
         return {}
 
 
-def _checksum(store: str, name: str, version: str) -> str:
+def version_checksum(root: zarr.Group, prefix: str) -> str:
+    """SHA-256 over x, n_sub, theta, members of train, val, test (raw stored arrays)."""
     h = hashlib.sha256()
     for split in S.SPLITS:
-        ds = xr.open_zarr(store, group=_group(name, version, split), consolidated=False,
-                          zarr_format=S.ZARR_FORMAT)
-        for var in (S.X.name, S.N_SUB.name, S.THETA.name, S.MEMBERS.name):
-            h.update(var.encode())
-            h.update(np.ascontiguousarray(ds[var].values).tobytes())
+        for field in S.TRAINING_FIELDS:
+            h.update(field.name.encode())
+            h.update(np.ascontiguousarray(root[f"{prefix}/{split}/{field.name}"][...]).tobytes())
     return h.hexdigest()
+
+
+def _checksum(store: str, name: str, version: str) -> str:
+    root = zarr.open_group(store, mode="r", zarr_format=S.ZARR_FORMAT, use_consolidated=False)
+    return version_checksum(root, _group(name, version))
 
 
 def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = True) -> dict:
