@@ -27,6 +27,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -277,21 +278,36 @@ def registry(store: str, name: str) -> dict[str, dict]:
         return {}
 
 
-def version_checksum(root: zarr.Group, prefix: str) -> str:
-    """SHA-256 over x, n_sub, theta, members of train, val, test (raw stored arrays)."""
+def chunk_digest(block: np.ndarray) -> bytes:
+    """SHA-256 of one chunk of halos (its C-ordered bytes)."""
+    return hashlib.sha256(np.ascontiguousarray(block).tobytes()).digest()
+
+
+def combine_digests(digests: dict[str, dict[str, list[bytes]]]) -> str:
+    """The version checksum: SHA-256 over, per split and field, the chunk digests in order."""
     h = hashlib.sha256()
     for split in S.SPLITS:
         for field in S.TRAINING_FIELDS:
-            h.update(field.name.encode())
-            arr = root[f"{prefix}/{split}/{field.name}"]
-            for start in range(0, arr.shape[0], S.HALO_CHUNK):  # bounded memory
-                h.update(np.ascontiguousarray(arr[start:start + S.HALO_CHUNK]).tobytes())
+            h.update(f"{split}/{field.name}".encode())
+            for digest in digests[split][field.name]:
+                h.update(digest)
     return h.hexdigest()
 
 
-def _checksum(store: str, name: str, version: str) -> str:
-    root = zarr.open_group(store, mode="r", zarr_format=S.ZARR_FORMAT, use_consolidated=False)
-    return version_checksum(root, _group(name, version))
+def _row_chunks(n: int) -> range:
+    return range(0, n, S.HALO_CHUNK)
+
+
+def version_checksum(root: zarr.Group, prefix: str) -> str:
+    """The checksum of a stored version, read back chunk by chunk (bounded memory)."""
+    digests: dict[str, dict[str, list[bytes]]] = {}
+    for split in S.SPLITS:
+        digests[split] = {}
+        for field in S.TRAINING_FIELDS:
+            arr = root[f"{prefix}/{split}/{field.name}"]
+            digests[split][field.name] = [chunk_digest(arr[i:i + S.HALO_CHUNK])
+                                          for i in _row_chunks(arr.shape[0])]
+    return combine_digests(digests)
 
 
 def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = True) -> dict:
@@ -331,9 +347,10 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
         offsets, n_star = ds[S.STAR_OFFSET.name].values, ds[S.N_STAR.name].values
 
     counts_per_split = {}
+    digests: dict[str, dict[str, list[bytes]]] = {}
     for k, split in enumerate(S.SPLITS):
         table = members_table(halos[split], mstar)
-        x = _lazy_halos(table, hist_csr, nb, noise and (stars, offsets, n_star, binning, spec,
+        x, x_digests = _lazy_halos(table, hist_csr, nb, noise and (stars, offsets, n_star, binning, spec,
                                                          spec.seed + k))
         theta = np.where(table[..., None] >= 0,
                          np.stack([mstar[table], mdm[table], tau[table]], axis=-1), np.nan)
@@ -358,9 +375,17 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
         encoding = {S.X.name: {"chunks": (chunk, nb, nb)}, S.N_SUB.name: {"chunks": (chunk,)},
                     S.THETA.name: {"chunks": (chunk, table.shape[1], len(PARAMETERS))},
                     S.MEMBERS.name: {"chunks": (chunk, table.shape[1])}}
+        write = out.to_zarr(store, group=_group(spec.name, spec.version, split), mode="w",
+                            encoding=encoding, zarr_format=S.ZARR_FORMAT, consolidated=False,
+                            compute=False)
         with _progress(progress, f"{spec.name}:{spec.version} {split}"):
-            out.to_zarr(store, group=_group(spec.name, spec.version, split), mode="w",
-                        encoding=encoding, zarr_format=S.ZARR_FORMAT, consolidated=False)
+            # one graph: each block of x is computed once, written, and hashed
+            _, x_digests = dask.compute(write, x_digests)
+        digests[split] = {S.X.name: list(x_digests)}
+        for name, values in ((S.N_SUB.name, out[S.N_SUB.name].values),
+                             (S.THETA.name, theta), (S.MEMBERS.name, table)):
+            digests[split][name] = [chunk_digest(values[i:i + S.HALO_CHUNK])
+                                    for i in _row_chunks(len(table))]
         written = zarr.open_array(store, path=f"{_group(spec.name, spec.version, split)}/{S.X.name}",
                                   mode="r", zarr_format=S.ZARR_FORMAT).shape[0]
         if written != len(table):
@@ -373,7 +398,7 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
         "binning_version": binning_version, "counts": counts_per_split,
         "parameters": [{"name": p, "units": u} for p, u in PARAMETERS],
         "versions": package_versions(), "created_utc": utc_now(),
-        "checksum": _checksum(store, spec.name, spec.version),
+        "checksum": combine_digests(digests),
     }
     root = zarr.open_group(store, mode="a", zarr_format=S.ZARR_FORMAT, use_consolidated=False)
     group = root.require_group(_group(spec.name))
@@ -395,12 +420,11 @@ def _progress(show: bool, label: str):
     return ProgressBar(dt=1.0)
 
 
-def _lazy_halos(table: np.ndarray, hist_csr, nb: int, noise) -> da.Array:
-    """x as a Dask array, one block per Zarr chunk of halos: bounded memory, parallel compute."""
-    import dask
-
+def _lazy_halos(table: np.ndarray, hist_csr, nb: int, noise) -> tuple[da.Array, list]:
+    """x as a Dask array, one block per Zarr chunk of halos (bounded memory, parallel compute),
+    and the delayed digest of each block."""
     hist = dask.delayed(hist_csr, pure=True)
-    blocks = []
+    blocks, digests = [], []
     for start in range(0, len(table), S.HALO_CHUNK):
         part = table[start:start + S.HALO_CHUNK]
         if noise:
@@ -410,6 +434,7 @@ def _lazy_halos(table: np.ndarray, hist_csr, nb: int, noise) -> da.Array:
         else:
             flat = dask.delayed(sum_histograms)(part, hist)
         blocks.append(da.from_delayed(flat, shape=(len(part), nb * nb), dtype=np.int32))
+        digests.append(dask.delayed(chunk_digest)(flat))
     if not blocks:
-        return da.zeros((0, nb, nb), dtype=np.int32)
-    return da.concatenate(blocks).reshape(len(table), nb, nb)
+        return da.zeros((0, nb, nb), dtype=np.int32), []
+    return da.concatenate(blocks).reshape(len(table), nb, nb), digests

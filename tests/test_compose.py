@@ -99,7 +99,7 @@ def test_a_killed_compose_is_invisible(store, monkeypatch):
     def die(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(module, "_checksum", die)
+    monkeypatch.setattr(module, "combine_digests", die)
     with pytest.raises(KeyboardInterrupt):
         compose(store, ComposeSpec(**SMALL))
     assert registry(str(store), "nsub_uniform") == {}
