@@ -60,7 +60,7 @@ def _compose_and_register(store, spec, catalog: str | None) -> None:
     if catalog:
         from .catalog import update_catalog
 
-        path = update_catalog(catalog, store)
+        path = os.path.normpath(update_catalog(catalog, store))
         print(f"  catalog    {path}")
         print(f'  load it    intake.open_catalog("{path}").{spec.name}'
               f'(version="{spec.version}", split="test").to_dask()')
