@@ -1,0 +1,123 @@
+"""Streaming a training-set split into torch, chunk by chunk, with bounded memory.
+
+``TrainingSetStream`` is an ``IterableDataset`` over one split of a published training set
+(local path or URL). Each epoch it shuffles the order of the Zarr chunks, splits them across
+DataLoader workers, and shuffles rows within a buffer of ``buffer_chunks`` chunks, so memory is
+bounded by the buffer, never by the dataset. The store is opened inside each worker (fsspec's
+HTTP file system is not fork-safe: an array opened in the parent fails in a forked child).
+
+``Log1pStandardize`` is the input transform: log1p of the counts, then per-pixel standardisation
+with statistics from one streamed pass over the training split (``streamed_moments``); its
+buffers are saved with the model. sbi's own ``z_score_x`` is not used (see the trainer issue).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import zarr
+
+from . import schema as S
+
+
+def _group(name: str, version: str, split: str) -> str:
+    return f"{S.TRAINING_SETS}/{name}/{version}/{split}"
+
+
+class TrainingSetStream(torch.utils.data.IterableDataset):
+    """Rows ``(x, target)`` of one split: ``x`` float32 (1, 64, 64) counts, ``target`` the
+    requested variable (``n_sub`` as float32 of shape (1,), or ``theta`` (block, param))."""
+
+    def __init__(self, store: str | os.PathLike, name: str, version: str, split: str,
+                 target: str = S.N_SUB.name, buffer_chunks: int = 4, seed: int = 0,
+                 shuffle: bool = True, return_index: bool = False,
+                 storage_options: dict | None = None):
+        if split not in S.SPLITS:
+            raise ValueError(f"split must be one of {S.SPLITS}, not {split!r}")
+        if target not in (S.N_SUB.name, S.THETA.name):
+            raise ValueError(f"target must be {S.N_SUB.name!r} or {S.THETA.name!r}")
+        if buffer_chunks < 1:
+            raise ValueError("buffer_chunks must be >= 1")
+        self.store, self.group = os.fspath(store), _group(name, version, split)
+        self.target, self.buffer_chunks, self.seed = target, buffer_chunks, seed
+        self.shuffle, self.return_index = shuffle, return_index
+        self.storage_options = storage_options
+        self.epoch = 0
+        arrays = self._open()  # validate now; reopened per worker when iterating
+        self.n_rows, self.chunk_rows = arrays[S.X.name].shape[0], arrays[S.X.name].chunks[0]
+
+    def _open(self) -> zarr.Group:
+        root = zarr.open_consolidated(self.store, mode="r", zarr_format=S.ZARR_FORMAT,
+                                      storage_options=self.storage_options)
+        try:
+            return root[self.group]
+        except KeyError as exc:
+            raise KeyError(f"{self.store}: no training-set split {self.group}") from exc
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch: the chunk and row order depend on (seed, epoch)."""
+        self.epoch = epoch
+
+    def chunk_order(self) -> np.ndarray:
+        n_chunks = -(-self.n_rows // self.chunk_rows)
+        order = np.arange(n_chunks)
+        if self.shuffle:
+            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+        return order
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = self.chunk_order()[worker::n_workers]
+        group = self._open()  # inside the worker
+        x_arr, t_arr = group[S.X.name], group[self.target]
+        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        for start in range(0, len(mine), self.buffer_chunks):
+            xs, ts, idx = [], [], []
+            for c in mine[start:start + self.buffer_chunks]:
+                lo = int(c) * self.chunk_rows
+                hi = min(lo + self.chunk_rows, self.n_rows)
+                xs.append(x_arr[lo:hi])
+                ts.append(t_arr[lo:hi])
+                idx.append(np.arange(lo, hi))
+            x, t, index = np.concatenate(xs), np.concatenate(ts), np.concatenate(idx)
+            order = rng.permutation(len(x)) if self.shuffle else np.arange(len(x))
+            for i in order:
+                row = (torch.from_numpy(x[i].astype(np.float32)[None]),
+                       torch.from_numpy(np.atleast_1d(np.asarray(t[i], dtype=np.float32))))
+                yield (*row, int(index[i])) if self.return_index else row
+
+
+def streamed_moments(stream: TrainingSetStream) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and standard deviation of log1p(x), in one pass over the split's chunks."""
+    group = stream._open()
+    x_arr = group[S.X.name]
+    total = np.zeros(x_arr.shape[1:], dtype=np.float64)
+    total_sq = np.zeros_like(total)
+    for start in range(0, x_arr.shape[0], stream.chunk_rows):
+        block = np.log1p(x_arr[start:start + stream.chunk_rows].astype(np.float64))
+        total += block.sum(axis=0)
+        total_sq += (block**2).sum(axis=0)
+    n = x_arr.shape[0]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return mean, std
+
+
+class Log1pStandardize(torch.nn.Module):
+    """x -> (log1p(x) - mean) / max(std, floor); mean and std are saved buffers."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, floor: float = 1e-2):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32)[None, None])
+        self.register_buffer("std", torch.as_tensor(np.maximum(std, floor),
+                                                    dtype=torch.float32)[None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.log1p(x) - self.mean) / self.std
