@@ -76,6 +76,22 @@ def _cmd_compose(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .trainer import TrainConfig, train
+
+    name, _, version = args.set.partition(":")
+    if not version:
+        raise ValueError(f"--set must be NAME:VERSION (e.g. nsub_uniform:v1), not {args.set!r}")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                      learning_rate=args.learning_rate, seed=args.seed, device=args.device)
+    result = train(args.store, name, version, args.task, args.out, cfg)
+    last = result["history"][-1]
+    print(f"{args.task} estimator in {args.out}: {len(result['history'])} epochs, "
+          f"best validation loss {result['best_val_loss']:.4f} (last: train {last['train_loss']:.4f},"
+          f" val {last['val_loss']:.4f})")
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from .validate import validate_store
 
@@ -193,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--catalog", default="catalogs/casbi.yaml",
                    help="intake catalog to register the set in ('' for none)")
     c.set_defaults(func=_cmd_compose)
+
+    t = sub.add_parser("train", help="train an NPE (N_sub or theta) on a training set, streaming")
+    t.add_argument("store")
+    t.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
+    t.add_argument("--task", choices=["nsub", "theta"], required=True)
+    t.add_argument("--out", required=True, help="folder for checkpoints and the model")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--learning-rate", type=float, default=5e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    t.set_defaults(func=_cmd_train)
 
     v = sub.add_parser("validate", help="check a store: schema, chunks, counts, members, checksums")
     v.add_argument("store")
