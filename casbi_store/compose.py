@@ -36,7 +36,7 @@ import zarr
 from . import schema as S
 from .binning import Binning, histogram_stack
 from .provenance import package_versions, utc_now
-from .store import StoreError, _strings, open_stars, open_store, store_attrs
+from .store import StoreError, as_strings, open_stars, open_store, store_attrs
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
     mstar = ds[S.MSTAR.name].values
     mdm = ds[S.MDM.name].values
     tau = ds[S.TIME.name].values
-    simulation = np.asarray(_strings(ds[S.SIMULATION.name].values))
+    simulation = np.asarray(as_strings(ds[S.SIMULATION.name].values))
     halos = draw_members(spec, simulation, np.log10(mstar))
     binning = Binning.from_dict(attrs[S.ATTR_BINNING])
     nb = binning.spec.n_bins

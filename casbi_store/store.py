@@ -93,7 +93,7 @@ def galaxy_stars(path_or_url: str | os.PathLike, name: str) -> xr.Dataset:
     """The stars of one galaxy, by name."""
     store = os.fspath(path_or_url)
     gal = _open_group(store, S.GALAXIES)
-    hits = np.flatnonzero(np.asarray(_strings(gal[S.NAME.name].values)) == name)
+    hits = np.flatnonzero(np.asarray(as_strings(gal[S.NAME.name].values)) == name)
     if hits.size == 0:
         raise KeyError(f"{store}: no galaxy named {name!r}")
     k = int(hits[0])
@@ -162,15 +162,15 @@ class StoreWriter:
 
     def galaxy_index(self) -> dict[str, str]:
         """name -> fingerprint of committed galaxies."""
-        names = _strings(self._column(S.GALAXIES, S.NAME.name))
-        prints = _strings(self._column(S.GALAXIES, S.FINGERPRINT.name))
+        names = as_strings(self._column(S.GALAXIES, S.NAME.name))
+        prints = as_strings(self._column(S.GALAXIES, S.FINGERPRINT.name))
         return dict(zip(names, prints, strict=True))
 
     def error_rows(self) -> dict[str, dict]:
         """path -> error row (as a dict of the error fields)."""
         if not self._has(S.ERRORS):
             return {}
-        cols = {f.name: _strings(self._column(S.ERRORS, f.name)) for f in S.ERROR_FIELDS}
+        cols = {f.name: as_strings(self._column(S.ERRORS, f.name)) for f in S.ERROR_FIELDS}
         return {row[S.ERR_PATH.name]: row for row in
                 (dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True))}
 
@@ -340,7 +340,7 @@ class StoreWriter:
         zarr.consolidate_metadata(self.path, zarr_format=S.ZARR_FORMAT)
 
 
-def _strings(values) -> list[str]:
+def as_strings(values) -> list[str]:
     """Zarr/xarray give numpy StringDType or object arrays; plain Python strings either way."""
     return [str(v) for v in np.asarray(values, dtype=object)]
 
@@ -365,7 +365,7 @@ def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None 
     except StoreError:
         gal = None
     if gal is not None and gal.sizes[S.DIM_GALAXY]:
-        sims = sorted(set(_strings(gal[S.SIMULATION.name].values)))
+        sims = sorted(set(as_strings(gal[S.SIMULATION.name].values)))
         lines += [
             f"galaxies     {gal.sizes[S.DIM_GALAXY]} from {len(sims)} simulations, "
             f"{int(gal[S.N_STAR.name].sum()):,} stars",
@@ -390,9 +390,9 @@ def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None 
                          f"[O/Fe] {old['ofe_range']}")
     try:
         err = open_errors(store, storage_options)
-        kinds = _strings(err[S.ERR_KIND.name].values)
-        status = _strings(err[S.ERR_STATUS.name].values)
-        names = _strings(err[S.ERR_NAME.name].values)
+        kinds = as_strings(err[S.ERR_KIND.name].values)
+        status = as_strings(err[S.ERR_STATUS.name].values)
+        names = as_strings(err[S.ERR_NAME.name].values)
         lines.append(f"not used     {len(kinds)} snapshots "
                      f"({status.count('failed')} failed, {status.count('excluded')} excluded)")
         for name, st, kind in zip(names, status, kinds, strict=True):
