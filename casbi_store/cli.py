@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .binning import BinningSpec
 from .config import ConfigError, load_pipeline
@@ -89,6 +91,27 @@ def _cmd_train(args) -> int:
     print(f"{args.task} estimator in {args.out}: {len(result['history'])} epochs, "
           f"best validation loss {result['best_val_loss']:.4f} (last: train {last['train_loss']:.4f},"
           f" val {last['val_loss']:.4f})")
+    return 0
+
+
+def _cmd_infer(args) -> int:
+    import time
+
+    from .infer import corner_plot, infer, read_histogram
+
+    x = read_histogram(args.histogram)
+    start = time.perf_counter()
+    samples = infer(args.models, x, n_samples=args.samples, seed=args.seed)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    samples.to_netcdf(out)
+    png = corner_plot(samples, out.with_suffix(".png"))
+    print(f"{args.samples} posterior samples of {len(samples.data_vars)} parameters in "
+          f"{seconds:.2f} s -> {out}, corner plot {png}")
+    for name, var in samples.data_vars.items():
+        lo, med, hi = np.percentile(var.values, [16, 50, 84])
+        print(f"  {name:<16} {med:10.3f}  (68%: {lo:.3f} .. {hi:.3f}) {var.attrs['units']}")
     return 0
 
 
@@ -221,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     t.set_defaults(func=_cmd_train)
+
+    inf = sub.add_parser("infer", help="posterior samples for one 64x64 histogram")
+    inf.add_argument("models", nargs="+", help="model folders written by `train`")
+    inf.add_argument("--histogram", required=True, help=".npy or .nc, binned with the store's binning")
+    inf.add_argument("--out", default="posterior.nc", help="NetCDF of the samples (+ .png corner)")
+    inf.add_argument("--samples", type=int, default=10_000)
+    inf.add_argument("--seed", type=int, default=0)
+    inf.set_defaults(func=_cmd_infer)
 
     v = sub.add_parser("validate", help="check a store: schema, chunks, counts, members, checksums")
     v.add_argument("store")

@@ -53,3 +53,32 @@ def test_theta_targets_are_log_masses_of_the_top_blocks():
     target = torch.tensor([[[1e6, 1e9, 3.0], [1e5, 1e8, 5.0], [1e4, 1e7, 7.0], [np.nan] * 3]])
     theta = to_theta(target, "theta")
     np.testing.assert_allclose(theta.numpy()[0], [6, 9, 3, 5, 8, 5, 4, 7, 7], rtol=1e-6)
+
+
+def test_infer_returns_samples_inside_the_prior(store, tmp_path):
+    import subprocess
+    import sys
+
+    import xarray as xr
+
+    from casbi_store.infer import infer, load_posterior
+
+    for task in ("nsub", "theta"):
+        train(store, "t", "v1", task, tmp_path / task, TINY)
+    x = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True).x.values[0]
+    samples = infer([tmp_path / "nsub", tmp_path / "theta"], x, n_samples=500)
+    assert list(samples.data_vars)[:2] == ["n_sub", "log10_mstar_1"] and samples.sizes["sample"] == 500
+    for task in ("nsub", "theta"):
+        posterior, meta = load_posterior(tmp_path / task)
+        low, high = posterior.prior.base_dist.low.numpy(), posterior.prior.base_dist.high.numpy()
+        for k, name in enumerate(meta["parameters"]):
+            assert samples[name].min() >= low[k] and samples[name].max() <= high[k]
+    assert samples["log10_mstar_1"].attrs["units"] == "log10 Msol"
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-m", "casbi_store.cli", "infer", str(tmp_path / "nsub"),
+                           "--histogram", str(tmp_path / "x.npy"), "--out",
+                           str(tmp_path / "post.nc"), "--samples", "300"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert xr.open_dataset(tmp_path / "post.nc").sizes["sample"] == 300
+    assert (tmp_path / "post.png").stat().st_size > 2_000
