@@ -56,3 +56,13 @@ def assert_same_arrays(a: dict, b: dict, skip: tuple[str, ...] = ()) -> None:
             continue
         assert a[key].shape == b[key].shape, key
         assert np.array_equal(a[key], b[key], equal_nan=a[key].dtype.kind == "f"), key
+
+
+def store_with_set(tiny_store_path: Path, folder: Path, **spec) -> Path:
+    """A copy of the tiny store with one training set composed into it (spec fields as kwargs)."""
+    from casbi_store.compose import ComposeSpec, compose
+
+    path = folder / "store.zarr"
+    shutil.copytree(tiny_store_path, path)
+    compose(path, ComposeSpec(version="v1", **spec), progress=False)
+    return path

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import store_with_set
 
-from casbi_store.compose import ComposeSpec, compose
 from casbi_store.streaming import Log1pStandardize, TrainingSetStream, streamed_moments
 
 
 @pytest.fixture(scope="module")
 def store(tiny_store, tmp_path_factory):
-    path = tmp_path_factory.mktemp("stream") / "store.zarr"
-    shutil.copytree(tiny_store[0], path)
     # 6 x 400 halos: 1920 training rows in 4 chunks of 512
-    compose(path, ComposeSpec(name="s", version="v1", n_sub_min=3, n_sub_max=8, train_per_n=400,
-                              test_per_n=5, seed=2), progress=False)
-    return path
+    return store_with_set(tiny_store[0], tmp_path_factory.mktemp("stream"), name="s", n_sub_min=3,
+                          n_sub_max=8, train_per_n=400, test_per_n=5, seed=2)
 
 
 def indices(stream, workers=0, epoch=0):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import store_with_set
 
-from casbi_store.compose import ComposeSpec, compose
 from casbi_store.trainer import TrainConfig, load_estimator, to_theta, train
 
 TINY = TrainConfig(epochs=3, batch_size=64, hidden_features=16, num_transforms=2,
@@ -18,11 +17,8 @@ TINY = TrainConfig(epochs=3, batch_size=64, hidden_features=16, num_transforms=2
 
 @pytest.fixture(scope="module")
 def store(tiny_store, tmp_path_factory):
-    path = tmp_path_factory.mktemp("train") / "store.zarr"
-    shutil.copytree(tiny_store[0], path)
-    compose(path, ComposeSpec(name="t", version="v1", n_sub_min=3, n_sub_max=8, train_per_n=120,
-                              test_per_n=5, seed=3), progress=False)
-    return path
+    return store_with_set(tiny_store[0], tmp_path_factory.mktemp("train"), name="t", n_sub_min=3,
+                          n_sub_max=8, train_per_n=120, test_per_n=5, seed=3)
 
 
 def test_nsub_npe_learns_saves_and_reloads(store, tmp_path):
