@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from .binning import BinningSpec
 from .extract import ErrorKind, ExtractionSettings, extract_outcome
 from .provenance import provenance
 from .snapshots import SnapshotRef, find_snapshots, fingerprint
-from .store import GalaxyBatch, StoreWriter, iter_batches
+from .store import GalaxyBatch, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,7 @@ class Staging:
         if arrays:
             np.savez(stem.with_suffix(".tmp.npz"), **arrays)
             os.replace(stem.with_suffix(".tmp.npz"), stem.with_suffix(".npz"))
-        meta = {k: v for k, v in outcome.items() if not isinstance(v, np.ndarray)}
-        stem.with_suffix(".tmp.json").write_text(json.dumps(meta))
+        stem.with_suffix(".tmp.json").write_text(json.dumps(_metadata(outcome)))
         os.replace(stem.with_suffix(".tmp.json"), stem.with_suffix(".json"))  # written last
 
     def clear(self) -> None:
@@ -215,8 +215,10 @@ def extract_suite(
     writer.write_errors(errors)
     summary.phases["commit"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    if writer.n_galaxies():
+    if added:
         summary.binning_version = writer.update_binning(new_rows=added)["version"]
+    elif writer.n_galaxies():  # nothing new: repair() above has already made histograms current
+        summary.binning_version = writer.binning_version()
     summary.phases["histograms"] = time.perf_counter() - clock
     summary.seconds = time.perf_counter() - start
     writer.record_run(provenance(
@@ -312,6 +314,11 @@ def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging:
 
 def _fingerprint_task(paths: list[str]) -> list[str]:
     return [fingerprint(Path(p)) for p in paths]
+
+
+def iter_batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _error_row(ref: SnapshotRef, status: str, kind: str, fp: str, message: str) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -330,6 +330,10 @@ class StoreWriter:
         self._root = self._open_root()
         self._root[S.HISTOGRAMS].attrs[S.ATTR_BINNING_VERSION] = version
 
+    def binning_version(self) -> int:
+        """Version of the binning the histograms were last built with."""
+        return self._root.attrs[S.ATTR_BINNING]["version"]
+
     # -- bookkeeping ------------------------------------------------------------------------------
     def record_run(self, record: dict) -> None:
         attrs = self._root.attrs
@@ -347,11 +351,6 @@ def as_strings(values) -> list[str]:
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
-
-
-def iter_batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None = None) -> str:
