@@ -14,6 +14,7 @@ from . import __version__
 from .binning import BinningSpec
 from .config import ConfigError, load_pipeline
 from .extract import MAIN_HALO_RULES, ExtractionSettings
+from .tasks import TASKS
 
 log = logging.getLogger("casbi_store")
 
@@ -78,40 +79,70 @@ def _cmd_compose(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from .trainer import TrainConfig, train
+def _train_config(args):
+    from .trainer import TrainConfig
 
-    name, _, version = args.set.partition(":")
+    options = {k: getattr(args, k) for k in (
+        "epochs", "batch_size", "learning_rate", "patience", "hidden_features", "num_transforms",
+        "embedding_dim", "ensemble", "max_rank", "n_sub", "in_memory", "seed", "device")}
+    if args.conv_channels:
+        options["conv_channels"] = tuple(args.conv_channels)
+    return TrainConfig.from_dict({k: v for k, v in options.items() if v is not None})
+
+
+def _split_set(value: str) -> tuple[str, str]:
+    name, _, version = value.partition(":")
     if not version:
-        raise ValueError(f"--set must be NAME:VERSION (e.g. nsub_uniform:v1), not {args.set!r}")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, seed=args.seed, device=args.device)
-    result = train(args.store, name, version, args.task, args.out, cfg)
-    last = result["history"][-1]
-    print(f"{args.task} estimator in {args.out}: {len(result['history'])} epochs, "
-          f"best validation loss {result['best_val_loss']:.4f} (last: train {last['train_loss']:.4f},"
-          f" val {last['val_loss']:.4f})")
+        raise ValueError(f"--set must be NAME:VERSION (e.g. nsub_uniform:v1), not {value!r}")
+    return name, version
+
+
+def _cmd_train(args) -> int:
+    from .trainer import train
+
+    name, version = _split_set(args.set)
+    result = train(args.store, name, version, args.task, args.out, _train_config(args))
+    for k, history in enumerate(result["members"]):
+        last = history[-1]
+        print(f"  member {k}: {len(history)} epochs, best validation loss "
+              f"{result['best_val_loss'][k]:.4f}, weight {result['weights'][k]:.3f} "
+              f"(last: train {last['train_loss']:.4f}, val {last['val_loss']:.4f})")
+    print(f"{args.task} model in {args.out}")
     return 0
 
 
 def _cmd_infer(args) -> int:
     import time
 
-    from .infer import corner_plot, infer, read_histogram
+    from .infer import corner_plot, infer, read_histogram, read_star_table
+    from .trainer import load_model
 
-    x = read_histogram(args.histogram)
+    models = [load_model(m) for m in args.models]
+    if bool(args.histogram) == bool(args.stars):
+        raise ValueError("give exactly one of --histogram (.npy/.nc) or --stars (.csv)")
+    if args.stars:
+        x, summary = read_star_table(args.stars, models[0].stats["feh_edges"],
+                                     models[0].stats["ofe_edges"])
+        print(f"{args.stars}: {summary['binned']} of {summary['stars']} stars binned "
+              f"({summary['outside']} outside the store's binning or not finite)")
+    else:
+        x = read_histogram(args.histogram)
     start = time.perf_counter()
-    samples = infer(args.models, x, n_samples=args.samples, seed=args.seed)
+    samples = infer(models, x, n_samples=args.samples, seed=args.seed, n_sub=args.n_sub,
+                    ranks=args.ranks)
     seconds = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     samples.to_netcdf(out)
     png = corner_plot(samples, out.with_suffix(".png"))
-    print(f"{args.samples} posterior samples of {len(samples.data_vars)} parameters in "
-          f"{seconds:.2f} s -> {out}, corner plot {png}")
+    print(f"{args.samples} posterior samples in {seconds:.2f} s -> {out}, corner plot {png}")
     for name, var in samples.data_vars.items():
-        lo, med, hi = np.percentile(var.values, [16, 50, 84])
-        print(f"  {name:<16} {med:10.3f}  (68%: {lo:.3f} .. {hi:.3f}) {var.attrs['units']}")
+        for label, values in ([(f"{name}_{r}", var.sel(rank=r).values) for r in var["rank"].values]
+                              if "rank" in var.dims else [(name, var.values)]):
+            values = values[np.isfinite(values)]
+            if len(values):
+                lo, med, hi = np.percentile(values, [16, 50, 84])
+                print(f"  {label:<16} {med:10.3f}  (68%: {lo:.3f} .. {hi:.3f}) {var.attrs['units']}")
     return 0
 
 
@@ -233,23 +264,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intake catalog to register the set in ('' for none)")
     c.set_defaults(func=_cmd_compose)
 
-    t = sub.add_parser("train", help="train an NPE (N_sub or theta) on a training set, streaming")
-    t.add_argument("store")
+    t = sub.add_parser("train", help="train an estimator (step 1 or 2) on a training set, streaming")
+    t.add_argument("store", help="store path or URL")
     t.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
-    t.add_argument("--task", choices=["nsub", "theta"], required=True)
-    t.add_argument("--out", required=True, help="folder for checkpoints and the model")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--learning-rate", type=float, default=5e-4)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    t.add_argument("--task", choices=TASKS, required=True,
+                   help="nsub: NPE on N_sub (rounded); nsub_classifier: softmax over N_sub; "
+                        "theta: per-rank NPE of (log M*, log M_dm, tau) given N_sub and rank; "
+                        "theta_joint: all 3 N_sub parameters for one fixed --n-sub")
+    t.add_argument("--out", required=True, help="model folder (checkpoints, weights, config)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--patience", type=int, help="epochs without validation improvement to stop")
+    t.add_argument("--hidden-features", type=int, help="NSF hidden features (default 100)")
+    t.add_argument("--num-transforms", type=int, help="NSF transforms (default 10)")
+    t.add_argument("--embedding-dim", type=int, help="CNN output features (default 128)")
+    t.add_argument("--conv-channels", type=int, nargs="+", help="CNN channels per layer")
+    t.add_argument("--ensemble", type=int, help="members trained independently (default 1)")
+    t.add_argument("--max-rank", type=int, help="theta: ranks learnt, 1..R (0: all; default 3)")
+    t.add_argument("--n-sub", type=int, help="theta_joint: the fixed N_sub")
+    t.add_argument("--in-memory", action="store_true", default=None,
+                   help="load the split into memory instead of streaming chunks")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["cpu", "cuda"])
     t.set_defaults(func=_cmd_train)
 
-    inf = sub.add_parser("infer", help="posterior samples for one 64x64 histogram")
-    inf.add_argument("models", nargs="+", help="model folders written by `train`")
-    inf.add_argument("--histogram", required=True, help=".npy or .nc, binned with the store's binning")
+    inf = sub.add_parser("infer", help="two-step posterior samples for one halo")
+    inf.add_argument("models", nargs="+", help="model folders written by `train` (step 1 and 2)")
+    inf.add_argument("--histogram", help=".npy or .nc 64x64 histogram, binned with the store's binning")
+    inf.add_argument("--stars", help="CSV star table with [Fe/H] and [O/Fe] columns")
     inf.add_argument("--out", default="posterior.nc", help="NetCDF of the samples (+ .png corner)")
     inf.add_argument("--samples", type=int, default=10_000)
+    inf.add_argument("--n-sub", choices=["mixture", "mode"], default="mixture",
+                     help="condition theta on step 1's N_sub samples (mixture) or its mode")
+    inf.add_argument("--ranks", type=int, default=3, help="blocks to infer, by M* rank")
     inf.add_argument("--seed", type=int, default=0)
     inf.set_defaults(func=_cmd_infer)
 

@@ -1,13 +1,19 @@
-"""Posteriors for a new halo: the two-step inference on one 64x64 histogram.
+"""Inference on a new halo: the two-step posterior for one 64x64 chemical-plane histogram.
 
-A trained estimator (``casbi_store.trainer``) becomes an sbi ``DirectPosterior`` with a
-``BoxUniform`` prior over the training targets' ranges; samples outside the prior are rejected by
-sbi. ``infer`` samples N_sub and theta for one histogram and returns them as an
-``xarray.Dataset`` with named parameters and units (written as NetCDF by the CLI).
+Step 1 gives p(N_sub | x) (classifier or NPE). Step 2 per rank samples theta_i | x, N_sub, i as
+a **mixture over step 1's samples**: each N_sub draw is paired with one theta draw of every rank
+up to ``ranks`` (ranks above the drawn N_sub are NaN), so the theta samples carry step 1's
+uncertainty. ``n_sub="mode"`` conditions every theta draw on the most probable N_sub instead.
+A joint-mode model (fixed N_sub) is sampled as it is, independent of step 1.
+
+The observation is a histogram (.npy, or .nc with ``x``/``counts``) binned with the store's
+binning, or a star table (CSV with [Fe/H] and [O/Fe] columns) binned here with the bin edges the
+model saved from its store.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -17,35 +23,16 @@ import torch
 import xarray as xr
 
 from . import schema as S
-from .trainer import load_estimator
+from .binning import bin_index
+from .posteriors import NsubPosterior, load_posterior, nsub_probabilities, sample_in_prior
+from .tasks import BLOCK_PARAMETERS, UNITS, ranked_condition
+from .trainer import TrainedModel, load_model
 
-UNITS = {"n_sub": "", "log10_mstar": "log10 Msol", "log10_mdm": "log10 Msol", "tau": "Gyr"}
-
-
-def load_posterior(model_dir: str | os.PathLike):
-    """sbi DirectPosterior of a trained model, with a BoxUniform prior over its training ranges."""
-    from sbi.inference import DirectPosterior
-    from sbi.utils import BoxUniform
-
-    estimator, meta = load_estimator(model_dir)
-    theta = np.load(Path(model_dir) / "transform.npz")["theta_example"]
-    low, high = theta.min(axis=0), theta.max(axis=0)
-    prior = BoxUniform(torch.as_tensor(low, dtype=torch.float32),
-                       torch.as_tensor(np.maximum(high, low + 1e-6), dtype=torch.float32))
-    return DirectPosterior(estimator, prior), meta
+FEH_COLUMNS = ("[Fe/H]", "feh", "FeH", "fe_h")
+OFE_COLUMNS = ("[O/Fe]", "ofe", "OFe", "o_fe")
 
 
-def read_histogram(path: str | os.PathLike) -> np.ndarray:
-    """A 64x64 histogram from .npy, or from .nc (variable ``x`` or ``counts``)."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        x = np.load(path)
-    elif path.suffix == ".nc":
-        ds = xr.open_dataset(path)
-        name = S.X.name if S.X.name in ds else S.COUNTS.name
-        x = ds[name].values
-    else:
-        raise ValueError(f"{path}: expected a .npy or .nc histogram")
+def _check_histogram(x: np.ndarray, path: Path) -> np.ndarray:
     x = np.squeeze(np.asarray(x, dtype=np.float32))
     if x.shape != (S.N_BINS, S.N_BINS):
         raise ValueError(f"{path}: histogram has shape {x.shape}, expected "
@@ -55,50 +42,160 @@ def read_histogram(path: str | os.PathLike) -> np.ndarray:
     return x
 
 
-def infer(model_dirs: list[str | os.PathLike], histogram: np.ndarray, n_samples: int = 10_000,
-          seed: int = 0) -> xr.Dataset:
-    """Posterior samples of every model's parameters for one histogram."""
+def read_histogram(path: str | os.PathLike) -> np.ndarray:
+    """A 64x64 histogram from .npy, or from .nc (variable ``x`` or ``counts``)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        x = np.load(path)
+    elif path.suffix == ".nc":
+        ds = xr.open_dataset(path)
+        if S.X.name not in ds and S.COUNTS.name not in ds:
+            raise ValueError(f"{path}: no variable {S.X.name!r} or {S.COUNTS.name!r}")
+        x = ds[S.X.name if S.X.name in ds else S.COUNTS.name].values
+    else:
+        raise ValueError(f"{path}: expected a .npy or .nc histogram (or --stars for a CSV table)")
+    return _check_histogram(x, path)
+
+
+def _column(header: list[str], names: tuple[str, ...], path: Path) -> int:
+    for name in names:
+        if name in header:
+            return header.index(name)
+    raise ValueError(f"{path}: no column named any of {names}; columns are {header}")
+
+
+def read_star_table(path: str | os.PathLike, feh_edges: np.ndarray, ofe_edges: np.ndarray
+                    ) -> tuple[np.ndarray, dict]:
+    """Bin a CSV of stars ([Fe/H], [O/Fe] columns) with the given edges; returns the histogram
+    and a summary (stars read, binned, outside the range or not finite)."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise ValueError(f"{path}: empty star table (need a header and at least one star)")
+    header = [h.strip() for h in rows[0]]
+    i_fe, i_o = _column(header, FEH_COLUMNS, path), _column(header, OFE_COLUMNS, path)
+    try:
+        values = np.array([[float(r[i_fe]), float(r[i_o])] for r in rows[1:] if r], dtype=float)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"{path}: unreadable value in the [Fe/H]/[O/Fe] columns ({exc})") from exc
+    i, j = bin_index(values[:, 0], feh_edges), bin_index(values[:, 1], ofe_edges)
+    keep = (i >= 0) & (j >= 0)
+    n = len(feh_edges) - 1
+    hist = np.bincount(i[keep] * n + j[keep], minlength=n * n).reshape(n, n).astype(np.float32)
+    return hist, {"stars": len(values), "binned": int(keep.sum()), "outside": int((~keep).sum())}
+
+
+def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np.ndarray,
+                    ranks: int) -> np.ndarray:
+    """theta of ranks 1..ranks for each N_sub draw: (draws, ranks, 3), NaN above N_sub."""
+    out = np.full((len(n_draws), ranks, len(BLOCK_PARAMETERS)), np.nan)
+    flat = x.reshape(1, -1)
+    for n in np.unique(n_draws):
+        where = np.flatnonzero(n_draws == n)
+        for rank in range(1, min(int(n), ranks) + 1):
+            cond = ranked_condition(flat, torch.tensor([float(n)]), torch.tensor([float(rank)]))
+            out[where, rank - 1] = sample_in_prior(posterior, model, len(where), cond)
+    return out
+
+
+def _var(values, dims, name: str, model: TrainedModel, **attrs) -> xr.Variable:
+    return xr.Variable(dims, values, attrs={"units": UNITS.get(name, ""), "model": str(model.path),
+                                            "task": model.task, **attrs})
+
+
+def infer(models: list[TrainedModel | str | os.PathLike], histogram: np.ndarray,
+          n_samples: int = 10_000, seed: int = 0, n_sub: str = "mixture", ranks: int = 3
+          ) -> xr.Dataset:
+    """Posterior samples for one histogram from step-1 and step-2 model folders.
+
+    Variables: ``n_sub`` (sample) from the step-1 model that drives step 2 (the classifier if
+    given, else the NPE; the other one, if given too, as ``n_sub_npe``), per-rank
+    ``log10_mstar``, ``log10_mdm``, ``tau`` (sample, rank), and joint-mode ``<param>_<k>``.
+    """
+    if n_sub not in ("mixture", "mode"):
+        raise ValueError(f"n_sub must be 'mixture' or 'mode', not {n_sub!r}")
     torch.manual_seed(seed)
+    loaded = [m if isinstance(m, TrainedModel) else load_model(m) for m in models]
+    by_task = {}
+    for m in loaded:
+        if m.task in by_task:
+            raise ValueError(f"two {m.task} models given ({by_task[m.task].path}, {m.path})")
+        by_task[m.task] = m
     x = torch.as_tensor(histogram, dtype=torch.float32)[None, None]
-    data = {}
-    for model_dir in model_dirs:
-        posterior, meta = load_posterior(model_dir)
-        samples = posterior.sample((n_samples,), x=x, show_progress_bars=False).numpy()
-        for k, name in enumerate(meta["parameters"]):
-            base = name.rsplit("_", 1)[0] if name[-1].isdigit() else name
-            data[name] = xr.Variable("sample", samples[:, k],
-                                     attrs={"units": UNITS.get(base, ""), "model": str(model_dir),
-                                            "task": meta["task"]})
-    return xr.Dataset(data, attrs={"models": json.dumps([str(m) for m in model_dirs]),
-                                   "n_samples": n_samples, "seed": seed})
+    data: dict[str, xr.Variable] = {}
+    draws = None
+    for task in ("nsub_classifier", "nsub"):
+        if task not in by_task:
+            continue
+        model = by_task[task]
+        posterior = load_posterior(model)
+        if isinstance(posterior, NsubPosterior):
+            s = posterior.sample(n_samples, x[0], seed=seed)
+        else:
+            n_min, n_max = model.meta["n_sub_range"]
+            raw = sample_in_prior(posterior, model, n_samples, x)[:, 0]
+            s = np.clip(np.rint(raw), n_min, n_max).astype(int)
+        name = "n_sub" if draws is None else "n_sub_npe"
+        data[name] = _var(s, "sample", "n_sub", model)
+        draws = s if draws is None else draws
+    if "theta" in by_task:
+        model = by_task["theta"]
+        if draws is None:
+            raise ValueError("a per-rank theta model needs a step-1 model (nsub or "
+                             "nsub_classifier) among the model folders")
+        if n_sub == "mode":
+            values, p = nsub_probabilities(by_task.get("nsub_classifier") or by_task["nsub"],
+                                           load_posterior(by_task.get("nsub_classifier")
+                                                          or by_task["nsub"]), x)
+            draws = np.full(n_samples, values[np.argmax(p[0])])
+        theta = _ranked_samples(load_posterior(model), model, x, draws, ranks)
+        for k, name in enumerate(BLOCK_PARAMETERS):
+            data[name] = _var(theta[..., k], ("sample", "rank"), name, model, n_sub=n_sub)
+    if "theta_joint" in by_task:
+        model = by_task["theta_joint"]
+        s = sample_in_prior(load_posterior(model), model, n_samples, x)
+        for k, name in enumerate(model.parameters):
+            data[name] = _var(s[:, k], "sample", name.rsplit("_", 1)[0], model,
+                              n_sub=model.meta["config"]["n_sub"])
+    coords = {"rank": np.arange(1, ranks + 1)} if "theta" in by_task else {}
+    return xr.Dataset(data, coords=coords,
+                      attrs={"models": json.dumps([str(m.path) for m in loaded]),
+                             "n_samples": n_samples, "seed": seed, "n_sub_mode": n_sub})
 
 
-def corner_plot(samples: xr.Dataset, out: str | os.PathLike, max_params: int = 7) -> Path:
-    """A small corner plot (histograms on the diagonal, scatter below) of the samples."""
+def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray]:
+    """Named 1-d sample arrays (per-rank variables split into ``<name>_<rank>``)."""
+    out = {}
+    for name, var in samples.data_vars.items():
+        if "rank" in var.dims:
+            for r in var["rank"].values[:max_rank]:
+                out[f"{name}_{r}"] = var.sel(rank=r).values
+        else:
+            out[name] = var.values
+    return out
+
+
+def corner_plot(samples: xr.Dataset | dict, out: str | os.PathLike, truth: dict | None = None,
+                max_params: int = 7) -> Path:
+    """Corner plot (``corner``) of the samples, the truth marked if given."""
+    import corner
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(samples.data_vars)[:max_params]
-    n = len(names)
-    fig, axes = plt.subplots(n, n, figsize=(2.2 * n, 2.2 * n), squeeze=False)
-    for i, yi in enumerate(names):
-        for j, xj in enumerate(names):
-            ax = axes[i, j]
-            if j > i:
-                ax.set_visible(False)
-            elif i == j:
-                ax.hist(samples[xj].values, bins=40, color="0.3")
-            else:
-                ax.hist2d(samples[xj].values, samples[yi].values, bins=40, cmap="Greys")
-            if i == n - 1:
-                ax.set_xlabel(xj, fontsize=8)
-            if j == 0 and i > 0:
-                ax.set_ylabel(yi, fontsize=8)
-    fig.tight_layout()
+    flat = flat_samples(samples) if isinstance(samples, xr.Dataset) else samples
+    names = [n for n, v in flat.items() if np.isfinite(v).sum() > 1 and np.ptp(v[np.isfinite(v)]) > 0]
+    names = names[:max_params]
+    data = np.column_stack([flat[n] for n in names])
+    data = data[np.isfinite(data).all(axis=1)]
+    truths = [truth.get(n) for n in names] if truth else None
+    fig = corner.corner(data, labels=names, truths=truths, truth_color="C3",
+                        quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".2f",
+                        title_kwargs={"fontsize": 8}, label_kwargs={"fontsize": 8})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=90)
     plt.close(fig)
     return out

@@ -1,4 +1,4 @@
-"""The thin trainer: a tiny NPE learns, saves, reloads and resumes."""
+"""The thin trainer: tiny estimators of every task learn, save, reload, resume and sample."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pytest
 import torch
 from conftest import store_with_set
 
-from casbi_store.trainer import TrainConfig, load_estimator, to_theta, train
+from casbi_store import tasks as T
+from casbi_store.estimators import NsubClassifier
+from casbi_store.trainer import TrainConfig, load_model, train
 
 TINY = TrainConfig(epochs=3, batch_size=64, hidden_features=16, num_transforms=2,
                    embedding_dim=16, conv_channels=(4, 8), learning_rate=2e-3, patience=10)
+
+
+def tiny(**changes) -> TrainConfig:
+    return TrainConfig(**{**TINY.__dict__, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -23,58 +29,156 @@ def store(tiny_store, tmp_path_factory):
 
 def test_nsub_npe_learns_saves_and_reloads(store, tmp_path):
     result = train(store, "t", "v1", "nsub", tmp_path / "m", TINY)
-    losses = [h["train_loss"] for h in result["history"]]
+    losses = [h["train_loss"] for h in result["members"][0]]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    first, meta = load_estimator(tmp_path / "m")
-    again, _ = load_estimator(tmp_path / "m")
+    first, again = load_model(tmp_path / "m"), load_model(tmp_path / "m")
     x = torch.rand(5, 1, 64, 64) * 20
     theta = torch.full((5, 1), 5.0)
     with torch.no_grad():
-        assert torch.equal(first.log_prob(theta[None], condition=x),
-                           again.log_prob(theta[None], condition=x))
-    assert meta["parameters"] == ["n_sub"]
+        assert torch.equal(first.members[0].log_prob(theta[None], condition=x),
+                           again.members[0].log_prob(theta[None], condition=x))
+    assert first.parameters == ["n_sub"] and first.meta["n_sub_range"] == [3, 8]
+    assert "sbi" in first.meta["versions"] and first.stats["feh_edges"].shape == (65,)
 
 
 def test_resume_continues_from_the_checkpoint(store, tmp_path):
     out = tmp_path / "r"
-    cfg2 = TrainConfig(**{**TINY.__dict__, "epochs": 2})
-    first = train(store, "t", "v1", "nsub", out, cfg2)["history"]
-    resumed = train(store, "t", "v1", "nsub", out, TINY)["history"]  # "killed" after epoch 2
+    first = train(store, "t", "v1", "nsub", out, tiny(epochs=2))["members"][0]
+    resumed = train(store, "t", "v1", "nsub", out, TINY)["members"][0]  # "killed" after epoch 2
     assert [h["epoch"] for h in resumed] == [1, 2, 3]
     assert resumed[:2] == first
-    assert json.loads((out / "history.json").read_text()) == resumed
+    assert json.loads((out / "member-0" / "history.json").read_text()) == resumed
+    with pytest.raises(ValueError, match="holds a nsub model"):
+        train(store, "t", "v1", "theta", out, TINY)
 
 
-def test_theta_targets_are_log_masses_of_the_top_blocks():
-    target = torch.tensor([[[1e6, 1e9, 3.0], [1e5, 1e8, 5.0], [1e4, 1e7, 7.0], [np.nan] * 3]])
-    theta = to_theta(target, "theta")
-    np.testing.assert_allclose(theta.numpy()[0], [6, 9, 3, 5, 8, 5, 4, 7, 7], rtol=1e-6)
+def test_classifier_probabilities_sum_to_one_over_2_to_100():
+    net = NsubClassifier(np.zeros((64, 64)), np.ones((64, 64)), 2, 100, channels=(4, 8), width=16)
+    p = net.probs(torch.rand(7, 1, 64, 64) * 30)
+    assert p.shape == (7, 99) and torch.allclose(p.sum(dim=1), torch.ones(7))
+    assert net.values[0] == 2 and net.values[-1] == 100
+    theta = torch.tensor([[2.0], [100.0], [37.0]])
+    x = torch.rand(3, 1, 64, 64)
+    np.testing.assert_allclose(net.log_prob(theta, x).exp().detach().numpy(),
+                               net.probs(x).detach().numpy()[[0, 1, 2], [0, 98, 35]], rtol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        net.loss(torch.tensor([[101.0]]), x[:1])
 
 
-def test_infer_returns_samples_inside_the_prior(store, tmp_path):
+def test_classifier_learns_on_the_training_set(store, tmp_path):
+    result = train(store, "t", "v1", "nsub_classifier", tmp_path / "c", tiny(epochs=4))
+    losses = [h["train_loss"] for h in result["members"][0]]
+    assert losses[-1] < losses[0]
+    model = load_model(tmp_path / "c")
+    assert model.members[0].values.tolist() == list(range(3, 9))
+
+
+def test_per_rank_pairs_pick_the_block_of_the_drawn_rank():
+    mstar = torch.tensor([[1e8, 1e7, 1e6, np.nan], [1e9, 1e5, np.nan, np.nan]])
+    target = torch.stack([mstar, mstar * 30, torch.arange(8.0).reshape(2, 4)], dim=-1)
+    x = torch.rand(2, 1, 64, 64)
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(50):
+        theta, cond = T.to_training_pair(x, target, "theta", max_rank=3, generator=gen)
+        n_sub, rank = cond[:, -2].long(), cond[:, -1].long()
+        assert n_sub.tolist() == [3, 2] and torch.equal(cond[:, :-2], x.reshape(2, -1))
+        for row in range(2):
+            r = int(rank[row])
+            assert 1 <= r <= n_sub[row]
+            np.testing.assert_allclose(theta[row].numpy(),
+                                       [np.log10(float(mstar[row, r - 1])),
+                                        np.log10(30 * float(mstar[row, r - 1])),
+                                        float(target[row, r - 1, 2])], rtol=1e-6)
+            seen.add((row, r))
+    assert seen == {(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)}
+    theta, cond = T.to_training_pair(x, target, "theta_joint", n_sub=2)
+    assert theta.shape == (1, 6) and torch.equal(cond, x[1:])
+
+
+def test_ensemble_members_are_weighted_by_validation_likelihood(store, tmp_path):
+    from sbi.inference import EnsemblePosterior
+
+    from casbi_store.posteriors import load_posterior
+
+    result = train(store, "t", "v1", "theta", tmp_path / "e", tiny(epochs=2, ensemble=2))
+    best = np.asarray(result["best_val_loss"])
+    expected = np.exp(-best) / np.exp(-best).sum()
+    np.testing.assert_allclose(result["weights"], expected, rtol=1e-6)
+    model = load_model(tmp_path / "e")
+    assert len(model.members) == 2 and model.parameters == ["log10_mstar", "log10_mdm", "tau"]
+    posterior = load_posterior(model)
+    assert isinstance(posterior, EnsemblePosterior)
+    import xarray as xr
+
+    x = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True).x.values[:1]
+    cond = T.ranked_condition(torch.as_tensor(x, dtype=torch.float32), torch.tensor([5.0]),
+                              torch.tensor([1.0]))
+    samples = posterior.sample((200,), x=cond, show_progress_bars=False)
+    assert samples.shape == (200, 3) and torch.isfinite(samples).all()
+
+
+def test_two_step_inference_returns_samples_inside_the_prior(store, tmp_path):
     import subprocess
     import sys
 
     import xarray as xr
 
-    from casbi_store.infer import infer, load_posterior
+    from casbi_store.infer import infer, read_star_table
+    from casbi_store.posteriors import load_posterior
 
-    for task in ("nsub", "theta"):
+    for task in ("nsub_classifier", "nsub", "theta"):
         train(store, "t", "v1", task, tmp_path / task, TINY)
-    x = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True).x.values[0]
-    samples = infer([tmp_path / "nsub", tmp_path / "theta"], x, n_samples=500)
-    assert list(samples.data_vars)[:2] == ["n_sub", "log10_mstar_1"] and samples.sizes["sample"] == 500
-    for task in ("nsub", "theta"):
-        posterior, meta = load_posterior(tmp_path / task)
-        low, high = posterior.prior.base_dist.low.numpy(), posterior.prior.base_dist.high.numpy()
-        for k, name in enumerate(meta["parameters"]):
-            assert samples[name].min() >= low[k] and samples[name].max() <= high[k]
-    assert samples["log10_mstar_1"].attrs["units"] == "log10 Msol"
-    np.save(tmp_path / "x.npy", x)
-    proc = subprocess.run([sys.executable, "-m", "casbi_store.cli", "infer", str(tmp_path / "nsub"),
-                           "--histogram", str(tmp_path / "x.npy"), "--out",
+    test = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True)
+    x = test.x.values[0]
+    samples = infer([tmp_path / "nsub_classifier", tmp_path / "nsub", tmp_path / "theta"], x,
+                    n_samples=400)
+    assert samples.sizes == {"sample": 400, "rank": 3}
+    assert set(np.unique(samples.n_sub)) <= set(range(3, 9))
+    assert set(np.unique(samples.n_sub_npe)) <= set(range(3, 9))
+    low = load_posterior(tmp_path / "theta").prior.base_dist.low.numpy()
+    high = load_posterior(tmp_path / "theta").prior.base_dist.high.numpy()
+    for k, name in enumerate(T.BLOCK_PARAMETERS):
+        v = samples[name].values
+        assert np.isfinite(v[:, 0]).all()  # rank 1 exists for every N_sub >= 3
+        assert np.nanmin(v) >= low[k] and np.nanmax(v) <= high[k]
+    assert samples["log10_mstar"].attrs["units"] == "log10 Msol"
+    # the CLI, from a star table: stars at the bin centres of a test halo, plus 5 outside
+    model = load_model(tmp_path / "theta")
+    fe, of = model.stats["feh_edges"], model.stats["ofe_edges"]
+    i, j = np.nonzero(x)
+    counts = x[i, j].astype(int)
+    stars = np.column_stack([np.repeat((fe[i] + fe[i + 1]) / 2, counts),
+                             np.repeat((of[j] + of[j + 1]) / 2, counts)])
+    stars = np.vstack([stars, np.column_stack([np.full(5, fe[-1] + 1), np.zeros(5)])])
+    np.savetxt(tmp_path / "stars.csv", stars, delimiter=",", header="[Fe/H],[O/Fe]", comments="")
+    binned, summary = read_star_table(tmp_path / "stars.csv", fe, of)
+    assert np.array_equal(binned, x) and summary["outside"] == 5
+    proc = subprocess.run([sys.executable, "-m", "casbi_store.cli", "infer",
+                           str(tmp_path / "nsub_classifier"), str(tmp_path / "theta"),
+                           "--stars", str(tmp_path / "stars.csv"), "--out",
                            str(tmp_path / "post.nc"), "--samples", "300"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert f"{counts.sum()} of {counts.sum() + 5} stars binned" in proc.stdout
     assert xr.open_dataset(tmp_path / "post.nc").sizes["sample"] == 300
     assert (tmp_path / "post.png").stat().st_size > 2_000
+
+
+def test_star_table_errors_name_the_file(tmp_path):
+    from casbi_store.infer import read_star_table
+
+    edges = np.linspace(-3, 0, 65)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("feh,mass\n-1,2\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: no column named any of"):
+        read_star_table(bad, edges, edges)
+    hist, summary = read_star_table(_write(tmp_path / "s.csv", "ofe,feh\n0.1,-1\n-5,-1\n"),
+                                    edges, np.linspace(-0.5, 0.5, 65))
+    assert summary == {"stars": 2, "binned": 1, "outside": 1} and hist.sum() == 1
+    assert hist[np.searchsorted(edges, -1, side="right") - 1, 38] == 1
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

@@ -1,0 +1,127 @@
+"""The networks: sbi's neural spline flows with our CNN embedding, and the N_sub classifier.
+
+Every estimator here has ``loss(theta, condition)`` (per-row negative log-likelihood), so one
+training loop serves them all. The input transform (``Log1pStandardize``) sits in front of each
+embedding, so its statistics are saved in the ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import schema as S
+from .streaming import Log1pStandardize
+from .tasks import N_PIXELS
+
+
+def image_embedding(mean: np.ndarray, std: np.ndarray, conv_channels: tuple[int, ...],
+                    embedding_dim: int) -> nn.Module:
+    """log1p + standardisation, then sbi's CNN: 64x64 -> ``embedding_dim`` features."""
+    from sbi.neural_nets.embedding_nets import CNNEmbedding
+
+    return nn.Sequential(
+        Log1pStandardize(mean, std),
+        CNNEmbedding(input_shape=(S.N_BINS, S.N_BINS), in_channels=1,
+                     out_channels_per_layer=list(conv_channels), num_conv_layers=len(conv_channels),
+                     num_linear_layers=2, num_linear_units=embedding_dim, output_dim=embedding_dim),
+    )
+
+
+class RankedEmbedding(nn.Module):
+    """Per-rank condition (flattened histogram, N_sub, rank) -> CNN features of the image with
+    log10 N_sub, log10 rank and rank / N_sub appended after the CNN."""
+
+    def __init__(self, image_net: nn.Module):
+        super().__init__()
+        self.image_net = image_net
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        image = condition[:, :N_PIXELS].reshape(-1, 1, S.N_BINS, S.N_BINS)
+        n_sub, rank = condition[:, N_PIXELS:N_PIXELS + 1], condition[:, N_PIXELS + 1:N_PIXELS + 2]
+        return torch.cat([self.image_net(image), torch.log10(n_sub), torch.log10(rank),
+                          rank / n_sub], dim=1)
+
+
+def build_npe(task: str, mean: np.ndarray, std: np.ndarray, theta_example: np.ndarray, *,
+              hidden_features: int, num_transforms: int, embedding_dim: int,
+              conv_channels: tuple[int, ...], seed: int) -> nn.Module:
+    """sbi's NSF (``posterior_nn``) with our embedding; ``theta_example`` sets the flow's
+    standardisation of theta. ``z_score_x="none"``: our transform standardises the image."""
+    from sbi.neural_nets import posterior_nn
+
+    from .tasks import condition_shape
+
+    torch.manual_seed(seed)
+    embedding = image_embedding(mean, std, conv_channels, embedding_dim)
+    if task == "theta":
+        embedding = RankedEmbedding(embedding)
+    build = posterior_nn("nsf", z_score_x="none", z_score_theta="independent",
+                         embedding_net=embedding, hidden_features=hidden_features,
+                         num_transforms=num_transforms)
+    theta = torch.as_tensor(theta_example, dtype=torch.float32)
+    condition = torch.ones(min(len(theta), 256), *condition_shape(task))
+    return build(theta[:256], condition)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a skip connection (1x1 projection when channels change)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.skip(x) + self.conv2(torch.relu(self.conv1(x))))
+
+
+class NsubClassifier(nn.Module):
+    """ResNet-style CNN over N_sub in [n_min, n_max]; its softmax is p(N_sub | x).
+
+    ``loss(theta, x)`` is the per-row cross entropy with ``theta`` the true N_sub (shape (N, 1)),
+    i.e. the negative log-likelihood of the discrete posterior, comparable to the NPE's loss.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, n_min: int, n_max: int,
+                 channels: tuple[int, ...] = (8, 16, 32), width: int = 128, seed: int = 0):
+        super().__init__()
+        if n_max <= n_min:
+            raise ValueError(f"N_sub range [{n_min}, {n_max}] has fewer than two values")
+        torch.manual_seed(seed)
+        self.n_min, self.n_max = int(n_min), int(n_max)
+        layers: list[nn.Module] = [Log1pStandardize(mean, std)]
+        c_in = 1
+        for c in channels:
+            layers += [ResidualBlock(c_in, c), nn.AvgPool2d(2)]
+            c_in = c
+        layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c_in * 16, width), nn.ReLU(),
+                   nn.Linear(width, self.n_max - self.n_min + 1)]
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The N_sub value of each class."""
+        return torch.arange(self.n_min, self.n_max + 1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n_classes) posterior probabilities; rows sum to 1."""
+        return torch.softmax(self.logits(x), dim=1)
+
+    def _index(self, theta: torch.Tensor) -> torch.Tensor:
+        n = theta.reshape(-1).round().long()
+        if ((n < self.n_min) | (n > self.n_max)).any():
+            raise ValueError(f"N_sub outside the classifier's range [{self.n_min}, {self.n_max}]")
+        return n - self.n_min
+
+    def log_prob(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(self.logits(x), dim=1)
+        return logp.gather(1, self._index(theta)[:, None])[:, 0]
+
+    def loss(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return -self.log_prob(theta, x)

@@ -1,0 +1,128 @@
+"""Posterior objects of trained model folders.
+
+NPE models become sbi ``DirectPosterior``s with a ``BoxUniform`` prior over the range of their
+training parameters (log masses); ensembles become sbi's ``EnsemblePosterior`` with the weights
+the trainer derived from validation log-likelihood. The N_sub classifier becomes an
+``NsubPosterior``: the members' softmax averaged with the same weights.
+
+``nsub_probabilities`` gives p(N_sub | x) on the integers for either kind of step-1 model
+(the NPE's continuous samples rounded), which evaluation and inference share.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .trainer import TrainedModel, load_model
+
+
+class OutsidePriorError(ValueError):
+    """Almost no posterior samples fall inside the prior box: the observation is unlike the
+    training halos (or the model is untrained)."""
+
+
+def box_bounds(model: TrainedModel) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high corners of the prior box: the training parameters' range."""
+    theta = model.stats["theta_example"]
+    low, high = theta.min(axis=0), theta.max(axis=0)
+    if model.task == "nsub":  # the rounded range: N_sub = n_min ... n_max
+        low, high = low - 0.5, high + 0.5
+    return low.astype(np.float32), np.maximum(high, low + 1e-6).astype(np.float32)
+
+
+def prior_box(model: TrainedModel):
+    """BoxUniform over the training parameters' range (rejection keeps samples inside it)."""
+    from sbi.utils import BoxUniform
+
+    low, high = box_bounds(model)
+    return BoxUniform(torch.as_tensor(low), torch.as_tensor(high))
+
+
+def sample_in_prior(posterior, model: TrainedModel, n: int, x: torch.Tensor,
+                    min_acceptance: float = 0.005) -> np.ndarray:
+    """``n`` samples of ``posterior`` at ``x`` inside the prior box, by rejection with a bound:
+    if fewer than ``min_acceptance`` of the draws land inside, raise ``OutsidePriorError``
+    (sbi's own rejection would loop for hours on such an observation)."""
+    low, high = (torch.as_tensor(b) for b in box_bounds(model))
+    kept, have, drawn = [], 0, 0
+    while have < n:
+        batch = max(2 * (n - have), 1000)
+        with torch.no_grad():
+            s = posterior.sample((batch,), x=x, reject_outside_prior=False,
+                                 show_progress_bars=False)
+        inside = s[((s >= low) & (s <= high)).all(dim=-1)]
+        kept.append(inside)
+        have, drawn = have + len(inside), drawn + batch
+        if have < n and drawn >= 20 * n + 20_000 and have / drawn < min_acceptance:
+            raise OutsidePriorError(
+                f"{model.path}: only {have / drawn:.2%} of {drawn} posterior samples fall inside "
+                f"the prior box (the training range of {', '.join(model.parameters)}): the "
+                "observation looks unlike the training halos (other binning? other survey "
+                "selection?) or the model is untrained")
+    return torch.cat(kept)[:n].detach().numpy()
+
+
+class NsubPosterior:
+    """The classifier's discrete posterior p(N_sub | x), averaged over ensemble members."""
+
+    def __init__(self, model: TrainedModel):
+        self.model = model
+        self.values = model.members[0].values.numpy()
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """(N, n_values) probabilities for a batch of (N, 1, 64, 64) histograms."""
+        out = []
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            p = sum(w * m.probs(xb) for w, m in zip(self.model.weights, self.model.members,
+                                                    strict=True))
+            out.append(p.numpy())
+        return np.concatenate(out)
+
+    def sample(self, n: int, x: torch.Tensor, seed: int = 0) -> np.ndarray:
+        p = self.probs(x[None] if x.ndim == 3 else x)[0]
+        return np.random.default_rng(seed).choice(self.values, size=n, p=p / p.sum())
+
+
+def load_posterior(model: TrainedModel | str | os.PathLike):
+    """The sbi posterior (NPE tasks) or ``NsubPosterior`` (classifier) of a model folder."""
+    from sbi.inference import DirectPosterior, EnsemblePosterior
+
+    model = model if isinstance(model, TrainedModel) else load_model(model)
+    if model.task == "nsub_classifier":
+        return NsubPosterior(model)
+    prior = prior_box(model)
+    posteriors = [DirectPosterior(m, prior) for m in model.members]
+    if len(posteriors) == 1:
+        return posteriors[0]
+    return EnsemblePosterior(posteriors, weights=torch.as_tensor(model.weights, dtype=torch.float32))
+
+
+def nsub_probabilities(model: TrainedModel, posterior, x: torch.Tensor, n_samples: int = 1000
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(values, probabilities (N, n_values)) of N_sub for a batch of histograms."""
+    n_min, n_max = model.meta["n_sub_range"]
+    values = np.arange(n_min, n_max + 1)
+    if isinstance(posterior, NsubPosterior):
+        return values, posterior.probs(x)
+    samples = posterior.sample_batched((n_samples,), x=x, show_progress_bars=False)
+    idx = np.clip(np.rint(samples[..., 0].numpy()), n_min, n_max).astype(int) - n_min  # (S, N)
+    probs = np.zeros((x.shape[0], len(values)))
+    for j in range(x.shape[0]):
+        probs[j] = np.bincount(idx[:, j], minlength=len(values)) / n_samples
+    return values, probs
+
+
+def credible_set(probs: np.ndarray, level: float) -> np.ndarray:
+    """Highest-probability set of each row holding at least ``level`` of the mass (boolean mask)."""
+    order = np.argsort(-probs, axis=1, kind="stable")
+    sorted_p = np.take_along_axis(probs, order, axis=1)
+    cum = np.cumsum(sorted_p, axis=1)
+    inside_sorted = (cum - sorted_p) < level  # include the value that crosses the level
+    mask = np.zeros_like(probs, dtype=bool)
+    np.put_along_axis(mask, order, inside_sorted, axis=1)
+    return mask
