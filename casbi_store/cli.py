@@ -146,6 +146,30 @@ def _cmd_infer(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from .evaluate import TARGETS, evaluate, headline, meets
+    from .report import corner_for_halo, write_report
+
+    results = evaluate(args.models, split=args.split, max_halos=args.halos, n_samples=args.samples,
+                       seed=args.seed)
+    out = Path(args.out)
+    corner = corner_for_halo(results, out / "figures" / "corner.png")
+    page = write_report(results, out, corner=corner)
+    for path, r in results["models"].items():
+        m = r["metrics"]
+        shown = {k: v for k, v in m.items() if k in (
+            "accuracy", "median_rel_error", "coverage_68", "coverage_95", "r2_log10_mstar_1",
+            "bias_log10_mstar_1", "tarp_max_deviation", "tarp_atc", "seconds_10k_samples")}
+        print(f"{r['task']:<16} {path}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+    print("targets (the trainer issue's, on the demo set):")
+    for metric, value in headline(results).items():
+        kind, target = TARGETS[metric]
+        print(f"  {metric:<24} {value:7.3f}  target {kind} {target}: "
+              f"{'met' if meets(metric, value) else 'NOT met'}")
+    print(f"report     {page}")
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from .validate import validate_store
 
@@ -211,6 +235,22 @@ def _cmd_run(args) -> int:
         catalog = str(pipe.path(pipe.compose.catalog)) if pipe.compose.catalog else None
         for spec in pipe.compose.sets:
             _compose_and_register(pipe.path(pipe.extract.store), spec, catalog)
+    if pipe.train:
+        from .trainer import train
+
+        for m in pipe.train.models:
+            log.info("stage train: %s on %s:%s -> %s", m.task, m.set, m.version, pipe.path(m.out))
+            result = train(pipe.path(pipe.extract.store), m.set, m.version, m.task,
+                           pipe.path(m.out), m.config)
+            seconds = sum(r["seconds"] for h in result["members"] for r in h)
+            print(f"model {m.task:<16} {pipe.path(m.out)}: {len(result['members'])} member(s), "
+                  f"best validation loss {min(result['best_val_loss']):.3f}, {seconds:.0f} s")
+    if pipe.evaluate:
+        ev = pipe.evaluate
+        args = argparse.Namespace(models=[str(pipe.path(m)) for m in ev.models], split=ev.split,
+                                  out=str(pipe.path(ev.out)), halos=ev.halos, samples=ev.samples,
+                                  seed=ev.seed)
+        _cmd_evaluate(args)
     return 0
 
 
@@ -301,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--seed", type=int, default=0)
     inf.set_defaults(func=_cmd_infer)
 
+    ev = sub.add_parser("evaluate", help="metrics, calibration (TARP, SBC) and report.html")
+    ev.add_argument("models", nargs="+", help="model folders (any of the four tasks)")
+    ev.add_argument("--split", choices=["test", "val", "train"], default="test")
+    ev.add_argument("--out", default="report", help="folder for report.html, figures, metrics.json")
+    ev.add_argument("--halos", type=int, default=300, help="halos of the split (evenly spaced)")
+    ev.add_argument("--samples", type=int, default=200, help="posterior samples per halo")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_cmd_evaluate)
+
     v = sub.add_parser("validate", help="check a store: schema, chunks, counts, members, checksums")
     v.add_argument("store")
     v.set_defaults(func=_cmd_validate)
@@ -325,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    # third-party noise on every sampling call (nflows' LU transform, sbi's batch capping)
+    warnings.filterwarnings("ignore", message="torch.triangular_solve is deprecated")
+    warnings.filterwarnings("ignore", message="Capping max_sampling_batch_size")
     import distributed  # noqa: F401  (configures its loggers on import; quieten them after)
 
     logging.getLogger("distributed").setLevel(logging.WARNING)

@@ -71,12 +71,66 @@ class ComposeStage:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """One model the train stage fits: a task on a published set, into a model folder."""
+
+    task: str
+    set: str
+    version: str
+    out: str
+    config: object  # trainer.TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    models: tuple = ()  # ModelSpec objects
+
+    @classmethod
+    def parse(cls, data: dict, where: str) -> TrainStage:
+        from .tasks import check_task
+        from .trainer import TrainConfig
+
+        if not isinstance(data, dict) or set(data) - {"defaults", "models"}:
+            raise ConfigError(f"{where}: expected keys 'defaults' (training options for every "
+                              "model) and 'models' (a list)")
+        defaults = data.get("defaults") or {}
+        models = []
+        for i, item in enumerate(data.get("models") or []):
+            here = f"{where}: models[{i}]"
+            if not isinstance(item, dict) or not {"task", "set", "out"} <= set(item):
+                raise ConfigError(f"{here}: needs 'task', 'set' (NAME:VERSION) and 'out'")
+            options = {k: v for k, v in item.items() if k not in ("task", "set", "out")}
+            name, _, version = str(item["set"]).partition(":")
+            try:
+                check_task(item["task"])
+                if not version:
+                    raise ValueError(f"set must be NAME:VERSION, not {item['set']!r}")
+                cfg = TrainConfig.from_dict({**defaults, **options})
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{here}: {exc}") from exc
+            models.append(ModelSpec(item["task"], name, version, str(item["out"]), cfg))
+        return cls(models=tuple(models))
+
+
+@dataclass(frozen=True)
+class EvaluateStage:
+    models: tuple = ()  # model folders; default: every model of the train stage
+    split: str = "test"
+    out: str = "report"
+    halos: int = 300
+    samples: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Pipeline:
     workdir: Path
     mock: MockStage | None
     extract: ExtractStage | None
     source: Path
     compose: ComposeStage | None = None
+    train: TrainStage | None = None
+    evaluate: EvaluateStage | None = None
 
     def path(self, p: str) -> Path:
         return self.workdir / p
@@ -102,7 +156,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
-    allowed = {"workdir", "mock", "extract", "compose"}
+    allowed = {"workdir", "mock", "extract", "compose", "train", "evaluate"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
     mock = _build(MockStage, data["mock"], f"{path}: mock") if "mock" in data else None
@@ -118,5 +172,15 @@ def load_pipeline(path: str | Path) -> Pipeline:
     compose = ComposeStage.parse(data["compose"], f"{path}: compose") if "compose" in data else None
     if compose is not None and extract is None:
         raise ConfigError(f"{path}: compose needs the extract stage's store")
+    train = TrainStage.parse(data["train"], f"{path}: train") if "train" in data else None
+    if train is not None and extract is None:
+        raise ConfigError(f"{path}: train needs the extract stage's store")
+    evaluate = None
+    if "evaluate" in data:
+        evaluate = _build(EvaluateStage, {**data["evaluate"], "models": tuple(
+            data["evaluate"].get("models") or (m.out for m in (train.models if train else ())))},
+                          f"{path}: evaluate")
+        if not evaluate.models:
+            raise ConfigError(f"{path}: evaluate: no models (list them, or add a train stage)")
     return Pipeline(workdir=Path(data.get("workdir", ".")), mock=mock, extract=extract,
-                    source=path, compose=compose)
+                    source=path, compose=compose, train=train, evaluate=evaluate)

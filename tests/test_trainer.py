@@ -182,3 +182,17 @@ def test_star_table_errors_name_the_file(tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+def test_flow_standardisation_spans_the_whole_parameter_range():
+    """Example parameters arrive sorted by N_sub; the flow must still learn at N_sub = 100."""
+    from casbi_store.estimators import build_npe
+
+    theta = np.repeat(np.arange(2.0, 101.0), 40)[:, None]  # 3,960 rows, sorted
+    net = build_npe("nsub", np.zeros((64, 64)), np.ones((64, 64)), theta, hidden_features=8,
+                    num_transforms=2, embedding_dim=8, conv_channels=(2,), seed=0)
+    loss = net.loss(torch.tensor([[95.0]]), torch.rand(1, 1, 64, 64)).sum()
+    assert loss.requires_grad
+    loss.backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
