@@ -111,6 +111,25 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    from .tune import tune
+
+    name, version = _split_set(args.set)
+    result = tune(args.store, name, version, args.task, args.out, args.trials, _train_config(args),
+                  seed=args.sampler_seed)
+    for row in result["trials"]:
+        value = "-" if row["value"] is None else f"{row['value']:.4f}"
+        params = ", ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+                           for k in result["params"] or {})
+        print(f"  trial {row['trial']:>3}  {row['state']:<8}  log-likelihood {value:>9}  {params}")
+    if result["best_trial"] is None:
+        print(f"no complete trial yet; re-run to resume ({args.out}/optuna.db)")
+        return 1
+    print(f"best: trial {result['best_trial']}, validation log-likelihood {result['value']:.4f}, "
+          f"model {result['model']} (summary: {args.out}/best.json)")
+    return 0
+
+
 def _cmd_infer(args) -> int:
     import time
 
@@ -254,6 +273,32 @@ def _cmd_run(args) -> int:
     return 0
 
 
+TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transforms", "embedding_dim")
+
+
+def _add_config_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
+    """The TrainConfig options of `train`; `tune` samples TUNED_OPTIONS instead of taking them."""
+    p.add_argument("--epochs", type=int, help="per trial" if tuned else None)
+    if not tuned:
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--learning-rate", type=float)
+    p.add_argument("--patience", type=int, help="epochs without validation improvement to stop")
+    if not tuned:
+        p.add_argument("--hidden-features", type=int, help="NSF hidden features (default 100)")
+        p.add_argument("--num-transforms", type=int, help="NSF transforms (default 10)")
+        p.add_argument("--embedding-dim", type=int, help="CNN output features (default 128)")
+    p.add_argument("--conv-channels", type=int, nargs="+", help="CNN channels per layer")
+    p.add_argument("--ensemble", type=int, help="members trained independently (default 1)")
+    p.add_argument("--max-rank", type=int, help="theta: ranks learnt, 1..R (0: all; default 3)")
+    p.add_argument("--n-sub", type=int, help="theta_joint: the fixed N_sub")
+    p.add_argument("--in-memory", action="store_true", default=None,
+                   help="load the split into memory instead of streaming chunks")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    if tuned:
+        p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="casbi-store", description=(
         "CASBI data product: simulation snapshots -> Zarr store of chemical-plane histograms."))
@@ -312,22 +357,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "theta: per-rank NPE of (log M*, log M_dm, tau) given N_sub and rank; "
                         "theta_joint: all 3 N_sub parameters for one fixed --n-sub")
     t.add_argument("--out", required=True, help="model folder (checkpoints, weights, config)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--patience", type=int, help="epochs without validation improvement to stop")
-    t.add_argument("--hidden-features", type=int, help="NSF hidden features (default 100)")
-    t.add_argument("--num-transforms", type=int, help="NSF transforms (default 10)")
-    t.add_argument("--embedding-dim", type=int, help="CNN output features (default 128)")
-    t.add_argument("--conv-channels", type=int, nargs="+", help="CNN channels per layer")
-    t.add_argument("--ensemble", type=int, help="members trained independently (default 1)")
-    t.add_argument("--max-rank", type=int, help="theta: ranks learnt, 1..R (0: all; default 3)")
-    t.add_argument("--n-sub", type=int, help="theta_joint: the fixed N_sub")
-    t.add_argument("--in-memory", action="store_true", default=None,
-                   help="load the split into memory instead of streaming chunks")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=["cpu", "cuda"])
+    _add_config_options(t)
     t.set_defaults(func=_cmd_train)
+
+    tu = sub.add_parser("tune", help="optuna search over learning rate, batch size, flow size and "
+                                     "embedding width; re-run to resume")
+    tu.add_argument("store", help="store path or URL")
+    tu.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
+    tu.add_argument("--task", choices=TASKS, required=True, help="as for train")
+    tu.add_argument("--out", required=True,
+                    help="tune folder: optuna.db, trial-N model folders, best.json")
+    tu.add_argument("--trials", type=int, required=True,
+                    help="complete trials to reach (a re-run runs only the missing ones)")
+    tu.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default 0)")
+    _add_config_options(tu, tuned=True)
+    tu.set_defaults(func=_cmd_tune)
 
     inf = sub.add_parser("infer", help="two-step posterior samples for one halo")
     inf.add_argument("models", nargs="+", help="model folders written by `train` (step 1 and 2)")

@@ -23,7 +23,7 @@ def run(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
 
 def test_help_lists_subcommands():
     out = run("--help").stdout
-    for cmd in ("mock", "extract", "ls", "plot", "run"):
+    for cmd in ("mock", "extract", "compose", "train", "tune", "evaluate", "infer", "ls", "plot", "run"):
         assert cmd in out
 
 
@@ -64,6 +64,17 @@ def test_pipeline_validation_names_file_and_key(tmp_path):
     bad.write_text("extract: {store: s.zarr}\n")
     with pytest.raises(ConfigError, match="needs 'suite'"):
         load_pipeline(bad)
+    bad.write_text("extract: {store: s.zarr, suite: x}\n"
+                   "train: {models: [{task: theta, set: 'a:v1', out: m, epochz: 3}]}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train: models\[0\]: unknown training option"):
+        load_pipeline(bad)
+    bad.write_text("extract: {store: s.zarr, suite: x}\n"
+                   "train: {models: [{task: thetas, set: 'a:v1', out: m}]}\n")
+    with pytest.raises(ConfigError, match="task must be one of"):
+        load_pipeline(bad)
+    bad.write_text("evaluate: {out: r}\n")
+    with pytest.raises(ConfigError, match="evaluate: no models"):
+        load_pipeline(bad)
     repo = Path(__file__).resolve().parents[1]
     for shipped in (repo / "pipelines").glob("*.yaml"):
         load_pipeline(shipped)  # the shipped pipelines validate
@@ -75,5 +86,7 @@ def test_run_tiny_pipeline(tmp_path):
     assert "where to look" in out and "excluded_mass" in out
     assert (tmp_path / "tiny-run" / "store.zarr").is_dir()
     assert (tmp_path / "tiny-run" / "plots" / "trends.png").exists()
+    assert "model theta" in out and "report" in out
+    assert (tmp_path / "tiny-run" / "report" / "report.html").stat().st_size > 50_000
     again = run("run", repo / "pipelines" / "tiny.yaml", "-q", cwd=tmp_path).stdout
     assert "0 ok, 0 excluded, 0 failed" in again  # resumable: nothing new to do
