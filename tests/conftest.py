@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +69,33 @@ def store_with_set(tiny_store_path: Path, folder: Path, **spec) -> Path:
     shutil.copytree(tiny_store_path, path)
     compose(path, ComposeSpec(version="v1", **spec), progress=False)
     return path
+
+
+HTTP_SERVER = """
+import functools, http.server, sys
+
+class NoListing(http.server.SimpleHTTPRequestHandler):
+    def list_directory(self, path):
+        self.send_error(404, "directory listing disabled")
+        return None
+
+    def log_message(self, *args):
+        pass
+
+handler = functools.partial(NoListing, directory=sys.argv[1])
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def serve_http(folder: Path):
+    """A real HTTP server (separate process, no directory listings) on loopback; yields its URL."""
+    server = subprocess.Popen([sys.executable, "-c", HTTP_SERVER, str(folder)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{int(server.stdout.readline())}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 import yaml
 import zarr
+from conftest import serve_http
 
 from casbi_store.catalog import read_registry, sorted_versions, update_catalog, write_catalog
 from casbi_store.intake_source import GalaxiesSource, TrainingSetSource
@@ -193,23 +194,6 @@ def _fail(*args):
     raise OSError("disk full")
 
 
-SERVER = """
-import functools, http.server, sys
-
-class NoListing(http.server.SimpleHTTPRequestHandler):
-    def list_directory(self, path):
-        self.send_error(404, "directory listing disabled")
-        return None
-
-    def log_message(self, *args):
-        pass
-
-handler = functools.partial(NoListing, directory=sys.argv[1])
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
-
 CLIENT = """
 import json, sys
 import intake, numpy as np
@@ -225,11 +209,7 @@ print(json.dumps({{"store": src.store, "latest": cat.nsub_uniform.metadata["vers
 
 def test_http_without_directory_listing(served, tmp_path):
     folder, _, _ = served
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(folder)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        port = int(server.stdout.readline())
-        base = f"http://127.0.0.1:{port}"
+    with serve_http(folder) as base:
         with pytest.raises(urllib.error.HTTPError, match="404"):  # the server really lists nothing
             urllib.request.urlopen(f"{base}/tiny.zarr/training_sets/")
         out = tmp_path / "remote"
@@ -237,9 +217,6 @@ def test_http_without_directory_listing(served, tmp_path):
         run = subprocess.run([sys.executable, "-c", CLIENT.format(arrays=ARRAYS), f"{base}/casbi.yaml",
                               str(out)], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["store"] == f"{base}/tiny.zarr" and report["latest"] == "v2"
     assert report["galaxies"] > 0

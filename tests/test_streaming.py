@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import store_with_set
+from conftest import serve_http, store_with_set
 
 from casbi_store.streaming import Log1pStandardize, TrainingSetStream, streamed_moments
 
@@ -70,3 +70,24 @@ def test_bad_arguments(store):
         TrainingSetStream(store, "s", "v1", "training")
     with pytest.raises(KeyError, match="no training-set split"):
         TrainingSetStream(store, "s", "v9", "train")
+
+
+def test_stream_from_the_intake_catalog_over_http_with_forked_workers(store):
+    """Opened inside each worker: an fsspec HTTP array opened in the parent fails in a fork."""
+    import intake
+
+    from casbi_store.catalog import update_catalog
+
+    update_catalog(store.parent / "casbi.yaml", store)
+    with serve_http(store.parent) as base:
+        entry = intake.open_catalog(f"{base}/casbi.yaml").s(split="train")
+        stream = TrainingSetStream.from_source(entry, return_index=True)
+        assert stream.store == f"{base}/store.zarr" and len(stream) == 1920
+        loader = torch.utils.data.DataLoader(stream, batch_size=64, num_workers=2,
+                                             multiprocessing_context="fork")
+        rows = torch.cat([batch[2] for batch in loader]).numpy()
+        x_remote = next(iter(torch.utils.data.DataLoader(
+            TrainingSetStream.from_source(entry, shuffle=False), batch_size=8)))[0]
+    assert np.array_equal(np.sort(rows), np.arange(1920))
+    local = xr.open_zarr(store, group="training_sets/s/v1/train", consolidated=True)
+    assert np.array_equal(x_remote[:, 0].numpy(), local.x.values[:8])
