@@ -104,7 +104,7 @@ def _conditions(model: TrainedModel, data: SplitData, ranks: int
     if model.task == "theta_joint":
         n = model.meta["config"]["n_sub"]
         keep = torch.as_tensor(data.n_sub == n)
-        theta = T.block_parameters(target[keep, :n]).reshape(int(keep.sum()), -1)
+        theta = T.block_parameters(target[keep, :n]).reshape(int(keep.sum()), 3 * n)
         return theta.float(), x[keep], np.zeros(int(keep.sum()), dtype=int)
     counts = T.count_blocks(target)
     thetas, conds, rank_of = [], [], []

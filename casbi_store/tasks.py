@@ -88,7 +88,7 @@ def to_training_pair(x: torch.Tensor, target: torch.Tensor, task: str, *, max_ra
     counts = count_blocks(target)
     if task == "theta_joint":
         keep = counts == n_sub
-        theta = block_parameters(target[keep, :n_sub]).reshape(int(keep.sum()), -1)
+        theta = block_parameters(target[keep, :n_sub]).reshape(int(keep.sum()), 3 * n_sub)
         return theta, x[keep]
     top = counts if max_rank <= 0 else counts.clamp(max=max_rank)
     u = torch.rand(len(x), generator=generator)
@@ -106,7 +106,7 @@ def example_parameters(target: np.ndarray, task: str, *, max_rank: int = 3,
         return t.reshape(len(t), 1).numpy()
     if task == "theta_joint":
         keep = count_blocks(t) == n_sub
-        return block_parameters(t[keep, :n_sub]).reshape(int(keep.sum()), -1).numpy()
+        return block_parameters(t[keep, :n_sub]).reshape(int(keep.sum()), 3 * n_sub).numpy()
     blocks = t if max_rank <= 0 else t[:, :max_rank]
     values = block_parameters(blocks).reshape(-1, 3).numpy()
     return values[np.isfinite(values).all(axis=1)]

@@ -196,3 +196,25 @@ def test_flow_standardisation_spans_the_whole_parameter_range():
     loss.backward()
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_joint_mode_learns_all_blocks_of_one_n_sub(store, tmp_path):
+    import xarray as xr
+
+    from casbi_store.infer import infer
+
+    with pytest.raises(ValueError, match="theta_joint needs a fixed n_sub"):
+        train(store, "t", "v1", "theta_joint", tmp_path / "j0", TINY)
+    train(store, "t", "v1", "theta_joint", tmp_path / "j", tiny(n_sub=4))
+    model = load_model(tmp_path / "j")
+    assert model.parameters[:4] == ["log10_mstar_1", "log10_mdm_1", "tau_1", "log10_mstar_2"]
+    assert len(model.parameters) == 12
+    train_split = xr.open_zarr(store, group="training_sets/t/v1/train", consolidated=True)
+    n4 = train_split.theta.values[train_split.n_sub.values == 4]
+    # the prior box spans exactly the N_sub = 4 halos' parameters
+    np.testing.assert_allclose(model.stats["theta_example"][:, 0].max(),
+                               np.log10(n4[:, 0, 0]).max(), rtol=1e-6)
+    x = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True).x.values[0]
+    samples = infer([tmp_path / "j"], x, n_samples=200)
+    assert samples["log10_mstar_4"].sizes == {"sample": 200}
+    assert samples["tau_4"].attrs["units"] == "Gyr" and samples["tau_4"].attrs["n_sub"] == 4
