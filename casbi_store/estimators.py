@@ -68,16 +68,20 @@ def build_npe(task: str, mean: np.ndarray, std: np.ndarray, theta_example: np.nd
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with a skip connection (1x1 projection when channels change)."""
+    """Two 3x3 convolutions with batch norm and a skip connection (1x1 projection when the
+    channels change), as in ResNet."""
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(c_out)
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.skip(x) + self.conv2(torch.relu(self.conv1(x))))
+        y = self.norm2(self.conv2(torch.relu(self.norm1(self.conv1(x)))))
+        return torch.relu(self.skip(x) + y)
 
 
 class NsubClassifier(nn.Module):
@@ -94,8 +98,11 @@ class NsubClassifier(nn.Module):
             raise ValueError(f"N_sub range [{n_min}, {n_max}] has fewer than two values")
         torch.manual_seed(seed)
         self.n_min, self.n_max = int(n_min), int(n_max)
-        layers: list[nn.Module] = [Log1pStandardize(mean, std)]
-        c_in = 1
+        # stem at 64x64, then one residual block per stage at 32, 16 and 8 pixels
+        layers: list[nn.Module] = [Log1pStandardize(mean, std),
+                                   nn.Conv2d(1, channels[0], 3, padding=1), nn.ReLU(),
+                                   nn.AvgPool2d(2)]
+        c_in = channels[0]
         for c in channels:
             layers += [ResidualBlock(c_in, c), nn.AvgPool2d(2)]
             c_in = c

@@ -88,6 +88,31 @@ class NsubPosterior:
         return np.random.default_rng(seed).choice(self.values, size=n, p=p / p.sum())
 
 
+class FlowSamples:
+    """A posterior whose ``sample_batched`` returns the flow's own samples, without sbi's
+    rejection outside the prior: for evaluation over many halos (sbi's diagnostics call
+    ``sample_batched``), where one halo with little mass inside the box would otherwise stall
+    the whole run. Samples outside the box are the flow's leakage; ``outside_fraction``
+    measures it."""
+
+    def __init__(self, posterior):
+        self.posterior = posterior
+
+    def sample_batched(self, sample_shape, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        kwargs.update(reject_outside_prior=False, show_progress_bars=False)
+        with torch.no_grad():
+            return self.posterior.sample_batched(sample_shape, x=x, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.posterior, name)
+
+
+def outside_fraction(model: TrainedModel, samples: torch.Tensor) -> float:
+    """Fraction of samples outside the prior box."""
+    low, high = (torch.as_tensor(b) for b in box_bounds(model))
+    return float(1 - ((samples >= low) & (samples <= high)).all(dim=-1).float().mean())
+
+
 def load_posterior(model: TrainedModel | str | os.PathLike):
     """The sbi posterior (NPE tasks) or ``NsubPosterior`` (classifier) of a model folder."""
     from sbi.inference import DirectPosterior, EnsemblePosterior
@@ -104,12 +129,13 @@ def load_posterior(model: TrainedModel | str | os.PathLike):
 
 def nsub_probabilities(model: TrainedModel, posterior, x: torch.Tensor, n_samples: int = 1000
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """(values, probabilities (N, n_values)) of N_sub for a batch of histograms."""
+    """(values, probabilities (N, n_values)) of N_sub for a batch of histograms; the NPE's
+    samples are rounded and clipped into [n_min, n_max]."""
     n_min, n_max = model.meta["n_sub_range"]
     values = np.arange(n_min, n_max + 1)
     if isinstance(posterior, NsubPosterior):
         return values, posterior.probs(x)
-    samples = posterior.sample_batched((n_samples,), x=x, show_progress_bars=False)
+    samples = FlowSamples(posterior).sample_batched((n_samples,), x=x)
     idx = np.clip(np.rint(samples[..., 0].numpy()), n_min, n_max).astype(int) - n_min  # (S, N)
     probs = np.zeros((x.shape[0], len(values)))
     for j in range(x.shape[0]):
