@@ -24,7 +24,14 @@ import xarray as xr
 
 from . import schema as S
 from .binning import bin_index
-from .posteriors import NsubPosterior, load_posterior, nsub_probabilities, sample_in_prior
+from .posteriors import (
+    FlowSamples,
+    NsubPosterior,
+    box_bounds,
+    load_posterior,
+    nsub_probabilities,
+    sample_in_prior,
+)
 from .tasks import BLOCK_PARAMETERS, UNITS, ranked_condition
 from .trainer import TrainedModel, load_model
 
@@ -88,14 +95,27 @@ def read_star_table(path: str | os.PathLike, feh_edges: np.ndarray, ofe_edges: n
 
 def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np.ndarray,
                     ranks: int) -> np.ndarray:
-    """theta of ranks 1..ranks for each N_sub draw: (draws, ranks, 3), NaN above N_sub."""
+    """theta of ranks 1..ranks for each N_sub draw: (draws, ranks, 3), NaN above N_sub.
+
+    One batched call samples every (N_sub, rank) pair the draws need (the flows' own samples);
+    pairs left short by samples outside the prior box are topped up by bounded rejection.
+    """
     out = np.full((len(n_draws), ranks, len(BLOCK_PARAMETERS)), np.nan)
-    flat = x.reshape(1, -1)
-    for n in np.unique(n_draws):
-        where = np.flatnonzero(n_draws == n)
-        for rank in range(1, min(int(n), ranks) + 1):
-            cond = ranked_condition(flat, torch.tensor([float(n)]), torch.tensor([float(rank)]))
-            out[where, rank - 1] = sample_in_prior(posterior, model, len(where), cond)
+    values, counts = np.unique(n_draws, return_counts=True)
+    pairs = [(int(n), r, c) for n, c in zip(values, counts, strict=True)
+             for r in range(1, min(int(n), ranks) + 1)]
+    flat = x.reshape(1, -1).expand(len(pairs), -1)
+    cond = ranked_condition(flat, torch.tensor([float(n) for n, _, _ in pairs]),
+                            torch.tensor([float(r) for _, r, _ in pairs]))
+    draws = FlowSamples(posterior).sample_batched((int(1.1 * counts.max()) + 10,), x=cond)
+    low, high = (torch.as_tensor(b) for b in box_bounds(model))
+    inside = ((draws >= low) & (draws <= high)).all(dim=-1)  # (S, pairs)
+    for j, (n, rank, count) in enumerate(pairs):
+        kept = draws[inside[:, j], j][:count].numpy()
+        if len(kept) < count:
+            extra = sample_in_prior(posterior, model, count - len(kept), cond[j:j + 1])
+            kept = np.concatenate([kept, extra])
+        out[n_draws == n, rank - 1] = kept
     return out
 
 
