@@ -218,3 +218,14 @@ def test_joint_mode_learns_all_blocks_of_one_n_sub(store, tmp_path):
     samples = infer([tmp_path / "j"], x, n_samples=200)
     assert samples["log10_mstar_4"].sizes == {"sample": 200}
     assert samples["tau_4"].attrs["units"] == "Gyr" and samples["tau_4"].attrs["n_sub"] == 4
+
+
+def test_config_is_validated_before_any_work():
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="must be positive"):
+        tiny(ensemble=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
+            tiny(device="cuda")
+    assert TrainConfig.from_dict({**TINY.__dict__, "conv_channels": [4, 8]}) == TINY
