@@ -423,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     # third-party noise on every sampling call (nflows' LU transform, sbi's batch capping)
     warnings.filterwarnings("ignore", message="torch.triangular_solve is deprecated")
     warnings.filterwarnings("ignore", message="Capping max_sampling_batch_size")
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor")
     import distributed  # noqa: F401  (configures its loggers on import; quieten them after)
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
