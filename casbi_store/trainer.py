@@ -36,6 +36,9 @@ from .streaming import TrainingSetStream, streamed_moments
 
 log = logging.getLogger(__name__)
 
+# options that shape the network or its data: a resumed model folder must keep them
+SHAPING = ("hidden_features", "num_transforms", "embedding_dim", "conv_channels", "max_rank",
+           "n_sub", "seed")
 EXAMPLE_ROWS = 4096  # training rows that set the prior box and the flow's theta standardisation
 
 
@@ -153,7 +156,13 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
         if (meta["set"], meta["version"], meta["task"]) != (name, version, task):
             raise ValueError(f"{out} holds a {meta['task']} model of {meta['set']}:{meta['version']};"
                              f" choose another --out for {task} on {name}:{version}")
-        meta["config"] = asdict(cfg)  # e.g. more epochs on resume
+        saved = TrainConfig.from_dict(meta["config"])
+        changed = [k for k in SHAPING if getattr(saved, k) != getattr(cfg, k)]
+        if changed:
+            raise ValueError(f"{out} was trained with other {', '.join(changed)} "
+                             f"({', '.join(f'{k}={getattr(saved, k)}' for k in changed)}); "
+                             "resume with the same network or choose another --out")
+        meta["config"] = asdict(cfg)  # e.g. more epochs or members on resume
         stats = dict(np.load(out / "transform.npz"))
     else:
         from .store import open_store

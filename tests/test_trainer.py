@@ -50,6 +50,8 @@ def test_resume_continues_from_the_checkpoint(store, tmp_path):
     assert json.loads((out / "member-0" / "history.json").read_text()) == resumed
     with pytest.raises(ValueError, match="holds a nsub model"):
         train(store, "t", "v1", "theta", out, TINY)
+    with pytest.raises(ValueError, match="trained with other hidden_features"):
+        train(store, "t", "v1", "nsub", out, tiny(hidden_features=32))
 
 
 def test_classifier_probabilities_sum_to_one_over_2_to_100():
