@@ -97,8 +97,9 @@ def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np
                     ranks: int) -> np.ndarray:
     """theta of ranks 1..ranks for each N_sub draw: (draws, ranks, 3), NaN above N_sub.
 
-    One batched call samples every (N_sub, rank) pair the draws need (the flows' own samples);
-    pairs left short by samples outside the prior box are topped up by bounded rejection.
+    Batched calls sample the (N_sub, rank) pairs the draws need, pairs needing similar counts
+    together (the flows' own samples); pairs left short by samples outside the prior box are
+    topped up by bounded rejection.
     """
     out = np.full((len(n_draws), ranks, len(BLOCK_PARAMETERS)), np.nan)
     values, counts = np.unique(n_draws, return_counts=True)
@@ -107,15 +108,21 @@ def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np
     flat = x.reshape(1, -1).expand(len(pairs), -1)
     cond = ranked_condition(flat, torch.tensor([float(n) for n, _, _ in pairs]),
                             torch.tensor([float(r) for _, r, _ in pairs]))
-    draws = FlowSamples(posterior).sample_batched((int(1.1 * counts.max()) + 10,), x=cond)
     low, high = (torch.as_tensor(b) for b in box_bounds(model))
-    inside = ((draws >= low) & (draws <= high)).all(dim=-1)  # (S, pairs)
-    for j, (n, rank, count) in enumerate(pairs):
-        kept = draws[inside[:, j], j][:count].numpy()
-        if len(kept) < count:
-            extra = sample_in_prior(posterior, model, count - len(kept), cond[j:j + 1])
-            kept = np.concatenate([kept, extra])
-        out[n_draws == n, rank - 1] = kept
+    need = np.array([c for _, _, c in pairs])
+    bucket = np.ceil(np.log2(need)).astype(int)  # pairs needing similar counts share a call
+    for b in np.unique(bucket):
+        idx = np.flatnonzero(bucket == b)
+        draws = FlowSamples(posterior).sample_batched((int(1.1 * need[idx].max()) + 5,),
+                                                      x=cond[idx])
+        inside = ((draws >= low) & (draws <= high)).all(dim=-1)  # (S, pairs in the bucket)
+        for col, j in enumerate(idx):
+            n, rank, count = pairs[j]
+            kept = draws[inside[:, col], col][:count].numpy()
+            if len(kept) < count:
+                extra = sample_in_prior(posterior, model, count - len(kept), cond[j:j + 1])
+                kept = np.concatenate([kept, extra])
+            out[n_draws == n, rank - 1] = kept
     return out
 
 
