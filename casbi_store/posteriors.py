@@ -12,6 +12,7 @@ the trainer derived from validation log-likelihood. The N_sub classifier becomes
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -100,7 +101,8 @@ class FlowSamples:
 
     def sample_batched(self, sample_shape, x: torch.Tensor, **kwargs) -> torch.Tensor:
         kwargs.update(reject_outside_prior=False, show_progress_bars=False)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():  # the leakage is measured, not warned
+            warnings.filterwarnings("ignore", message=r".*reject_outside_prior=False lie outside")
             return self.posterior.sample_batched(sample_shape, x=x, **kwargs)
 
     def __getattr__(self, name: str):
