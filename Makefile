@@ -28,6 +28,7 @@ demo: venv
 
 bench: venv
 	$(PY) bench/bench_extract.py --out bench/results
+	$(PY) bench/bench_train.py --store demo/store.zarr --out bench/results
 
 clean:
 	rm -rf demo bench/results .pytest_cache
