@@ -21,8 +21,15 @@ Other work on the machine slows a 2-thread torch loop badly (an epoch that takes
 CPU that other processes use during its measured epochs is recorded (``/proc/stat`` minus our own),
 and a disturbed run is repeated (``--retries``).
 
+``--malloc-keep`` runs the trainings with glibc told to keep the memory it frees. With glibc's
+defaults, buffers that torch frees at each step go back to the OS and are page-faulted in again at
+the next one (1-2.4 million minor faults per epoch of 19,800 halos, in both modes), which costs both
+modes time and adds most of the epoch-to-epoch variation.
+
     python bench/bench_train.py --store demo/store.zarr --out bench/results
-    python bench/bench_train.py --sizes 198 1980 --repeats 1     # a quick check
+    python bench/bench_train.py --store demo/store.zarr --out bench/results --malloc-keep \
+        --result-name train-malloc-keep.json
+    python bench/bench_train.py --sizes 198 1980 --repeats 1 --out /tmp/bench   # a quick check
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ from pathlib import Path
 
 MODES = ("stream", "memory")
 N_SUB_MIN, N_SUB_MAX, VAL_FRACTION = 2, 100, 0.2
+# --malloc-keep: glibc keeps freed memory (no trimming, no mmap for blocks under 256 MiB) instead of
+# returning it to the OS and page-faulting it back in at the next training step
+MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 NETWORK = {"hidden_features": 32, "num_transforms": 3, "embedding_dim": 32, "conv_channels": (8, 16)}
 
 
@@ -243,7 +253,7 @@ def run_child(store: Path, entry: dict, mode: str, epochs: int, work: Path, tag:
                "--epochs", str(epochs), "--batch-size", str(args.batch_size),
                "--buffer-chunks", str(args.buffer_chunks), "--threads", str(args.threads)]
         start = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env={**os.environ, **(MALLOC_KEEP if args.malloc_keep else {})})
         record = json.loads(result.read_text())
         record["process_seconds"] = time.perf_counter() - start
         record["waited_for_idle_seconds"] = waited
@@ -331,16 +341,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", type=Path, default=Path("demo/store.zarr"),
                    help="an extracted store (copied, never modified)")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--out", type=Path, default=Path("bench/results"), help="where the JSON goes")
     p.add_argument("--sizes", type=int, nargs="+", default=[1980, 19800],
-                   help="training halos per set (N_sub 2..100, 20%% more go to validation)")
-    p.add_argument("--repeats", type=int, default=3)
+                   help="training halos per set (N_sub 2..100; validation gets a quarter as many again)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every (mode, size)")
     p.add_argument("--epochs", type=int, default=2,
                    help="epochs on the largest set (smaller sets: as many rows); epoch 1 is not measured")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--buffer-chunks", type=int, default=4)
     p.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--result-name", default="train.json")
+    p.add_argument("--malloc-keep", action="store_true",
+                   help="run the trainings with glibc told to keep freed memory (" + ", ".join(
+                       f"{k}={v}" for k, v in MALLOC_KEEP.items()) + ")")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads in each training (0: torch's default, one per core)")
     p.add_argument("--max-wait", type=float, default=300.0,
@@ -389,6 +402,7 @@ def main() -> None:
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "task": "nsub", "network": NETWORK, "epochs": epochs, "batch_size": args.batch_size,
             "buffer_chunks": args.buffer_chunks, "threads": args.threads,
+            "malloc_env": MALLOC_KEEP if args.malloc_keep else {},
             "max_interference_cores": args.max_interference, "repeats": args.repeats, "sizes": sizes,
             "sets": sets, "bench_seconds": time.perf_counter() - start,
             **summary, "runs": runs,
