@@ -6,6 +6,7 @@ Example (``pipelines/demo.yaml``)::
     mock: {preset: demo, seed: 42, defects: true}
     extract: {store: store.zarr, main_halo: first, mstar_limit: 6.0e9,
               binning: {method: percentile, percentiles: [0.01, 99.99]}}
+    cluster: {kind: local, workers: 2}   # or address / slurm / pbs (casbi_store.cluster)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from .binning import BinningSpec
+from .cluster import ClusterSpec
 from .extract import ExtractionSettings
 
 
@@ -131,6 +133,7 @@ class Pipeline:
     compose: ComposeStage | None = None
     train: TrainStage | None = None
     evaluate: EvaluateStage | None = None
+    cluster: ClusterSpec | None = None  # where extract and compose run (default: LocalCluster)
 
     def path(self, p: str) -> Path:
         return self.workdir / p
@@ -156,7 +159,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
-    allowed = {"workdir", "mock", "extract", "compose", "train", "evaluate"}
+    allowed = {"workdir", "mock", "extract", "compose", "train", "evaluate", "cluster"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
     mock = _build(MockStage, data["mock"], f"{path}: mock") if "mock" in data else None
@@ -169,6 +172,10 @@ def load_pipeline(path: str | Path) -> Pipeline:
             raise ConfigError(f"{path}: extract: {exc}") from exc
         if extract.suite is None and mock is None:
             raise ConfigError(f"{path}: extract needs 'suite' when there is no mock stage")
+    cluster = _build(ClusterSpec, data["cluster"], f"{path}: cluster") if "cluster" in data else None
+    if cluster is not None and extract is not None and (extract.scheduler or extract.workers):
+        raise ConfigError(f"{path}: extract: 'scheduler'/'workers' and a 'cluster' section both say "
+                          "where to run: keep the cluster section")
     compose = ComposeStage.parse(data["compose"], f"{path}: compose") if "compose" in data else None
     if compose is not None and extract is None:
         raise ConfigError(f"{path}: compose needs the extract stage's store")
@@ -183,4 +190,4 @@ def load_pipeline(path: str | Path) -> Pipeline:
         if not evaluate.models:
             raise ConfigError(f"{path}: evaluate: no models (list them, or add a train stage)")
     return Pipeline(workdir=Path(data.get("workdir", ".")), mock=mock, extract=extract,
-                    source=path, compose=compose, train=train, evaluate=evaluate)
+                    source=path, compose=compose, train=train, evaluate=evaluate, cluster=cluster)

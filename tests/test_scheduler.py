@@ -54,3 +54,55 @@ def test_external_scheduler_gives_the_same_store(tiny_suite, tiny_store, externa
     summary = extract_suite(tiny_suite, store, scheduler=external_cluster, progress=False)
     assert summary.ok == tiny_store[1].ok
     assert_same_arrays(store_arrays(tiny_store[0]), store_arrays(store))
+
+
+def test_compose_on_external_cluster_gives_the_same_version(tiny_store, external_cluster, tmp_path):
+    """compose's Dask graph runs on whatever client is active: real scheduler + worker processes."""
+    from conftest import store_with_set
+    from dask.distributed import Client
+
+    from casbi_store.compose import ComposeSpec, compose
+
+    local = store_with_set(tiny_store[0], tmp_path / "local", name="s", n_sub_min=2, n_sub_max=3,
+                           train_per_n=20, test_per_n=5, seed=3)
+    import shutil
+
+    remote = tmp_path / "remote.zarr"
+    shutil.copytree(tiny_store[0], remote)
+    with Client(external_cluster) as client:
+        entry = compose(remote, ComposeSpec(name="s", version="v1", n_sub_min=2, n_sub_max=3,
+                                            train_per_n=20, test_per_n=5, seed=3), progress=False)
+        assert client.run(os.getpid)  # the workers are separate processes
+    from casbi_store.compose import registry
+
+    assert entry["checksum"] == registry(str(local), "s")["v1"]["checksum"]
+
+
+def test_a_worker_killed_mid_extraction_is_survived(tiny_suite, tiny_store, external_cluster, tmp_path):
+    """SIGKILL a worker process while it runs an extraction task (as a pre-empted SLURM job would
+    be): its nanny restarts it, Dask re-runs the task, and the store is the clean run's."""
+    import signal
+    import threading
+
+    from dask.distributed import Client
+
+    store = tmp_path / "killed.zarr"
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(summary=extract_suite(
+        tiny_suite, store, scheduler=external_cluster, progress=False)))
+    killed = None
+    with Client(external_cluster) as client:
+        pids = client.run(os.getpid)
+        run.start()
+        deadline = time.time() + 120
+        while killed is None and time.time() < deadline and run.is_alive():
+            busy = [w for w, keys in client.processing().items()
+                    if any("extract" in str(k) for k in keys)]
+            if busy:
+                killed = pids[busy[0]]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.02)
+        run.join(timeout=300)
+    assert killed is not None, "no extraction task was seen running"
+    assert result["summary"].ok == tiny_store[1].ok
+    assert_same_arrays(store_arrays(tiny_store[0]), store_arrays(store))

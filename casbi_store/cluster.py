@@ -1,0 +1,161 @@
+"""Where Dask runs: a LocalCluster, a running scheduler, or SLURM/PBS jobs via dask-jobqueue.
+
+A :class:`ClusterSpec` is what a pipeline's ``cluster:`` section (or the CLI's ``--scheduler`` /
+``--workers``) says; :func:`cluster_client` turns it into a ``distributed.Client``::
+
+    cluster: {kind: slurm, cores: 4, memory: 16GB, walltime: "04:00:00", queue: cpu,
+              account: nihao, jobs: 8}               # or adaptive: {minimum: 1, maximum: 25}
+
+Every kind runs the same tasks. Workers run one thread each by default (pynbody is
+single-threaded and the extraction tasks hold the GIL): a SLURM/PBS job runs ``processes``
+(default: ``cores``) worker processes sharing its ``cores`` and ``memory``, each with
+``cores // processes`` threads. Workers that die (pre-emption, OOM) are replaced by the job
+system or by the LocalCluster's nanny, and Dask re-runs their tasks: extraction tasks are pure
+(their results are staged under the store, committed by the client alone), so a re-run is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+KINDS = ("local", "address", "slurm", "pbs")
+JOBQUEUE_KINDS = ("slurm", "pbs")
+
+# Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which makes glibc return memory
+# after every large array: pynbody loads then run ~25% slower (bench/README.md). Unset it.
+# The workers' statistical profiler samples the running thread every 10 ms (GIL); off.
+# Scheduler-side queuing hands a worker its next task only after the previous one reported
+# back: a round trip of idle time per snapshot. Our tasks are few and long: send them all.
+DASK_SETTINGS = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                 "distributed.worker.profile.enabled": False,
+                 "distributed.scheduler.worker-saturation": float("inf")}
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A validated description of the Dask cluster to run on."""
+
+    kind: str = "local"
+    address: str | None = None           # kind=address: tcp://host:8786 or a scheduler file
+    workers: int | None = None           # kind=local: worker processes (default: one per core)
+    cores: int = 1                       # jobqueue: cores per job
+    memory: str = "4GB"                  # jobqueue: memory per job
+    processes: int | None = None         # jobqueue: worker processes per job (default: cores)
+    walltime: str = "01:00:00"
+    queue: str | None = None             # SLURM partition / PBS queue
+    account: str | None = None
+    jobs: int = 1                        # jobqueue: fixed number of jobs (unless adaptive)
+    adaptive: dict | None = None         # jobqueue: {minimum: jobs, maximum: jobs}
+    local_directory: str | None = None   # workers' scratch space (node-local disk)
+    interface: str | None = None         # network interface of the workers (e.g. ib0)
+    job_extra_directives: tuple[str, ...] = ()
+    job_script_prologue: tuple[str, ...] = ()  # e.g. "module load python", "source .venv/bin/activate"
+    extra: dict = field(default_factory=dict)  # more dask-jobqueue keyword arguments, passed on
+
+    def __post_init__(self):
+        object.__setattr__(self, "job_extra_directives", tuple(self.job_extra_directives))
+        object.__setattr__(self, "job_script_prologue", tuple(self.job_script_prologue))
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
+        if self.kind == "address" and not self.address:
+            raise ValueError("kind 'address' needs 'address' (tcp://host:port or a scheduler file)")
+        if self.kind != "address" and self.address:
+            raise ValueError(f"'address' is for kind 'address', not {self.kind!r}")
+        for name in ("workers", "processes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if not isinstance(self.cores, int) or self.cores < 1:
+            raise ValueError(f"cores must be a positive integer, not {self.cores!r}")
+        if not isinstance(self.jobs, int) or self.jobs < 0:
+            raise ValueError(f"jobs must be a non-negative integer, not {self.jobs!r}")
+        if self.processes is not None and self.processes > self.cores:
+            raise ValueError(f"processes ({self.processes}) cannot exceed cores ({self.cores})")
+        if self.adaptive is not None:
+            if not isinstance(self.adaptive, dict) or set(self.adaptive) - {"minimum", "maximum"}:
+                raise ValueError("adaptive must be a mapping with 'minimum' and/or 'maximum' jobs")
+            lo, hi = self.adaptive.get("minimum", 0), self.adaptive.get("maximum", 1)
+            if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi and hi >= 1):
+                raise ValueError(f"adaptive needs 0 <= minimum <= maximum, maximum >= 1, "
+                                 f"not {self.adaptive}")
+        if self.kind not in JOBQUEUE_KINDS:
+            jobq = [k for k in ("queue", "account", "adaptive", "interface") if getattr(self, k)]
+            if jobq or self.job_extra_directives or self.job_script_prologue or self.extra:
+                raise ValueError(f"{jobq or 'job options'} apply to kinds {JOBQUEUE_KINDS} only")
+
+    @classmethod
+    def from_options(cls, scheduler: str | None = None, workers: int | None = None) -> ClusterSpec:
+        """The CLI's ``--scheduler ADDRESS`` / ``--workers N``."""
+        return cls(kind="address", address=scheduler) if scheduler else cls(workers=workers)
+
+
+def jobqueue_cluster(spec: ClusterSpec):
+    """The dask-jobqueue cluster object of a SLURM/PBS spec (no job is submitted yet)."""
+    try:
+        from dask_jobqueue import PBSCluster, SLURMCluster
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise RuntimeError("SLURM/PBS clusters need dask-jobqueue (pip install dask-jobqueue)") from exc
+    cls = SLURMCluster if spec.kind == "slurm" else PBSCluster
+    options = dict(cores=spec.cores, memory=spec.memory, processes=spec.processes or spec.cores,
+                   walltime=spec.walltime, queue=spec.queue, account=spec.account,
+                   job_extra_directives=list(spec.job_extra_directives),
+                   job_script_prologue=list(spec.job_script_prologue),
+                   job_name="casbi-store", scheduler_options={"dashboard_address": ":0"})
+    if spec.local_directory:
+        options["local_directory"] = spec.local_directory
+    if spec.interface:
+        options["interface"] = spec.interface
+    env = [f"export {k}={v}" for k, v in WORKER_ENV.items()]
+    options["job_script_prologue"] = env + options["job_script_prologue"]
+    options.update(spec.extra)
+    return cls(**options)
+
+
+def job_script(spec: ClusterSpec) -> str:
+    """The batch script each SLURM/PBS job of ``spec`` would run (to check before submitting)."""
+    if spec.kind not in JOBQUEUE_KINDS:
+        raise ValueError(f"kind {spec.kind!r} submits no job script")
+    import dask
+    import distributed  # noqa: F401  (loads its config first: set() would otherwise drop it on exit)
+
+    with dask.config.set(DASK_SETTINGS), jobqueue_cluster(spec) as cluster:
+        return cluster.job_script()
+
+
+@contextlib.contextmanager
+def cluster_client(spec: ClusterSpec | None = None) -> Iterator:
+    """A ``distributed.Client`` on the cluster ``spec`` describes (default: a LocalCluster)."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    spec = spec or ClusterSpec()
+    if spec.kind == "address":
+        address = spec.address
+        kwargs = {"scheduler_file": address} if os.path.isfile(address) else {"address": address}
+        with Client(**kwargs) as client:
+            yield client
+        return
+    with dask.config.set(DASK_SETTINGS):
+        if spec.kind == "local":
+            n = spec.workers or os.cpu_count() or 1
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.ERROR,
+                                   env=dict(WORKER_ENV))
+        else:
+            cluster = jobqueue_cluster(spec)
+            if spec.adaptive is not None:
+                cluster.adapt(minimum_jobs=spec.adaptive.get("minimum", 0),
+                              maximum_jobs=spec.adaptive.get("maximum", 1))
+            else:
+                cluster.scale(jobs=spec.jobs)
+            log.info("submitted %s jobs to %s; dashboard %s",
+                     spec.adaptive or spec.jobs, spec.kind, cluster.dashboard_link)
+        with cluster, Client(cluster) as client:
+            yield client
