@@ -12,6 +12,7 @@ Example (``pipelines/demo.yaml``)::
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,5 +190,6 @@ def load_pipeline(path: str | Path) -> Pipeline:
                           f"{path}: evaluate")
         if not evaluate.models:
             raise ConfigError(f"{path}: evaluate: no models (list them, or add a train stage)")
-    return Pipeline(workdir=Path(data.get("workdir", ".")), mock=mock, extract=extract,
+    workdir = Path(os.path.expandvars(os.path.expanduser(str(data.get("workdir", ".")))))
+    return Pipeline(workdir=workdir, mock=mock, extract=extract,
                     source=path, compose=compose, train=train, evaluate=evaluate, cluster=cluster)

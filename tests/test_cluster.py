@@ -61,3 +61,13 @@ def test_pipeline_cluster_section(tmp_path):
     p.write_text("mock: {preset: tiny}\nextract: {store: s.zarr, workers: 2}\ncluster: {kind: local}\n")
     with pytest.raises(ConfigError, match="both say where to run"):
         load_pipeline(p)
+
+
+def test_the_shipped_slurm_pipeline_validates(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("USER", "astro")
+    pipe = load_pipeline(Path(__file__).parents[1] / "pipelines" / "slurm.yaml")
+    assert pipe.cluster.kind == "slurm" and pipe.cluster.adaptive == {"minimum": 1, "maximum": 12}
+    assert str(pipe.workdir) == "/scratch/astro/casbi"
+    assert "#SBATCH -A nihao" in job_script(pipe.cluster)
