@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, cli_observe
 from .binning import BinningSpec
 from .config import ConfigError, load_pipeline
 from .extract import MAIN_HALO_RULES, ExtractionSettings
@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--ranks", type=int, default=3, help="blocks to infer, by M* rank")
     inf.add_argument("--seed", type=int, default=0)
     inf.set_defaults(func=_cmd_infer)
+
+    cli_observe.add_parser(sub)
 
     ev = sub.add_parser("evaluate", help="metrics, calibration (TARP, SBC) and report.html")
     ev.add_argument("models", nargs="+", help="model folders (any of the four tasks)")
