@@ -242,9 +242,8 @@ class StarTable:
             raise ObservationError(f"{self.path}: column {name!r} is not numeric "
                                    f"(type {col.dtype}, e.g. {col[0]!r})" if len(col) else
                                    f"{self.path}: column {name!r} is not numeric")
-        values = np.array(col, dtype=np.float64)
-        mask = np.ma.getmaskarray(getattr(col, "mask", np.zeros(len(col), bool)))
-        values[mask] = fill
+        values = np.array(np.ma.getdata(col), dtype=np.float64)
+        values[np.ma.getmaskarray(col)] = fill
         return values
 
 
