@@ -28,8 +28,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .observe import ColumnNames, observe_table, write_observation
+    from .observe import ColumnNames, ObservationError, observe_table, write_observation
 
+    if not args.out.endswith(".nc"):  # before reading a large table
+        raise ObservationError(f"{args.out}: an observation is written as NetCDF; name it *.nc")
     columns = ColumnNames(feh=args.feh_col, ofe=args.ofe_col, feh_err=args.feh_err_col,
                           ofe_err=args.ofe_err_col, flag=args.flag_col)
     obs = observe_table(args.table, args.binning, columns, where=args.where,

@@ -269,7 +269,9 @@ def ofe_mapping(column: str) -> tuple[str, str]:
         if den == "m":
             caveat += " [X/M] is relative to the overall metallicity, not to iron."
         return f"{ratio} (column {column}) stands in for [O/Fe]", caveat
-    return "[O/Fe]", ""
+    ratio = f"[{num.capitalize()}/{'Fe' if den == 'fe' else 'M'}]"
+    return (f"{ratio} (column {column}) taken as [O/Fe]",
+            f"The model was trained on [O/Fe]; {ratio} is neither O nor an alpha element.")
 
 
 def check_dex(values: np.ndarray, quantity: str, column: str, path: Path) -> None:

@@ -25,6 +25,7 @@ from casbi_store.observe import (
     ObservationError,
     load_binning_source,
     observe_table,
+    ofe_mapping,
     read_observation,
     write_observation,
 )
@@ -185,6 +186,10 @@ def test_alpha_proxy_is_recorded_with_its_caveat(store_binning, tmp_path, capsys
     t.write(tmp_path / "galah.csv")
     obs = observe_table(tmp_path / "galah.csv", store, ColumnNames(ofe="alpha_fe"))
     assert obs.ofe_mapping.startswith("[alpha/Fe]") and obs.ofe_caveat
+    assert ofe_mapping("ALPHA_M")[0].startswith("[alpha/M]") and "[X/M]" in ofe_mapping("ALPHA_M")[1]
+    assert ofe_mapping("C_FE") == ("[C/Fe] (column C_FE) taken as [O/Fe]", ofe_mapping("C_FE")[1])
+    assert "neither O nor an alpha element" in ofe_mapping("C_FE")[1]
+    assert ofe_mapping("o_fe") == ofe_mapping("[O/Fe]") == ("[O/Fe]", "")
 
 
 def test_refusals_name_the_file_and_the_problem(store_binning, tmp_path, capsys):
@@ -197,17 +202,19 @@ def test_refusals_name_the_file_and_the_problem(store_binning, tmp_path, capsys)
         "missing cut column": (["--where", "snr_k > 3"], "no column 'snr_k'"),
         "empty after cuts": (["--where", "SNR > 1e6"], "no star left after the cuts"),
         "bad grammar": (["--where", "__import__('os').system('touch HACKED')"], "not allowed"),
+        "not NetCDF": (["--where", "SNR > 1e6"], "name it \\*.nc"),
     }
     for name, (options, message) in cases.items():
+        out = tmp_path / (f"{name}.nc" if name != "not NetCDF" else "obs.h5")
         rc = main(["observe", str(tmp_path / "s.csv"), "--binning", str(store),
-                   "--out", str(tmp_path / f"{name}.nc"), *options])
+                   "--out", str(out), *options])
         err = capsys.readouterr().err
         assert rc == 2 and "Traceback" not in err, name
         assert err.startswith("casbi-store: error:"), name
         assert re.search(message, err), (name, err)
-        if name != "bad grammar":
+        if name not in ("bad grammar", "not NetCDF"):
             assert "s.csv" in err, name
-        assert not (tmp_path / f"{name}.nc").exists()
+        assert not out.exists()
     assert not Path("HACKED").exists() and not (tmp_path / "HACKED").exists()
 
     def refused(table: Table, match: str, file: str = "x.csv", **kw) -> None:
