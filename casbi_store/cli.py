@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, cli_observe
 from .binning import BinningSpec
 from .config import ConfigError, load_pipeline
 from .extract import MAIN_HALO_RULES, ExtractionSettings
@@ -19,12 +19,20 @@ from .tasks import TASKS
 log = logging.getLogger("casbi_store")
 
 
+PHYSICS_OPTIONS = {"ia_delay": "ia_min_delay", "dtd_slope": "dtd_slope", "yield_o_cc": "y_o_cc",
+                   "yield_fe_cc": "y_fe_cc", "yield_fe_ia": "y_fe_ia", "sfe": "sfe"}
+
+
 def _cmd_mock(args) -> int:
-    from .mock import generate_suite, preset
+    from .mock import Physics, generate_suite, preset
 
     overrides = {k: v for k, v in {"n_simulations": args.n_simulations,
                                    "n_star_max": args.n_star_max,
                                    "n_dm_final": args.n_dm}.items() if v is not None}
+    physics = {field: getattr(args, opt) for opt, field in PHYSICS_OPTIONS.items()
+               if getattr(args, opt) is not None}
+    if physics:
+        overrides["physics"] = Physics(**physics)
     spec = preset(args.preset, seed=args.seed, defects=args.defects, **overrides)
     manifest = generate_suite(args.out, spec, workers=args.workers or os.cpu_count() or 1,
                               progress=not args.quiet)
@@ -317,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-star-max", type=int, help="cap on star particles of the largest galaxy")
     m.add_argument("--n-dm", type=int, help="dark-matter particles of a main halo at z=0")
     m.add_argument("--workers", type=int, help="processes (default: one per core)")
+    ph = m.add_argument_group("chemical-evolution physics (default: the fiducial values)")
+    ph.add_argument("--ia-delay", type=float, metavar="GYR",
+                    help="minimum SN Ia delay for every galaxy (default: each draws 0.05-0.15)")
+    ph.add_argument("--dtd-slope", type=float, help="SN Ia delay-time distribution slope (-1.1)")
+    ph.add_argument("--yield-o-cc", type=float, help="core-collapse O yield (0.015)")
+    ph.add_argument("--yield-fe-cc", type=float, help="core-collapse Fe yield (0.0012)")
+    ph.add_argument("--yield-fe-ia", type=float, help="SN Ia Fe yield (0.0017)")
+    ph.add_argument("--sfe", type=float, help="factor on the star-formation efficiency (1)")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_cmd_mock)
 
@@ -384,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--ranks", type=int, default=3, help="blocks to infer, by M* rank")
     inf.add_argument("--seed", type=int, default=0)
     inf.set_defaults(func=_cmd_infer)
+
+    cli_observe.add_parser(sub)
 
     ev = sub.add_parser("evaluate", help="metrics, calibration (TARP, SBC) and report.html")
     ev.add_argument("models", nargs="+", help="model folders (any of the four tasks)")
