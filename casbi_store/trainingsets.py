@@ -346,7 +346,10 @@ class Draft:
             group.attrs[S.ATTR_TRAINING_SET] = entry
             os.rename(f"{base}/{self.path}", f"{base}/{final}")  # the commit point
         else:
-            fs.mv(f"{base}/{self.path}", f"{base}/{final}", recursive=True)
+            fs.invalidate_cache()  # listings cached before the draft's writes would miss files
+            for src in fs.find(f"{base}/{self.path}"):
+                fs.copy(src, f"{base}/{final}" + src[len(f"{base}/{self.path}"):])
+            fs.rm(f"{base}/{self.path}", recursive=True)
             group = zarr.open_group(self.store, path=final, mode="a", zarr_format=S.ZARR_FORMAT,
                                     use_consolidated=False, storage_options=self.storage_options or None)
             group.attrs[S.ATTR_TRAINING_SET] = entry  # the commit point
@@ -362,6 +365,7 @@ class Draft:
 def _remove(store: str, path: str, storage_options: dict | None) -> None:
     fs, base = _fs(store, storage_options)
     target = f"{base}/{path}"
+    fs.invalidate_cache()
     if fs.exists(target):
         if is_local(store):
             shutil.rmtree(target, ignore_errors=True)
