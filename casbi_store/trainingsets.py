@@ -205,9 +205,9 @@ def read_rows(store: str | os.PathLike, name: str, version: str, split: str, row
     group = open_split_group(store, name, version, split, storage_options)
     rows = np.asarray(rows, dtype=np.int64)
     out = {}
-    for name_ in fields:
-        arr = group[name_]
-        out[name_] = np.asarray(arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1)))
+    for key in fields:
+        arr = group[key]
+        out[key] = np.asarray(arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1)))
     return out
 
 
