@@ -331,6 +331,11 @@ class Draft:
 
         ``entry`` gets the identity, the binning record and the checksum added; returns it.
         """
+        missing = [f"{split}/{f.name}" for split in S.SPLITS for f in S.TRAINING_FIELDS
+                   if f.name not in self.digests.get(split, {})]
+        if missing:
+            raise TrainingSetError(f"{self.store}: {self.name}:{self.version} cannot be published "
+                                   f"without {', '.join(missing)}")
         entry = {**entry, **self.identity, "binning": self.binning_record,
                  "checksum": self.checksum()}
         now = versions(self.store, self.name, self.storage_options, consolidated=False)

@@ -22,6 +22,7 @@ from conftest import serve_http, store_with_set
 from casbi_store import open_store, trainingsets
 from casbi_store.compose import ComposeError, ComposeSpec, compose
 from casbi_store.locks import break_lock, list_locks
+from casbi_store.schema import TRAINING_FIELDS
 from casbi_store.store import StoreError
 from casbi_store.validate import validate_store
 
@@ -281,3 +282,14 @@ def test_a_sigkilled_compose_leaves_nothing_visible_and_a_rerun_completes_it(sto
     assert _draft_and_version_dirs(store) == ["v1"] and validate_store(store) == []
     meta = json.loads((store / ".zmetadata").read_text())["metadata"]
     assert not [k for k in meta if "_draft_" in k]
+
+
+def test_a_draft_without_every_split_cannot_be_published(store):
+    record = zarr.open_consolidated(store, mode="r", zarr_format=2).attrs["binning"]
+    identity = {"spec": {"seed": 1}, "binning_version": record["version"]}
+    with pytest.raises(trainingsets.TrainingSetError, match="without val/x, val/n_sub"):
+        with trainingsets.begin(store, "partial", "v1", identity, record) as draft:
+            draft.add_digests("train", {f.name: [] for f in TRAINING_FIELDS})
+            draft.publish({"counts": {}})
+    assert trainingsets.read_registry(store, consolidated=False) == {}
+    assert list_locks(store) == {}
