@@ -31,6 +31,7 @@ import torch
 
 from . import schema as S
 from . import tasks as T
+from . import trainingsets
 from .posteriors import (
     FlowSamples,
     NsubPosterior,
@@ -39,7 +40,6 @@ from .posteriors import (
     nsub_probabilities,
     outside_fraction,
 )
-from .streaming import TrainingSetStream
 from .trainer import TrainedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,11 @@ class SplitData:
 def read_split(store, name: str, version: str, split: str, max_halos: int = 300,
                storage_options: dict | None = None) -> SplitData:
     """An evenly spaced subset of ``max_halos`` halos of a split (deterministic)."""
-    group = TrainingSetStream(store, name, version, split, storage_options=storage_options)._open()
-    n = group[S.X.name].shape[0]
+    n = trainingsets.open_split_group(store, name, version, split, storage_options)[S.X.name].shape[0]
     rows = np.unique(np.linspace(0, n - 1, min(max_halos, n)).round().astype(int))
-    pick = lambda arr: np.asarray(arr.get_orthogonal_selection(  # noqa: E731
-        (rows,) + (slice(None),) * (arr.ndim - 1)))
-    return SplitData(pick(group[S.X.name]).astype(np.float32), pick(group[S.N_SUB.name]),
-                     pick(group[S.THETA.name]), rows, f"{name}:{version}/{split}")
+    got = trainingsets.read_rows(store, name, version, split, rows, storage_options=storage_options)
+    return SplitData(got[S.X.name].astype(np.float32), got[S.N_SUB.name], got[S.THETA.name], rows,
+                     f"{name}:{version}/{split}")
 
 
 def _x(data: SplitData) -> torch.Tensor:

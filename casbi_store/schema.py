@@ -107,10 +107,11 @@ HISTOGRAM_CHUNK = 256
 STAR_CHUNK = 1_048_576
 TABLE_CHUNK = 4096
 
-# ---- training sets: training_sets/<name>/<version>/<split> ---------------------------------------
+# ---- training sets: training_sets/<name>/<version>/<split> (casbi_store.trainingsets) -----------
 TRAINING_SETS = "training_sets"
 SPLITS = ("train", "val", "test")
-ATTR_VERSIONS = "versions"  # on training_sets/<name>: published version -> metadata
+ATTR_TRAINING_SET = "training_set"  # on training_sets/<name>/<version>: its registry entry
+ATTR_VERSIONS = "versions"  # on training_sets/<name>: version -> entry (stores before per-version entries)
 DIM_HALO = "halo"
 DIM_BLOCK = "block"
 DIM_PARAM = "param"
@@ -120,6 +121,7 @@ THETA = Field("theta", "float64", "Msol, Msol, Gyr",
               "per block (M* descending): mstar, mdm, tau; NaN beyond n_sub")
 MEMBERS = Field("members", "int64", "", "galaxies-table row of each block (M* descending); -1 pad")
 TRAINING_FIELDS: tuple[Field, ...] = (X, N_SUB, THETA, MEMBERS)
+# each split also stores the set's FEH_EDGES and OFE_EDGES (dims feh_edge, ofe_edge)
 HALO_CHUNK = 512
 
 # ---- observations: one survey table binned like the store (``casbi-store observe``) ------------

@@ -398,17 +398,15 @@ def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None 
             lines.append(f"  {st:<9}  {name:<28} {kind}")
     except StoreError:
         pass
-    root = zarr.open_consolidated(store, mode="r", zarr_format=S.ZARR_FORMAT,
-                                  storage_options=storage_options)
-    if S.TRAINING_SETS in root:
-        for name, group in sorted(root[S.TRAINING_SETS].groups()):
-            for version, meta in sorted(dict(group.attrs.get(S.ATTR_VERSIONS, {})).items(),
-                                        key=lambda kv: int(kv[0][1:])):
-                counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
-                spec = meta["spec"]
-                lines.append(f"training set {name}:{version}  {spec['scheme']}, split by "
-                             f"{spec['split_by']}, seed {meta['seed']}, binning "
-                             f"v{meta['binning_version']}: {counts}")
+    from .trainingsets import read_registry
+
+    for name, published in read_registry(store, storage_options).items():
+        for version, meta in published.items():
+            counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
+            spec = meta["spec"]
+            lines.append(f"training set {name}:{version}  {spec['scheme']}, split by "
+                         f"{spec['split_by']}, seed {meta['seed']}, binning "
+                         f"v{meta['binning_version']}: {counts}")
     runs = attrs.get(S.ATTR_PROVENANCE, [])
     for run in runs[-5:]:
         lines.append(f"run          {run.get('time_utc')} {run.get('action')}: ok {run.get('ok')}, "

@@ -21,10 +21,7 @@ import torch
 import zarr
 
 from . import schema as S
-
-
-def _group(name: str, version: str, split: str) -> str:
-    return f"{S.TRAINING_SETS}/{name}/{version}/{split}"
+from . import trainingsets
 
 
 class TrainingSetStream(torch.utils.data.IterableDataset):
@@ -41,7 +38,8 @@ class TrainingSetStream(torch.utils.data.IterableDataset):
             raise ValueError(f"target must be {S.N_SUB.name!r} or {S.THETA.name!r}")
         if buffer_chunks < 1:
             raise ValueError("buffer_chunks must be >= 1")
-        self.store, self.group = os.fspath(store), _group(name, version, split)
+        self.store, self.name, self.version, self.split = os.fspath(store), name, version, split
+        self.group = trainingsets.set_path(name, version, split)
         self.target, self.buffer_chunks, self.seed = target, buffer_chunks, seed
         self.shuffle, self.return_index = shuffle, return_index
         self.storage_options = storage_options
@@ -58,12 +56,8 @@ class TrainingSetStream(torch.utils.data.IterableDataset):
                    storage_options=source.storage_options or None, **options)
 
     def _open(self) -> zarr.Group:
-        root = zarr.open_consolidated(self.store, mode="r", zarr_format=S.ZARR_FORMAT,
-                                      storage_options=self.storage_options)
-        try:
-            return root[self.group]
-        except KeyError as exc:
-            raise KeyError(f"{self.store}: no training-set split {self.group}") from exc
+        return trainingsets.open_split_group(self.store, self.name, self.version, self.split,
+                                             self.storage_options)
 
     def __len__(self) -> int:
         return self.n_rows

@@ -165,7 +165,7 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
         meta["config"] = asdict(cfg)  # e.g. more epochs or members on resume
         stats = dict(np.load(out / "transform.npz"))
     else:
-        from .store import open_store
+        from . import trainingsets
 
         mean, std = streamed_moments(streams["train"])
         group = streams["train"]._open()
@@ -178,10 +178,9 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
         if len(theta) < 2:
             raise ValueError(f"{name}:{version} has fewer than two training halos for task {task}"
                              + (f" with n_sub={cfg.n_sub}" if cfg.n_sub else ""))
-        binning = open_store(store, storage_options)
+        binning = trainingsets.binning(store, name, version, storage_options)  # the set's own
         stats = {"mean": mean, "std": std, "theta_example": theta,
-                 "feh_edges": binning[S.FEH_EDGES.name].values,
-                 "ofe_edges": binning[S.OFE_EDGES.name].values}
+                 "feh_edges": binning.feh_edges, "ofe_edges": binning.ofe_edges}
         meta = _model_meta(store, name, version, task, cfg, (int(n_sub.min()), int(n_sub.max())))
         np.savez(out / "transform.npz", **stats)
     config_path.write_text(json.dumps(meta, indent=2))

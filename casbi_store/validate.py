@@ -15,7 +15,8 @@ import numpy as np
 import zarr
 
 from . import schema as S
-from .compose import version_checksum
+from . import trainingsets
+from .binning import Binning
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,25 @@ def validate_store(path_or_url: str | os.PathLike, storage_options: dict | None 
     for field in S.ERROR_FIELDS:
         r.read(f"{S.ERRORS}/{field.name}", field)
 
-    if S.TRAINING_SETS in root:
-        for name, group in root[S.TRAINING_SETS].groups():
-            for version, meta in dict(group.attrs.get(S.ATTR_VERSIONS, {})).items():
-                _validate_version(r, f"{S.TRAINING_SETS}/{name}/{version}", meta, n_gal)
+    registry = trainingsets.read_registry(store, storage_options, consolidated=not local)
+    for name, published in registry.items():
+        for version, meta in published.items():
+            _validate_version(r, name, version, meta, n_gal)
     return problems
 
 
-def _validate_version(r: _Reader, prefix: str, meta: dict, n_gal: int | None) -> None:
+def _validate_version(r: _Reader, name: str, version: str, meta: dict, n_gal: int | None) -> None:
+    prefix = trainingsets.set_path(name, version)
     readable = True
+    binning = Binning.from_dict(meta["binning"]) if meta.get("binning") else None
     for split in S.SPLITS:
+        if binning is not None:  # a set describes its own binning: edges equal its entry's
+            for field, edges in ((S.FEH_EDGES, binning.feh_edges), (S.OFE_EDGES, binning.ofe_edges)):
+                stored = r.read(f"{prefix}/{split}/{field.name}", field)
+                readable &= stored is not None
+                if stored is not None and not np.array_equal(stored, edges):
+                    r.problems.append(Problem(f"{prefix}/{split}/{field.name}",
+                                              "differs from the binning in the registry entry"))
         arrays = {f.name: r.read(f"{prefix}/{split}/{f.name}", f) for f in S.TRAINING_FIELDS}
         readable &= all(v is not None for v in arrays.values())
         x, members, n_sub = arrays[S.X.name], arrays[S.MEMBERS.name], arrays[S.N_SUB.name]
@@ -141,5 +151,5 @@ def _validate_version(r: _Reader, prefix: str, meta: dict, n_gal: int | None) ->
         if x is not None and len(x) != meta["counts"].get(split):
             r.problems.append(Problem(f"{prefix}/{split}", f"{len(x)} halos, registry says "
                                                            f"{meta['counts'].get(split)}"))
-    if readable and version_checksum(r.root, prefix) != meta.get("checksum"):
+    if readable and trainingsets.version_checksum(r.root, name, version) != meta.get("checksum"):
         r.problems.append(Problem(prefix, "checksum differs from the published one"))

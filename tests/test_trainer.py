@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import store_with_set
 
+from casbi_store import open_store
 from casbi_store import tasks as T
 from casbi_store.estimators import NsubClassifier
 from casbi_store.trainer import TrainConfig, load_model, train
@@ -39,6 +40,9 @@ def test_nsub_npe_learns_saves_and_reloads(store, tmp_path):
                            again.members[0].log_prob(theta[None], condition=x))
     assert first.parameters == ["n_sub"] and first.meta["n_sub_range"] == [3, 8]
     assert "sbi" in first.meta["versions"] and first.stats["feh_edges"].shape == (65,)
+    gal = open_store(store)  # the set's own edges (trainingsets.binning) are the store's
+    assert np.array_equal(first.stats["feh_edges"], gal.feh_edges.values)
+    assert np.array_equal(first.stats["ofe_edges"], gal.ofe_edges.values)
 
 
 def test_resume_continues_from_the_checkpoint(store, tmp_path):
