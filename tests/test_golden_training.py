@@ -17,14 +17,15 @@ import pytest
 import torch
 import xarray as xr
 
-from casbi_store.trainer import TrainConfig, load_model, train
+from casbi_store.modelfolder import load_model
+from casbi_store.trainer import TrainConfig, train
 
 GOLDEN = Path(__file__).parent / "data" / "golden_training.json"
 SET = dict(name="g", n_sub_min=3, n_sub_max=6, train_per_n=40, test_per_n=3, seed=4)
 CONFIG = dict(epochs=2, batch_size=32, hidden_features=8, num_transforms=2, embedding_dim=8,
               conv_channels=(2, 4), learning_rate=2e-3, patience=10, seed=11)
 JOINT_N_SUB = 4
-TASKS = {"nsub": {}, "nsub_classifier": {}, "theta": {}, "theta_joint": {"n_sub": JOINT_N_SUB}}
+TASKS = {"nsub": {}, "nsub_classifier": {}, "theta": {}, "theta_joint": {"joint_n_sub": JOINT_N_SUB}}
 ROWS = 8  # validation rows whose log-probabilities are recorded
 
 
