@@ -1,17 +1,20 @@
-"""Helpers the tasks share: store theta -> block parameters, N_sub of a row, per-rank pairs."""
+"""Helpers the tasks share: store theta -> block parameters, N_sub of a row, per-rank and joint
+pairs, and the step-1 pair (N_sub of the histogram)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from .. import schema as S
 from ..estimators import N_PIXELS
 
 BLOCK_PARAMETERS = ("log10_mstar", "log10_mdm", "tau")
 UNITS = {"n_sub": "", "log10_mstar": "log10 Msol", "log10_mdm": "log10 Msol", "tau": "Gyr",
          "rank": ""}
 
-__all__ = ["BLOCK_PARAMETERS", "N_PIXELS", "UNITS", "block_parameters", "count_blocks",
-           "joint_pair", "rank_pair", "ranked_condition"]
+__all__ = ["BLOCK_PARAMETERS", "N_PIXELS", "UNITS", "NsubParameter", "block_parameters",
+           "count_blocks", "joint_pair", "rank_pair", "ranked_condition"]
 
 
 def block_parameters(theta: torch.Tensor) -> torch.Tensor:
@@ -44,3 +47,21 @@ def joint_pair(x: torch.Tensor, target: torch.Tensor, n_sub: int
     keep = count_blocks(target) == n_sub
     theta = block_parameters(target[keep, :n_sub]).reshape(int(keep.sum()), 3 * n_sub)
     return theta, x[keep]
+
+
+class NsubParameter:
+    """Mixin of the step-1 tasks: N_sub, read from the set's ``n_sub``, as one parameter of the
+    histogram."""
+
+    step = 1
+    target = S.N_SUB.name
+
+    def parameters(self, joint_n_sub: int | None = None) -> list[str]:
+        return ["n_sub"]
+
+    def to_training_pair(self, x, target, *, max_rank=3, joint_n_sub=None, generator=None):
+        return target.reshape(len(target), 1), x
+
+    def example_parameters(self, target, *, max_rank=3, joint_n_sub=None):
+        t = np.asarray(target, dtype=np.float64)
+        return t.reshape(len(t), 1)

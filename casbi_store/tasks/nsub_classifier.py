@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import schema as S
 from ..estimators import NsubClassifier
 from .base import Task, register
-from .nsub import nsub_examples, nsub_pair
+from .common import NsubParameter
 
 
 class NsubPosterior:
@@ -37,24 +36,13 @@ class NsubPosterior:
 
 
 @register
-class NsubClassifierTask(Task):
+class NsubClassifierTask(NsubParameter, Task):
     name = "nsub_classifier"
     help = "softmax over N_sub"
     title = "N_sub, classifier"
-    step = 1
-    target = S.N_SUB.name
     preference = 0
     infer_suffix = "classifier"
     tuned = ("learning_rate", "batch_size", "embedding_dim")  # no flow
-
-    def parameters(self, joint_n_sub: int | None = None) -> list[str]:
-        return ["n_sub"]
-
-    def to_training_pair(self, x, target, *, max_rank=3, joint_n_sub=None, generator=None):
-        return nsub_pair(x, target)
-
-    def example_parameters(self, target, *, max_rank=3, joint_n_sub=None):
-        return nsub_examples(target)
 
     def build(self, stats, config, n_sub_range, seed):
         n_min, n_max = n_sub_range
