@@ -14,7 +14,7 @@ from . import __version__, cli_observe
 from .binning import BinningSpec
 from .config import ConfigError, load_pipeline
 from .extract import MAIN_HALO_RULES, ExtractionSettings
-from .tasks import TASKS
+from .tasks import get_task, task_names
 
 log = logging.getLogger("casbi_store")
 
@@ -92,7 +92,7 @@ def _train_config(args):
 
     options = {k: getattr(args, k) for k in (
         "epochs", "batch_size", "learning_rate", "patience", "hidden_features", "num_transforms",
-        "embedding_dim", "ensemble", "max_rank", "n_sub", "in_memory", "seed", "device")}
+        "embedding_dim", "ensemble", "max_rank", "joint_n_sub", "in_memory", "seed", "device")}
     if args.conv_channels:
         options["conv_channels"] = tuple(args.conv_channels)
     return TrainConfig.from_dict({k: v for k, v in options.items() if v is not None})
@@ -142,7 +142,7 @@ def _cmd_infer(args) -> int:
     import time
 
     from .infer import corner_plot, infer, read_histogram, read_star_table
-    from .trainer import load_model
+    from .modelfolder import load_model
 
     models = [load_model(m) for m in args.models]
     if bool(args.histogram) == bool(args.stars):
@@ -155,7 +155,7 @@ def _cmd_infer(args) -> int:
     else:
         x = read_histogram(args.histogram)
     start = time.perf_counter()
-    samples = infer(models, x, n_samples=args.samples, seed=args.seed, n_sub=args.n_sub,
+    samples = infer(models, x, n_samples=args.samples, seed=args.seed, nsub_draw=args.nsub_draw,
                     ranks=args.ranks)
     seconds = time.perf_counter() - start
     out = Path(args.out)
@@ -298,7 +298,7 @@ def _add_config_options(p: argparse.ArgumentParser, tuned: bool = False) -> None
     p.add_argument("--conv-channels", type=int, nargs="+", help="CNN channels per layer")
     p.add_argument("--ensemble", type=int, help="members trained independently (default 1)")
     p.add_argument("--max-rank", type=int, help="theta: ranks learnt, 1..R (0: all; default 3)")
-    p.add_argument("--n-sub", type=int, help="theta_joint: the fixed N_sub")
+    p.add_argument("--joint-n-sub", type=int, help="theta_joint: the fixed N_sub")
     p.add_argument("--in-memory", action="store_true", default=None,
                    help="load the split into memory instead of streaming chunks")
     p.add_argument("--seed", type=int)
@@ -368,10 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an estimator (step 1 or 2) on a training set, streaming")
     t.add_argument("store", help="store path or URL")
     t.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
-    t.add_argument("--task", choices=TASKS, required=True,
-                   help="nsub: NPE on N_sub (rounded); nsub_classifier: softmax over N_sub; "
-                        "theta: per-rank NPE of (log M*, log M_dm, tau) given N_sub and rank; "
-                        "theta_joint: all 3 N_sub parameters for one fixed --n-sub")
+    t.add_argument("--task", choices=task_names(), required=True,
+                   help="; ".join(f"{n}: {get_task(n).help}" for n in task_names()))
     t.add_argument("--out", required=True, help="model folder (checkpoints, weights, config)")
     _add_config_options(t)
     t.set_defaults(func=_cmd_train)
@@ -380,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "embedding width; re-run to resume")
     tu.add_argument("store", help="store path or URL")
     tu.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
-    tu.add_argument("--task", choices=TASKS, required=True, help="as for train")
+    tu.add_argument("--task", choices=task_names(), required=True, help="as for train")
     tu.add_argument("--out", required=True,
                     help="tune folder: optuna.db, trial-N model folders, best.json")
     tu.add_argument("--trials", type=int, required=True,
@@ -395,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--stars", help="CSV star table with [Fe/H] and [O/Fe] columns")
     inf.add_argument("--out", default="posterior.nc", help="NetCDF of the samples (+ .png corner)")
     inf.add_argument("--samples", type=int, default=10_000)
-    inf.add_argument("--n-sub", choices=["mixture", "mode"], default="mixture",
+    inf.add_argument("--nsub-draw", choices=["mixture", "mode"], default="mixture",
                      help="condition theta on step 1's N_sub samples (mixture) or its mode")
     inf.add_argument("--ranks", type=int, default=3, help="blocks to infer, by M* rank")
     inf.add_argument("--seed", type=int, default=0)
