@@ -6,7 +6,8 @@ stored stars, never on the number of workers or the order tasks finished.
 
 Bin semantics equal ``np.histogram2d`` with ``np.linspace`` edges: bin ``i`` holds
 ``edges[i] <= x < edges[i+1]``, the last bin also holds ``x == edges[-1]``; values outside the
-range are not counted. Histograms come from one ``np.bincount`` over flat (galaxy, i, j)
+range are not counted. Values are compared at the stored precision (float32), whatever their
+source, against float64 edges. Histograms come from one ``np.bincount`` over flat (galaxy, i, j)
 indices, several times faster than ``np.histogram2d`` per galaxy.
 """
 
@@ -16,7 +17,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .schema import N_BINS
+from .schema import FEH, N_BINS
+
+STAR_DTYPE = np.dtype(FEH.dtype)  # [Fe/H] and [O/Fe] share it
 
 METHODS = ("percentile", "fixed")
 
@@ -91,13 +94,25 @@ def resolve_binning(spec: BinningSpec, feh: np.ndarray, ofe: np.ndarray) -> Binn
     return Binning(spec, (float(feh_lo), float(feh_hi)), (float(ofe_lo), float(ofe_hi)))
 
 
+def canonical_values(values) -> np.ndarray:
+    """Abundances at the precision the store keeps them (float32), as float64 for comparison.
+
+    Percentile edges are computed from the stored float32 stars, so an edge can equal a stored
+    value exactly; the same star read as float64 (pynbody, a CSV) is a hair above it and would
+    fall outside the range. Binning every value at the stored precision makes them agree.
+    """
+    return np.asarray(values, dtype=STAR_DTYPE).astype(np.float64)
+
+
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value for uniform ``edges``, as ``np.histogram``; -1 outside the range or NaN.
 
+    Values are first rounded to the stored star precision (:func:`canonical_values`), so a star
+    lands in the same bin whether it comes from the store, from pynbody or from a star table.
     Arithmetic guess, then numpy's own one-step correction against the exact edges, so values on
     an edge land exactly where ``np.searchsorted(edges, x, side="right") - 1`` puts them.
     """
-    x = np.asarray(values, dtype=np.float64)
+    x = canonical_values(values)
     n = len(edges) - 1
     lo, hi = edges[0], edges[-1]
     out = np.full(x.shape, -1, dtype=np.intp)
