@@ -77,11 +77,13 @@ class CountedStore(WrapperStore):
         await super().set_if_not_exists(key, value)
 
     async def delete(self, key) -> None:
-        write_point()
+        if await self.exists(key):  # deleting nothing is not a write
+            write_point()
         await super().delete(key)
 
     async def delete_dir(self, prefix) -> None:
-        write_point()
+        if not await self.is_empty(prefix):
+            write_point()
         await super().delete_dir(prefix)
 
 

@@ -29,7 +29,7 @@ from .extract import ErrorKind, ExtractionSettings, extract_outcome
 from .locks import store_lock
 from .provenance import provenance
 from .snapshots import SnapshotRef, find_snapshots, fingerprint
-from .store import GalaxyBatch, StoreWriter
+from .store import GalaxyBatch, StoreWriter, check_target
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,7 @@ def extract_suite(
     if not refs:
         raise ValueError(f"{suite}: no snapshots found (expected SUITE/<sim>/<sim>.<step>, "
                          "NIHAO layout): not a simulation suite")
+    check_target(Path(store))
     existed = Path(store).exists()
     with store_lock(store, "store", purpose=f"casbi-store extract {suite} --store {store}"):
         try:

@@ -44,8 +44,8 @@ def _open_group(store: str, group: str, storage_options: dict | None = None) -> 
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no '{group}' group (not a casbi store, or still empty)") from exc
     except ValueError as exc:  # arrays of one group disagree in length
-        raise StoreError(f"{store}: group '{group}' is inconsistent ({exc}); an extraction was "
-                         "interrupted; re-run `casbi-store extract` to repair") from exc
+        raise StoreError(f"{store}: group '{group}' is inconsistent ({exc}): the store is damaged "
+                         "(`casbi-store validate` lists what)") from exc
 
 
 def finish_interrupted_commit(store: str) -> None:
@@ -90,8 +90,8 @@ def open_store(path_or_url: str | os.PathLike, storage_options: dict | None = No
     hist = _open_group(store, S.HISTOGRAMS, storage_options)
     if hist.sizes.get(S.DIM_GALAXY) != galaxies.sizes.get(S.DIM_GALAXY):
         raise StoreError(f"{store}: histograms ({hist.sizes.get(S.DIM_GALAXY)} rows) and galaxies "
-                         f"({galaxies.sizes.get(S.DIM_GALAXY)} rows) differ: an extraction was "
-                         "interrupted; re-run `casbi-store extract` to repair")
+                         f"({galaxies.sizes.get(S.DIM_GALAXY)} rows) differ: the store is damaged "
+                         "(`casbi-store validate` lists what)")
     hist = hist.drop_vars(S.HIST_NAME.name)
     ds = xr.merge([galaxies, hist], compat="override", combine_attrs="drop_conflicts")
     ds.attrs = {k: attrs[k] for k in (S.ATTR_SCHEMA_VERSION, S.ATTR_BINNING) if k in attrs}
@@ -169,7 +169,7 @@ class StoreWriter:
         self.path = os.fspath(path)
         self.extraction = extraction
         self.binning_spec = binning_spec
-        _check_target(Path(self.path))
+        check_target(Path(self.path))
         self.recovered = commit.recover(self.path)
         self._zstore = commit.local_store(self.path)
         self._swaps: list[str] = []  # groups rebuilt under .pending, swapped in at commit
@@ -375,7 +375,7 @@ class StoreWriter:
         self._swaps = []
 
 
-def _check_target(path: Path) -> None:
+def check_target(path: Path) -> None:
     """Refuse to write into a file, or into a folder that holds something else than a store."""
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path}: is a file, not a store folder")
