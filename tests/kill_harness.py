@@ -1,15 +1,16 @@
 """Kill-at-every-write harness: SIGKILL an extraction commit at each of its writes in turn.
 
 Run as a script (``python tests/kill_harness.py SUITE WORK --first K``; the test suite runs it on
-the tiny suite, ``bench/`` on larger ones). Every snapshot's outcome is extracted once and
-staged; each trial then commits the staged outcomes (``extract_suite(staged_only=True)``, no
-cluster) in a forked child whose N-th write (chunk, metadata file, rename, delete) SIGKILLs it,
-for every N of a clean commit (``--stride`` thins them for the test suite's time budget).
-Two commits are tried: the first one into a new store (the first K simulations) and an
-incremental one adding the rest (new rows, a changed error table, a binning rebuild). After each
-kill the harness breaks the dead writer's stale lock (as ``casbi-store unlock`` would) and checks that: the store reads as exactly the state before or
-after the commit (every array equal), ``validate`` finds no problem, and a re-run converges to the
-clean run's arrays. Prints one JSON object: kill points tried, outcomes, failures.
+the tiny suite). Every snapshot's outcome is extracted once and staged; each trial then commits
+the staged outcomes (``extract_suite(staged_only=True)``, no cluster) in a forked child whose
+N-th write (chunk, metadata file, rename, delete) SIGKILLs it, for every N of a clean commit
+(``--stride`` thins them for the test suite's time budget). Two commits are tried: the first
+one into a new store (the first K simulations) and an incremental one adding the rest (new rows,
+a changed error table, a binning rebuild). After each kill the harness breaks the dead writer's
+stale lock (as ``casbi-store unlock`` would) and checks that the store reads as exactly the
+state before or after the commit (every array equal), that ``validate`` finds no problem, and
+that a re-run converges to the clean run's arrays. Prints one JSON object: kill points tried,
+outcomes, failures.
 """
 
 from __future__ import annotations
