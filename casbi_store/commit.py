@@ -105,9 +105,19 @@ def committed(path: str | os.PathLike) -> dict | None:
     if not zmeta.exists():
         return None
     try:
-        return json.loads(zmeta.read_text())["metadata"]
+        meta = json.loads(zmeta.read_text())["metadata"]
     except (OSError, ValueError, KeyError) as exc:
         raise RecoveryError(f"{zmeta}: unreadable consolidated metadata ({exc})") from exc
+    return {k: _plain(k, v) for k, v in meta.items()}
+
+
+def _plain(key: str, value: dict) -> dict:
+    """Metadata as a Zarr v2 file holds it: zarr-python's ``consolidate_metadata`` adds an inline
+    ``consolidated_metadata`` to each group's entry, which must never be written to a .zgroup
+    (zarr would then look children up in it, and find none)."""
+    if key.endswith(".zgroup") and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "consolidated_metadata"}
+    return value
 
 
 def on_disk_metadata(root: Path) -> dict:
@@ -119,8 +129,8 @@ def on_disk_metadata(root: Path) -> dict:
         rel = Path(folder).relative_to(root)
         for name in META_FILES:
             if name in files:
-                key = (rel / name).as_posix()
-                out[key.removeprefix("./")] = json.loads((Path(folder) / name).read_text())
+                key = (rel / name).as_posix().removeprefix("./")
+                out[key] = _plain(key, json.loads((Path(folder) / name).read_text()))
     return out
 
 

@@ -249,7 +249,7 @@ def commit_outcomes(writer: StoreWriter, plan: _Plan, outcomes: dict[str, dict],
     writer.write_errors(errors)
     summary.phases["commit"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    if added:
+    if added or (writer.n_galaxies() and not writer.binning_current()):
         summary.binning_version = writer.update_binning(new_rows=added)["version"]
     elif writer.n_galaxies():
         summary.binning_version = writer.binning_version()

@@ -362,6 +362,11 @@ class StoreWriter:
                               write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False)
         self._root = self._open_root()
 
+    def binning_current(self) -> bool:
+        """True if the histograms were built with what the binning spec gives for these stars."""
+        current = self._root.attrs.get(S.ATTR_BINNING)
+        return current is not None and Binning.from_dict(current) == self._resolve_binning()
+
     def binning_version(self) -> int:
         """Version of the binning the histograms were last built with."""
         return self._root.attrs[S.ATTR_BINNING]["version"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -52,13 +53,15 @@ def _missing_chunks(arr: zarr.Array) -> list[str]:
 
 
 class _Reader:
-    def __init__(self, root: zarr.Group, problems: list[Problem]):
-        self.root, self.problems = root, problems
+    def __init__(self, root: zarr.Group, problems: list[Problem], local: Path | None = None):
+        self.root, self.problems, self.local = root, problems, local
 
     def read(self, path: str, field: S.Field | None = None) -> np.ndarray | None:
         """The whole array (every chunk present and decoded), or None after recording why not."""
         try:
             arr = self.root[path]
+            if self.local is not None and not (self.local / path / ".zarray").exists():
+                raise KeyError(path)  # deleted on disk, still listed in .zmetadata
         except KeyError:
             self.problems.append(Problem(path, "missing array"))
             return None
@@ -105,7 +108,7 @@ def validate_store(path_or_url: str | os.PathLike, storage_options: dict | None 
     if version != S.SCHEMA_VERSION:
         problems.append(Problem("/", f"schema version {version}, expected {S.SCHEMA_VERSION}"))
         return problems
-    r = _Reader(root, problems)
+    r = _Reader(root, problems, Path(store) if os.path.isdir(store) else None)
     n_gal = None
     if S.GALAXIES in root or S.STARS in root or S.HISTOGRAMS in root:
         n_gal = _validate_galaxies(r)

@@ -71,10 +71,10 @@ def test_stale_lock_is_reported_and_broken_only_by_unlock(tiny_store, tmp_path):
 
 def test_kill_at_the_writes_of_a_commit_leaves_before_or_after(tiny_suite, tmp_path):
     """tests/kill_harness.py on the tiny suite: a first commit and an incremental one (new rows,
-    changed error table, rebuilt histograms), killed at every 12th write and at each of the last 8
+    changed error table, rebuilt histograms), killed at every 20th write and at each of the last 8
     (publishing) writes; `python tests/kill_harness.py SUITE WORK` kills at every write."""
     out = subprocess.run([sys.executable, str(TESTS / "kill_harness.py"), str(tiny_suite),
-                          str(tmp_path / "work"), "--first", "2", "--stride", "12"],
+                          str(tmp_path / "work"), "--first", "2", "--stride", "20"],
                          env=ENV, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
