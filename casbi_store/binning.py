@@ -107,12 +107,10 @@ def canonical_values(values) -> np.ndarray:
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value for uniform ``edges``, as ``np.histogram``; -1 outside the range or NaN.
 
-    Values are first rounded to the stored star precision (:func:`canonical_values`), so a star
-    lands in the same bin whether it comes from the store, from pynbody or from a star table.
     Arithmetic guess, then numpy's own one-step correction against the exact edges, so values on
     an edge land exactly where ``np.searchsorted(edges, x, side="right") - 1`` puts them.
     """
-    x = canonical_values(values)
+    x = np.asarray(values, dtype=np.float64)
     n = len(edges) - 1
     lo, hi = edges[0], edges[-1]
     out = np.full(x.shape, -1, dtype=np.intp)
@@ -124,6 +122,12 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     i += (xk >= edges[i + 1]) & (i != n - 1)
     out[keep] = i
     return out
+
+
+def bin_stars(values, edges: np.ndarray) -> np.ndarray:
+    """Bin of each star abundance, compared at the stored precision (:func:`canonical_values`):
+    the one binning of stars used by the store, composition and inference."""
+    return bin_index(canonical_values(values), edges)
 
 
 def histogram_stack(
@@ -141,8 +145,8 @@ def histogram_stack(
     nb = binning.spec.n_bins
     n_gal = len(n_star)
     galaxy = np.repeat(np.arange(n_gal, dtype=np.intp), n_star)
-    i = bin_index(feh, binning.feh_edges)
-    j = bin_index(ofe, binning.ofe_edges)
+    i = bin_stars(feh, binning.feh_edges)
+    j = bin_stars(ofe, binning.ofe_edges)
     keep = (i >= 0) & (j >= 0)
     flat = (galaxy * nb + i) * nb + j
     flat = flat[keep]
