@@ -6,9 +6,10 @@ stored stars, never on the number of workers or the order tasks finished.
 
 Bin semantics equal ``np.histogram2d`` with ``np.linspace`` edges: bin ``i`` holds
 ``edges[i] <= x < edges[i+1]``, the last bin also holds ``x == edges[-1]``; values outside the
-range are not counted. Values are compared at the stored precision (float32), whatever their
-source, against float64 edges. Histograms come from one ``np.bincount`` over flat (galaxy, i, j)
-indices, several times faster than ``np.histogram2d`` per galaxy.
+range are not counted. Star abundances are binned by ``bin_stars`` at the stored precision
+(float32), whatever their source, against float64 edges. Histograms come from one
+``np.bincount`` over flat (galaxy, i, j) indices, several times faster than ``np.histogram2d``
+per galaxy.
 """
 
 from __future__ import annotations
