@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 
 from . import schema as S
-from .binning import bin_index
+from .binning import bin_stars
 from .modelfolder import TrainedModel, as_model
 from .posteriors import (
     FlowSamples,
@@ -90,7 +90,7 @@ def read_star_table(path: str | os.PathLike, feh_edges: np.ndarray, ofe_edges: n
         values = np.array([[float(r[i_fe]), float(r[i_o])] for r in rows[1:] if r], dtype=float)
     except (ValueError, IndexError) as exc:
         raise ValueError(f"{path}: unreadable value in the [Fe/H]/[O/Fe] columns ({exc})") from exc
-    i, j = bin_index(values[:, 0], feh_edges), bin_index(values[:, 1], ofe_edges)
+    i, j = bin_stars(values[:, 0], feh_edges), bin_stars(values[:, 1], ofe_edges)
     keep = (i >= 0) & (j >= 0)
     n = len(feh_edges) - 1
     hist = np.bincount(i[keep] * n + j[keep], minlength=n * n).reshape(n, n).astype(np.float32)
