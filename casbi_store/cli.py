@@ -14,6 +14,7 @@ from . import __version__
 from .binning import BinningSpec
 from .config import ConfigError, load_pipeline
 from .extract import MAIN_HALO_RULES, ExtractionSettings
+from .surrogate.cli import add_parser as add_surrogate_parser
 from .tasks import TASKS
 
 log = logging.getLogger("casbi_store")
@@ -411,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("pipeline", help="pipeline YAML file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
+
+    add_surrogate_parser(sub)
     return p
 
 
