@@ -46,6 +46,8 @@ def _cmd_sample(args) -> int:
     rng = np.random.default_rng(args.seed)
     if (args.theta is None) == (args.from_prior is None):
         raise ValueError("give exactly one of --theta LOGMSTAR LOGMDM TAU or --from-prior N")
+    if args.n < 1 or (args.from_prior is not None and args.from_prior < 1):
+        raise ValueError("--n and --from-prior must be at least 1")
     if args.theta is not None:
         theta = np.repeat(np.asarray(args.theta, dtype=np.float64)[None], args.n, axis=0)
         for note in sur.prior.check(theta[:1], allow_outside=args.allow_outside):

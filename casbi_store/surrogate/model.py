@@ -136,8 +136,9 @@ def _write_json_atomic(obj, path: Path) -> None:
 def _build(meta: dict) -> StarFlow:
     cfg = SurrogateConfig.from_dict(meta["options"])
     std = meta["standardisation"]
-    torch.manual_seed(cfg.seed)
-    return StarFlow(cfg, std["theta_loc"], std["theta_scale"], std["x_loc"], std["x_scale"])
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG untouched
+        torch.manual_seed(cfg.seed)
+        return StarFlow(cfg, std["theta_loc"], std["theta_scale"], std["x_loc"], std["x_scale"])
 
 
 def _prepare(store: str, out: Path, cfg: SurrogateConfig) -> tuple[dict, GalaxyTable]:
