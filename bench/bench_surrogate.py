@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results", help="folder for surrogate.json")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--stars-per-galaxy", type=int, default=512)
+    p.add_argument("--theta-noise", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blocks", type=int, default=1000, help="blocks sampled from the prior, timed")
     args = p.parse_args()
@@ -35,7 +36,8 @@ def main() -> None:
     from casbi_store.surrogate import SurrogateConfig, load_surrogate, train_surrogate, validate_surrogate
 
     work = Path(args.work)
-    cfg = SurrogateConfig(epochs=args.epochs, stars_per_galaxy=args.stars_per_galaxy, seed=args.seed)
+    cfg = SurrogateConfig(epochs=args.epochs, stars_per_galaxy=args.stars_per_galaxy,
+                          theta_noise=args.theta_noise, seed=args.seed)
     start = time.perf_counter()
     history = train_surrogate(args.store, work / "model", cfg)["history"]
     train_s = time.perf_counter() - start
@@ -56,7 +58,8 @@ def main() -> None:
         "validate_seconds": validate_s,
         "heldout_snapshots": result["n_heldout_snapshots"],
         "heldout_simulations": len(result["holdout_simulations"]),
-        "summary": result["summary"], "classifier_two_sample": result["classifier_two_sample"],
+        "summary": result["summary"],
+        "summary_large": result["summary_large"], "n_large": result["n_large"], "classifier_two_sample": result["classifier_two_sample"],
         "mzr_slope": {k: v["mzr_slope"] for k, v in result["physics"].items()},
         "knee_found_fraction": {k: v["knee_found_fraction"] for k, v in result["physics"].items()},
         "strip_consecutive_jsd": result["interpolation_strip"]["consecutive_jsd"],
@@ -70,10 +73,13 @@ def main() -> None:
     print(f"trained {len(history)} epochs in {train_s:.0f} s; validated in {validate_s:.0f} s on "
           f"{report['heldout_snapshots']} held-out snapshots")
     print(f"{'median distance':<18}{'surrogate':>11}{'density':>11}{'baseline':>11}{'wins':>7}")
-    for metric, s in result["summary"].items():
-        cells = [s[f"median_{k}"] for k in ("surrogate", "surrogate_density", "baseline")]
-        print(f"{metric:<18}" + "".join(f"{'-' if c is None else f'{c:.4f}':>11}" for c in cells)
-              + f"{s['win_fraction_surrogate'] or 0:>7.2f}")
+    for label, summary in (("all", result["summary"]),
+                           (f">= 1000 stars ({result['n_large']})", result["summary_large"])):
+        print(label)
+        for metric, s in summary.items():
+            cells = [s[f"median_{k}"] for k in ("surrogate", "surrogate_density", "baseline")]
+            print(f"{metric:<18}" + "".join(f"{'-' if c is None else f'{c:.4f}':>11}" for c in cells)
+                  + f"{s['win_fraction_surrogate'] or 0:>7.2f}")
     for name, t in result["classifier_two_sample"].items():
         print(f"AUC {name}: {t['auc']}")
     print(f"{report['blocks_per_second_from_prior']:.1f} blocks/s from the prior -> {out / 'surrogate.json'}")

@@ -21,7 +21,7 @@ from casbi_store.surrogate.prior import OutsidePriorError, ThetaPrior
 from casbi_store.surrogate.validation import figure_paths, validate_surrogate
 
 TINY = dict(epochs=4, stars_per_galaxy=128, batch_size=256, transforms=2, hidden_features=16,
-            bins=4, holdout_fraction=0.2, seed=3)
+            bins=4, theta_noise=0.1, holdout_fraction=0.2, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ def _cmd_train(args) -> int:
 
     options = {k: getattr(args, k) for k in (
         "epochs", "stars_per_galaxy", "batch_size", "learning_rate", "transforms",
-        "hidden_features", "hidden_layers", "bins", "holdout_fraction", "seed")}
+        "hidden_features", "hidden_layers", "bins", "theta_noise", "holdout_fraction", "seed")}
     if args.holdout:
         options["holdout_simulations"] = tuple(args.holdout)
     cfg = SurrogateConfig.from_dict({k: v for k, v in options.items() if v is not None})
@@ -115,6 +115,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--hidden-features", type=int, help="hidden units per layer (64)")
     t.add_argument("--hidden-layers", type=int, help="hidden layers per transform (2)")
     t.add_argument("--bins", type=int, help="spline bins (8)")
+    t.add_argument("--theta-noise", type=float,
+                   help="std of Gaussian jitter on standardised theta while training (0.2)")
     t.add_argument("--holdout-fraction", type=float,
                    help="share of simulations held out for validation (0.2, seeded)")
     t.add_argument("--holdout", nargs="+", metavar="SIM", help="hold out these simulations instead")
@@ -138,8 +140,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     v.add_argument("model", help="surrogate model folder")
     v.add_argument("--out", required=True, help="folder for validation.json and figures")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--density-stars", type=int, default=20_000,
-                   help="stars per block of the 'surrogate density' planes (default 20000)")
+    v.add_argument("--density-stars", type=int, default=10_000,
+                   help="stars per block of the 'surrogate density' planes (default 10000)")
     v.add_argument("--figures", type=int, default=4, help="held-out galaxies shown (default 4)")
     v.set_defaults(func=_cmd_validate)
     return p

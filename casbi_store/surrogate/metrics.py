@@ -97,24 +97,28 @@ def nearest_theta(train_theta: np.ndarray, query_theta: np.ndarray,
     return np.argmin(d, axis=1)
 
 
-def classifier_auc(a: np.ndarray, b: np.ndarray, seed: int = 0, folds: int = 5) -> dict:
+def classifier_auc(a: np.ndarray, b: np.ndarray, groups: np.ndarray, folds: int = 5) -> dict:
     """Classifier two-sample test: cross-validated ROC AUC of a logistic regression telling the
     normalised, flattened planes ``a`` from ``b`` (0.5: indistinguishable, 1: always told apart).
+
+    ``a[k]`` and ``b[k]`` share ``groups[k]`` (the simulation of the held-out galaxy k), and folds
+    split by group: otherwise the classifier learns to recognise the held-out simulations' own
+    tracks (a per-simulation signature that no θ carries) instead of judging the planes.
     Features: sqrt of the normalised plane (tempers the brightest bins)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import GroupKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    n = min(len(a), len(b))
-    folds = min(folds, n)
-    if folds < 2:
-        return {"auc": None, "folds": folds, "n_per_class": n,
-                "note": "too few planes per class for a cross-validated test"}
+    groups = np.asarray(groups)
+    folds = min(folds, len(np.unique(groups)))
+    if folds < 2 or len(a) != len(b) or len(a) != len(groups):
+        return {"auc": None, "folds": folds, "n_per_class": len(a),
+                "note": "needs paired planes of at least two held-out simulations"}
     x = np.sqrt(np.stack([normalise(p).ravel() for p in (*a, *b)]))
     y = np.r_[np.zeros(len(a)), np.ones(len(b))]
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(model, x, y, cv=cv, scoring="roc_auc")
+    scores = cross_val_score(model, x, y, groups=np.r_[groups, groups], cv=GroupKFold(folds),
+                             scoring="roc_auc")
     return {"auc": float(scores.mean()), "auc_std": float(scores.std()), "folds": folds,
-            "n_per_class": n}
+            "n_per_class": len(a)}

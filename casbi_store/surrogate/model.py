@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 
 # options that shape the network or the data it learns from: a resumed folder must keep them
 SHAPING = ("stars_per_galaxy", "batch_size", "learning_rate", "clip_norm", "transforms",
-           "hidden_features", "hidden_layers", "bins", "holdout_fraction", "holdout_simulations",
-           "seed")
+           "hidden_features", "hidden_layers", "bins", "theta_noise", "holdout_fraction",
+           "holdout_simulations", "seed")
 HELDOUT_STARS_PER_GALAXY = 256  # fixed sample of held-out stars for the per-epoch held-out loss
 SAMPLE_BATCH = 1 << 18  # stars drawn from the flow per forward pass
 SAMPLE_THREADS = 1
@@ -74,6 +74,7 @@ class SurrogateConfig:
     hidden_features: int = 64
     hidden_layers: int = 2
     bins: int = 8
+    theta_noise: float = 0.2  # std of Gaussian jitter on standardised theta while training
     holdout_fraction: float = 0.2
     holdout_simulations: tuple[str, ...] = ()
     seed: int = 0
@@ -87,6 +88,8 @@ class SurrogateConfig:
         if bad or self.learning_rate <= 0 or self.clip_norm <= 0:
             raise ValueError("surrogate options must be positive: "
                              f"{', '.join(bad) or 'learning_rate, clip_norm'}")
+        if self.theta_noise < 0:
+            raise ValueError(f"theta_noise must be >= 0, not {self.theta_noise}")
         if not 0 <= self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in [0, 1), not {self.holdout_fraction}")
 
@@ -114,10 +117,15 @@ class StarFlow(torch.nn.Module):
     def _context(self, theta: torch.Tensor) -> torch.Tensor:
         return (theta - self.theta_loc) / self.theta_scale
 
-    def log_prob(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """log p(x | θ) in the units of x (dex), per row."""
+    def log_prob(self, x: torch.Tensor, theta: torch.Tensor,
+                 context_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x | θ) in the units of x (dex), per row; ``context_noise`` is added to the
+        standardised θ (training-time jitter)."""
         z = (x - self.x_loc) / self.x_scale
-        return self.flow(self._context(theta)).log_prob(z) - torch.log(self.x_scale).sum()
+        context = self._context(theta)
+        if context_noise is not None:
+            context = context + context_noise
+        return self.flow(context).log_prob(z) - torch.log(self.x_scale).sum()
 
     def sample(self, theta: torch.Tensor) -> torch.Tensor:
         """One star per row of θ: (n, 2) [Fe/H], [O/Fe]."""
@@ -253,13 +261,16 @@ def _train(store: str, out: Path, cfg: SurrogateConfig, progress: bool) -> dict:
         start = time.perf_counter()
         x, theta = _epoch_data(store, galaxies, train_rows, cfg.stars_per_galaxy,
                                np.random.default_rng([cfg.seed, epoch]))
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        order = torch.randperm(len(x), generator=gen)
         flow.train()
         losses = []
         for b in range(0, len(x), cfg.batch_size):
             rows = order[b:b + cfg.batch_size]
             optimizer.zero_grad()
-            loss = -flow.log_prob(x[rows], theta[rows]).mean()
+            noise = (torch.randn(len(rows), 3, generator=gen) * cfg.theta_noise
+                     if cfg.theta_noise else None)
+            loss = -flow.log_prob(x[rows], theta[rows], noise).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(flow.parameters(), cfg.clip_norm)
             optimizer.step()
