@@ -15,7 +15,13 @@ from scipy.stats import gaussian_kde, wasserstein_distance
 from casbi_store.cli import main
 from casbi_store.store import as_strings, galaxy_stars, open_stars, open_store
 from casbi_store.surrogate.data import holdout_simulations, read_galaxies, read_star_rows, sample_rows
-from casbi_store.surrogate.metrics import js_divergence, knee_feh, nearest_theta, wasserstein_1d
+from casbi_store.surrogate.metrics import (
+    classifier_auc,
+    js_divergence,
+    knee_feh,
+    nearest_theta,
+    wasserstein_1d,
+)
 from casbi_store.surrogate.model import SurrogateConfig, load_surrogate, train_surrogate
 from casbi_store.surrogate.prior import OutsidePriorError, ThetaPrior
 from casbi_store.surrogate.validation import figure_paths, validate_surrogate
@@ -259,3 +265,17 @@ def test_cli_sample_and_its_errors(tiny_model, tiny_store, tmp_path, capsys):
     assert main(["surrogate", "train", str(tmp_path / "nowhere.zarr"), "--out",
                  str(tmp_path / "m")]) == 2
     assert "nowhere.zarr" in capsys.readouterr().err
+
+
+def test_classifier_two_sample_test_tells_apart_only_different_planes():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(10), 4)
+    rate = np.full((64, 64), 0.05)
+    rate[20:30, 20:30] = 3.0
+    shifted = np.roll(rate, 6, axis=0)
+    a = rng.poisson(rate, (40, 64, 64))
+    same = classifier_auc(a, rng.poisson(rate, (40, 64, 64)), groups)
+    different = classifier_auc(a, rng.poisson(shifted, (40, 64, 64)), groups)
+    assert different["auc"] > 0.95 and different["folds"] == 5
+    assert 0.2 < same["auc"] < 0.8
+    assert classifier_auc(a[:4], a[:4], np.zeros(4))["auc"] is None  # one simulation: no test
