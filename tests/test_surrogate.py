@@ -16,6 +16,7 @@ from casbi_store.cli import main
 from casbi_store.store import as_strings, galaxy_stars, open_stars, open_store
 from casbi_store.surrogate.data import holdout_simulations, read_galaxies, read_star_rows, sample_rows
 from casbi_store.surrogate.metrics import (
+    binned_median,
     classifier_auc,
     js_divergence,
     knee_feh,
@@ -279,3 +280,13 @@ def test_classifier_two_sample_test_tells_apart_only_different_planes():
     assert different["auc"] > 0.95 and different["folds"] == 5
     assert 0.2 < same["auc"] < 0.8
     assert classifier_auc(a[:4], a[:4], np.zeros(4))["auc"] is None  # one simulation: no test
+
+
+def test_binned_median_interpolates_within_the_bin():
+    rng = np.random.default_rng(2)
+    edges = np.linspace(-3, 1, 65)
+    stars = rng.normal(-1.2, 0.4, 200_000)
+    hist, _ = np.histogram(stars, edges)
+    assert binned_median(hist, edges) == pytest.approx(np.median(stars), abs=0.005)
+    assert binned_median(np.r_[0, 2, 0, 0], np.arange(5.0)) == pytest.approx(1.5)
+    assert np.isnan(binned_median(np.zeros(4), np.arange(5.0)))

@@ -51,23 +51,29 @@ def _centres(edges: np.ndarray) -> np.ndarray:
     return (edges[1:] + edges[:-1]) / 2
 
 
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """The value at which the cumulative weight first reaches half the total (NaN if none)."""
+def binned_median(weights: np.ndarray, edges: np.ndarray) -> float:
+    """Median of a histogram on ``edges``, stars spread uniformly within their bin (the
+    cumulative distribution interpolated linearly across the bin that crosses one half);
+    NaN if empty. Continuous, unlike the centre of the median bin."""
     weights = np.asarray(weights, dtype=np.float64)
     total = weights.sum()
     if total <= 0:
         return float("nan")
-    return float(values[np.searchsorted(np.cumsum(weights), total / 2)])
+    cdf = np.cumsum(weights) / total
+    i = int(np.searchsorted(cdf, 0.5))
+    below = cdf[i - 1] if i > 0 else 0.0
+    return float(edges[i] + (0.5 - below) / (cdf[i] - below) * (edges[i + 1] - edges[i]))
 
 
 def median_feh(plane: np.ndarray, feh_edges: np.ndarray) -> float:
-    """Median [Fe/H] of a plane's stars (bin centres): its point on the mass-metallicity relation."""
-    return weighted_median(_centres(feh_edges), np.asarray(plane).sum(1))
+    """Median [Fe/H] of a plane's stars: its point on the mass-metallicity relation."""
+    return binned_median(np.asarray(plane).sum(1), feh_edges)
 
 
 def knee_feh(plane: np.ndarray, feh_edges: np.ndarray, ofe_edges: np.ndarray) -> float:
-    """[Fe/H] of the [O/Fe] knee: the first [Fe/H] column whose median [O/Fe] lies ``KNEE_DROP``
-    dex below the plateau (the median of the first ``PLATEAU_COLUMNS`` populated columns).
+    """[Fe/H] of the [O/Fe] knee: where the median [O/Fe] of the [Fe/H] columns first falls
+    ``KNEE_DROP`` dex below the plateau (the median of the first ``PLATEAU_COLUMNS`` populated
+    columns), interpolated linearly between the column centres on either side of the crossing.
     NaN when the plane never bends that far (no type Ia enrichment yet) or is nearly empty."""
     plane = np.asarray(plane, dtype=np.float64)
     column = plane.sum(1)
@@ -76,13 +82,14 @@ def knee_feh(plane: np.ndarray, feh_edges: np.ndarray, ofe_edges: np.ndarray) ->
     populated = np.flatnonzero(column >= KNEE_MIN_FRACTION * column.sum())
     if len(populated) <= PLATEAU_COLUMNS:
         return float("nan")
-    of_c = _centres(ofe_edges)
-    med = np.array([weighted_median(of_c, plane[i]) for i in populated])
-    plateau = float(np.median(med[:PLATEAU_COLUMNS]))
-    below = np.flatnonzero(med[PLATEAU_COLUMNS:] < plateau - KNEE_DROP)
+    med = np.array([binned_median(plane[i], ofe_edges) for i in populated])
+    level = float(np.median(med[:PLATEAU_COLUMNS])) - KNEE_DROP
+    below = np.flatnonzero(med[PLATEAU_COLUMNS:] < level)
     if len(below) == 0:
         return float("nan")
-    return float(_centres(feh_edges)[populated[PLATEAU_COLUMNS + below[0]]])
+    k = PLATEAU_COLUMNS + below[0]
+    x = _centres(feh_edges)[populated]
+    return float(x[k - 1] + (med[k - 1] - level) / (med[k - 1] - med[k]) * (x[k] - x[k - 1]))
 
 
 def nearest_theta(train_theta: np.ndarray, query_theta: np.ndarray,
