@@ -109,7 +109,7 @@ class ThetaPrior:
         return notes
 
     def to_dict(self) -> dict:
-        return {"kind": "gaussian_kde", "bandwidth": "scott", "factor": self.factor,
+        return {"kind": "gaussian_kde", "factor": self.factor,
                 "parameters": list(THETA_NAMES), "low": self.low.tolist(), "high": self.high.tolist(),
                 "log_mass_inside": self.log_mass_inside, "low_density": self.low_density,
                 "points": self.points.tolist()}
