@@ -161,12 +161,12 @@ def compose_sets(store: Path, sizes: list[int]) -> dict[int, dict]:
 def data_pass(store: Path, name: str, version: str, in_memory: bool, batch_size: int) -> dict:
     """Seconds to build the training split's source and to iterate its batches once (no network),
     the way the trainer does."""
-    from casbi_store import tasks as T
     from casbi_store.streaming import TrainingSetStream
+    from casbi_store.tasks import get_task
     from casbi_store.trainer import _InMemory, _rows
 
     start = time.perf_counter()
-    stream = TrainingSetStream(store, name, version, "train", target=T.stream_target("nsub"))
+    stream = TrainingSetStream(store, name, version, "train", target=get_task("nsub").target)
     source = _InMemory(stream) if in_memory else stream
     built = time.perf_counter()
     source.set_epoch(1)

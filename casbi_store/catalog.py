@@ -1,8 +1,7 @@
 """The intake catalog of a store: its training-set registries, written as a YAML catalog.
 
-A training set ``<name>`` lives in the store under ``training_sets/<name>/<version>/<split>``;
-a version exists for readers only once it is in the registry, the ``versions`` attribute of
-``training_sets/<name>`` (``{"v1": meta, ...}``). The catalog written here has one entry per
+Training sets, their layout and registry live in :mod:`casbi_store.trainingsets`; a version
+exists for readers only once it is published there. The catalog written here has one entry per
 training set (driver ``casbi_training_set``, user parameters ``version`` and ``split``) and a
 ``galaxies`` entry (driver ``casbi_galaxies``). The store path inside it is relative to the
 catalog's folder (``{{ CATALOG_DIR }}/...``), so catalog and store can be copied or served over
@@ -12,58 +11,25 @@ HTTP together as they are.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
 import yaml
-import zarr
 
-from .schema import ATTR_VERSIONS, SPLITS, TRAINING_SETS, ZARR_FORMAT
+from . import trainingsets
+from .schema import SPLITS
+from .trainingsets import LATEST, sorted_versions, version_key
 
-LATEST = "latest"
+__all__ = ["LATEST", "read_registry", "sorted_versions", "update_catalog", "version_key",
+           "write_catalog"]
 TRAINING_SET_DRIVER = "casbi_training_set"
 GALAXIES_DRIVER = "casbi_galaxies"
 
 
-def version_key(version: str) -> tuple:
-    """Natural sort key: ``v2 < v10``."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", version))
-
-
-def sorted_versions(versions) -> list[str]:
-    """Version names in natural order (oldest first)."""
-    return sorted(versions, key=version_key)
-
-
 def read_registry(store: str | os.PathLike, storage_options: dict | None = None) -> dict[str, dict]:
-    """Every published training set of a store.
-
-    Parameters
-    ----------
-    store : str or path
-        Local path or fsspec URL (``http://``, ``s3://``) of a store with consolidated metadata.
-    storage_options : dict, optional
-        Passed to fsspec for URLs.
-
-    Returns
-    -------
-    dict
-        ``{name: {version: meta}}``, versions in natural order; sets without any published
-        version are left out.
-    """
-    root = zarr.open_consolidated(os.fspath(store), mode="r", zarr_format=ZARR_FORMAT,
-                                  storage_options=storage_options or None)
-    try:
-        sets = root[TRAINING_SETS]
-    except KeyError:
-        return {}
-    out = {}
-    for name, group in sorted(sets.groups()):
-        versions = dict(group.attrs.get(ATTR_VERSIONS) or {})
-        if versions:
-            out[name] = {v: versions[v] for v in sorted_versions(versions)}
-    return out
+    """Every published training set of a store: ``{name: {version: meta}}`` (natural order),
+    through the consolidated metadata (local path or ``http://``/``s3://`` URL)."""
+    return trainingsets.read_registry(store, storage_options)
 
 
 def _entry(store_url: str, name: str, versions: dict[str, dict]) -> dict:

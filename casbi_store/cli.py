@@ -10,22 +10,30 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, cli_observe
 from .binning import BinningSpec
 from .config import ConfigError, load_pipeline
 from .extract import MAIN_HALO_RULES, ExtractionSettings
 from .surrogate.cli import add_parser as add_surrogate_parser
-from .tasks import TASKS
+from .tasks import get_task, task_names
 
 log = logging.getLogger("casbi_store")
 
 
+PHYSICS_OPTIONS = {"ia_delay": "ia_min_delay", "dtd_slope": "dtd_slope", "yield_o_cc": "y_o_cc",
+                   "yield_fe_cc": "y_fe_cc", "yield_fe_ia": "y_fe_ia", "sfe": "sfe"}
+
+
 def _cmd_mock(args) -> int:
-    from .mock import generate_suite, preset
+    from .mock import Physics, generate_suite, preset
 
     overrides = {k: v for k, v in {"n_simulations": args.n_simulations,
                                    "n_star_max": args.n_star_max,
                                    "n_dm_final": args.n_dm}.items() if v is not None}
+    physics = {field: getattr(args, opt) for opt, field in PHYSICS_OPTIONS.items()
+               if getattr(args, opt) is not None}
+    if physics:
+        overrides["physics"] = Physics(**physics)
     spec = preset(args.preset, seed=args.seed, defects=args.defects, **overrides)
     manifest = generate_suite(args.out, spec, workers=args.workers or os.cpu_count() or 1,
                               progress=not args.quiet)
@@ -85,7 +93,7 @@ def _train_config(args):
 
     options = {k: getattr(args, k) for k in (
         "epochs", "batch_size", "learning_rate", "patience", "hidden_features", "num_transforms",
-        "embedding_dim", "ensemble", "max_rank", "n_sub", "in_memory", "seed", "device")}
+        "embedding_dim", "ensemble", "max_rank", "joint_n_sub", "in_memory", "seed", "device")}
     if args.conv_channels:
         options["conv_channels"] = tuple(args.conv_channels)
     return TrainConfig.from_dict({k: v for k, v in options.items() if v is not None})
@@ -135,7 +143,7 @@ def _cmd_infer(args) -> int:
     import time
 
     from .infer import corner_plot, infer, read_histogram, read_star_table
-    from .trainer import load_model
+    from .modelfolder import load_model
 
     models = [load_model(m) for m in args.models]
     if bool(args.histogram) == bool(args.stars):
@@ -148,7 +156,7 @@ def _cmd_infer(args) -> int:
     else:
         x = read_histogram(args.histogram)
     start = time.perf_counter()
-    samples = infer(models, x, n_samples=args.samples, seed=args.seed, n_sub=args.n_sub,
+    samples = infer(models, x, n_samples=args.samples, seed=args.seed, nsub_draw=args.nsub_draw,
                     ranks=args.ranks)
     seconds = time.perf_counter() - start
     out = Path(args.out)
@@ -204,6 +212,15 @@ def _cmd_ls(args) -> int:
     from .store import describe_store
 
     print(describe_store(args.store))
+    return 0
+
+
+def _cmd_unlock(args) -> int:
+    from .locks import break_lock
+
+    holder = break_lock(args.store, args.name, force=args.force)
+    print(f"{args.store}: broke lock {args.name!r} held by host {holder.get('host', '?')}, "
+          f"pid {holder.get('pid', '?')} since {holder.get('started_utc', '?')}")
     return 0
 
 
@@ -291,7 +308,7 @@ def _add_config_options(p: argparse.ArgumentParser, tuned: bool = False) -> None
     p.add_argument("--conv-channels", type=int, nargs="+", help="CNN channels per layer")
     p.add_argument("--ensemble", type=int, help="members trained independently (default 1)")
     p.add_argument("--max-rank", type=int, help="theta: ranks learnt, 1..R (0: all; default 3)")
-    p.add_argument("--n-sub", type=int, help="theta_joint: the fixed N_sub")
+    p.add_argument("--joint-n-sub", type=int, help="theta_joint: the fixed N_sub")
     p.add_argument("--in-memory", action="store_true", default=None,
                    help="load the split into memory instead of streaming chunks")
     p.add_argument("--seed", type=int)
@@ -318,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-star-max", type=int, help="cap on star particles of the largest galaxy")
     m.add_argument("--n-dm", type=int, help="dark-matter particles of a main halo at z=0")
     m.add_argument("--workers", type=int, help="processes (default: one per core)")
+    ph = m.add_argument_group("chemical-evolution physics (default: the fiducial values)")
+    ph.add_argument("--ia-delay", type=float, metavar="GYR",
+                    help="minimum SN Ia delay for every galaxy (default: each draws 0.05-0.15)")
+    ph.add_argument("--dtd-slope", type=float, help="SN Ia delay-time distribution slope (-1.1)")
+    ph.add_argument("--yield-o-cc", type=float, help="core-collapse O yield (0.015)")
+    ph.add_argument("--yield-fe-cc", type=float, help="core-collapse Fe yield (0.0012)")
+    ph.add_argument("--yield-fe-ia", type=float, help="SN Ia Fe yield (0.0017)")
+    ph.add_argument("--sfe", type=float, help="factor on the star-formation efficiency (1)")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_cmd_mock)
 
@@ -353,10 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an estimator (step 1 or 2) on a training set, streaming")
     t.add_argument("store", help="store path or URL")
     t.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
-    t.add_argument("--task", choices=TASKS, required=True,
-                   help="nsub: NPE on N_sub (rounded); nsub_classifier: softmax over N_sub; "
-                        "theta: per-rank NPE of (log M*, log M_dm, tau) given N_sub and rank; "
-                        "theta_joint: all 3 N_sub parameters for one fixed --n-sub")
+    t.add_argument("--task", choices=task_names(), required=True,
+                   help="; ".join(f"{n}: {get_task(n).help}" for n in task_names()))
     t.add_argument("--out", required=True, help="model folder (checkpoints, weights, config)")
     _add_config_options(t)
     t.set_defaults(func=_cmd_train)
@@ -365,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "embedding width; re-run to resume")
     tu.add_argument("store", help="store path or URL")
     tu.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
-    tu.add_argument("--task", choices=TASKS, required=True, help="as for train")
+    tu.add_argument("--task", choices=task_names(), required=True, help="as for train")
     tu.add_argument("--out", required=True,
                     help="tune folder: optuna.db, trial-N model folders, best.json")
     tu.add_argument("--trials", type=int, required=True,
@@ -380,11 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--stars", help="CSV star table with [Fe/H] and [O/Fe] columns")
     inf.add_argument("--out", default="posterior.nc", help="NetCDF of the samples (+ .png corner)")
     inf.add_argument("--samples", type=int, default=10_000)
-    inf.add_argument("--n-sub", choices=["mixture", "mode"], default="mixture",
+    inf.add_argument("--nsub-draw", choices=["mixture", "mode"], default="mixture",
                      help="condition theta on step 1's N_sub samples (mixture) or its mode")
     inf.add_argument("--ranks", type=int, default=3, help="blocks to infer, by M* rank")
     inf.add_argument("--seed", type=int, default=0)
     inf.set_defaults(func=_cmd_infer)
+
+    cli_observe.add_parser(sub)
 
     ev = sub.add_parser("evaluate", help="metrics, calibration (TARP, SBC) and report.html")
     ev.add_argument("models", nargs="+", help="model folders (any of the four tasks)")
@@ -402,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list a store: galaxies, binning, errors, runs")
     ls.add_argument("store")
     ls.set_defaults(func=_cmd_ls)
+
+    un = sub.add_parser("unlock", help="break a stale lock left by a killed writer")
+    un.add_argument("store")
+    un.add_argument("--name", default="store",
+                    help="lock name: store (extraction) or set-NAME-VERSION (compose)")
+    un.add_argument("--force", action="store_true",
+                    help="break it even if its holder still runs on this host (dangerous)")
+    un.set_defaults(func=_cmd_unlock)
 
     pl = sub.add_parser("plot", help="chemical planes and trends of a store, as PNG")
     pl.add_argument("store")
@@ -436,9 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"casbi-store: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from .locks import LockHeld
         from .store import StoreError
 
-        if isinstance(exc, StoreError):
+        if isinstance(exc, StoreError | LockHeld):
             print(f"casbi-store: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -14,14 +14,15 @@ test simulation is a training block). Validation halos are a random ``val_fracti
 training halos (same pool).
 
 Halos are summed with one sparse selection matrix times the histogram table per chunk of halos;
-chunks are written in parallel by Dask, aligned to the Zarr chunks. A version becomes visible
-only when its registry entry is written, after every array and the checksum.
+chunks are written in parallel by Dask, aligned to the Zarr chunks. Where the arrays go, the lock,
+the checksum and publishing belong to :mod:`casbi_store.trainingsets`: a version becomes visible
+only when it is published, after every array and the checksum.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields
@@ -31,10 +32,11 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-import zarr
 
 from . import schema as S
+from . import trainingsets
 from .binning import Binning, histogram_stack
+from .locks import LockHeld
 from .provenance import package_versions, utc_now
 from .store import StoreError, as_strings, open_stars, open_store, store_attrs
 
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 SCHEMES = ("uniform", "mass_budget")
 SPLIT_BY = ("combination", "galaxy", "simulation")
 PARAMETERS = ((S.MSTAR.name, "Msol"), (S.MDM.name, "Msol"), ("tau", "Gyr"))
-VERSION_PATTERN = re.compile(r"^v\d+$")
+VERSION_PATTERN = trainingsets.VERSION_PATTERN
 
 
 class ComposeError(ValueError):
@@ -89,10 +91,15 @@ class ComposeSpec:
             problems.append(f"need 1 <= n_sub_min <= n_sub_max, not {self.n_sub_min}, {self.n_sub_max}")
         if min(self.train_per_n, self.test_per_n, self.n_train, self.n_test) < 1:
             problems.append("halo counts must be positive")
-        if self.alpha == 1 or self.budget <= 0:
+        floats = [f.name for f in fields(self) if f.type == "float"]
+        infinite = [k for k in floats if not math.isfinite(getattr(self, k))]
+        for key in infinite:
+            problems.append(f"{key} must be a finite number, not {getattr(self, key)}")
+        if "alpha" not in infinite and "budget" not in infinite and (self.alpha == 1 or self.budget <= 0):
             problems.append("mass_budget needs alpha != 1 and a positive budget")
-        if self.noise_feh < 0 or self.noise_ofe < 0:
-            problems.append("noise must be >= 0 dex")
+        for key in ("noise_feh", "noise_ofe"):
+            if getattr(self, key) < 0:
+                problems.append(f"{key} must be >= 0 dex, not {getattr(self, key)}")
         if problems:
             raise ComposeError("; ".join(problems))
 
@@ -113,13 +120,31 @@ class ComposeSpec:
                 clean[key] = None
             if clean[key] is None:
                 raise ComposeError(f"{where}: {key} must be {types[key]}, not {value!r}")
-        return cls(**clean)
+        missing = [f.name for f in fields(cls) if f.name in ("name", "version") and f.name not in clean]
+        if missing:
+            raise ComposeError(f"{where}: missing required key(s) {', '.join(missing)}")
+        try:
+            return cls(**clean)
+        except ComposeError as exc:
+            raise ComposeError(f"{where}: {exc}") from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> ComposeSpec:
+        """A spec from a YAML file; every problem is a ComposeError naming the file."""
         import yaml
 
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {}, where=str(path))
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ComposeError(f"{path}: cannot read the spec file ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ComposeError(f"{path}: not valid YAML ({exc})") from None
+        if data is None:
+            raise ComposeError(f"{path}: empty spec file; a spec needs at least name and version")
+        if not isinstance(data, dict):
+            raise ComposeError(f"{path}: a spec is a mapping of keys to values, not a "
+                               f"{type(data).__name__}")
+        return cls.from_dict(data, where=str(path))
 
     def identity(self) -> dict:
         """What makes two specs the same set (the description does not)."""
@@ -265,77 +290,44 @@ def noisy_histograms(table: np.ndarray, stars: dict, offsets: np.ndarray, n_star
 
 # ---- the store ----------------------------------------------------------------------------------
 
-def _group(name: str, version: str | None = None, split: str | None = None) -> str:
-    return "/".join(p for p in (S.TRAINING_SETS, name, version, split) if p)
-
-
-def registry(store: str, name: str) -> dict[str, dict]:
-    """Published versions of one training set (version -> metadata)."""
-    root = zarr.open_group(store, mode="r", zarr_format=S.ZARR_FORMAT, use_consolidated=False)
-    try:
-        return dict(root[_group(name)].attrs.get(S.ATTR_VERSIONS, {}))
-    except KeyError:
-        return {}
-
-
-def chunk_digest(block: np.ndarray) -> bytes:
-    """SHA-256 of one chunk of halos (its C-ordered bytes)."""
-    return hashlib.sha256(np.ascontiguousarray(block).tobytes()).digest()
-
-
-def combine_digests(digests: dict[str, dict[str, list[bytes]]]) -> str:
-    """The version checksum: SHA-256 over, per split and field, the chunk digests in order."""
-    h = hashlib.sha256()
-    for split in S.SPLITS:
-        for field in S.TRAINING_FIELDS:
-            h.update(f"{split}/{field.name}".encode())
-            for digest in digests[split][field.name]:
-                h.update(digest)
-    return h.hexdigest()
-
-
-def _row_chunks(n: int) -> range:
-    return range(0, n, S.HALO_CHUNK)
-
-
-def version_checksum(root: zarr.Group, prefix: str) -> str:
-    """The checksum of a stored version, read back chunk by chunk (bounded memory)."""
-    digests: dict[str, dict[str, list[bytes]]] = {}
-    for split in S.SPLITS:
-        digests[split] = {}
-        for field in S.TRAINING_FIELDS:
-            arr = root[f"{prefix}/{split}/{field.name}"]
-            digests[split][field.name] = [chunk_digest(arr[i:i + S.HALO_CHUNK])
-                                          for i in _row_chunks(arr.shape[0])]
-    return combine_digests(digests)
+def registry(store: str | os.PathLike, name: str) -> dict[str, dict]:
+    """Published versions of one training set (version -> metadata), as on disk now."""
+    return trainingsets.versions(store, name, consolidated=False)
 
 
 def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = True) -> dict:
     """Compose and publish ``spec`` into ``store``; return the version's registry entry.
 
-    The same spec over an existing version is a no-op; a different one is refused.
+    Runs under the lock ``set-<name>-<version>``: a second compose of the same version is refused
+    naming the first. The same spec over a published version is a no-op; a different one is
+    refused. Arrays are written to a draft that only :meth:`trainingsets.Draft.publish` makes
+    visible, so a killed compose leaves nothing visible and a re-run completes it.
     """
     store = os.fspath(store)
     attrs = store_attrs(store)
-    binning_version = attrs[S.ATTR_BINNING]["version"]
-    published = registry(store, spec.name)
-    if spec.version in published:
-        old = published[spec.version]
-        if old["spec"] == spec.identity() and old["binning_version"] == binning_version:
-            log.info("%s:%s already published with this spec; nothing to do", spec.name, spec.version)
-            return old
-        raise ComposeError(
-            f"{store}: {spec.name}:{spec.version} is published with a different spec or binning "
-            f"(published {old['spec']}, binning v{old['binning_version']}); published versions "
-            "are immutable: choose a new version")
+    record = attrs[S.ATTR_BINNING]
+    identity = {"spec": spec.identity(), "binning_version": record["version"]}
+    try:
+        with trainingsets.begin(store, spec.name, spec.version, identity, record) as draft:
+            if draft.published is not None:
+                return draft.published
+            return _compose_into(draft, store, spec, Binning.from_dict(record), progress)
+    except trainingsets.VersionConflict as exc:
+        raise ComposeError(str(exc)) from exc
+    except LockHeld as exc:
+        raise ComposeError(f"{spec.name}:{spec.version} is being composed by another process; "
+                           f"{exc}") from exc
 
+
+def _compose_into(draft: trainingsets.Draft, store: str, spec: ComposeSpec, binning: Binning,
+                  progress: bool) -> dict:
+    """Draw, sum and write every split into the draft, then publish it."""
     ds = open_store(store)
     mstar = ds[S.MSTAR.name].values
     mdm = ds[S.MDM.name].values
     tau = ds[S.TIME.name].values
     simulation = np.asarray(as_strings(ds[S.SIMULATION.name].values))
     halos = draw_members(spec, simulation, np.log10(mstar))
-    binning = Binning.from_dict(attrs[S.ATTR_BINNING])
     nb = binning.spec.n_bins
     counts = ds[S.COUNTS.name].values.reshape(len(mstar), nb * nb)
     from scipy import sparse
@@ -347,7 +339,6 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
         offsets, n_star = ds[S.STAR_OFFSET.name].values, ds[S.N_STAR.name].values
 
     counts_per_split = {}
-    digests: dict[str, dict[str, list[bytes]]] = {}
     for k, split in enumerate(S.SPLITS):
         table = members_table(halos[split], mstar)
         x, x_digests = _lazy_halos(table, hist_csr, nb, noise and (stars, offsets, n_star, binning, spec,
@@ -375,37 +366,27 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
         encoding = {S.X.name: {"chunks": (chunk, nb, nb)}, S.N_SUB.name: {"chunks": (chunk,)},
                     S.THETA.name: {"chunks": (chunk, table.shape[1], len(PARAMETERS))},
                     S.MEMBERS.name: {"chunks": (chunk, table.shape[1])}}
-        write = out.to_zarr(store, group=_group(spec.name, spec.version, split), mode="w",
-                            encoding=encoding, zarr_format=S.ZARR_FORMAT, consolidated=False,
-                            compute=False)
+        write = draft.write_split(split, out, encoding)
         with _progress(progress, f"{spec.name}:{spec.version} {split}"):
             # one graph: each block of x is computed once, written, and hashed
             _, x_digests = dask.compute(write, x_digests)
-        digests[split] = {S.X.name: list(x_digests)}
+        digests = {S.X.name: list(x_digests)}
         for name, values in ((S.N_SUB.name, out[S.N_SUB.name].values),
                              (S.THETA.name, theta), (S.MEMBERS.name, table)):
-            digests[split][name] = [chunk_digest(values[i:i + S.HALO_CHUNK])
-                                    for i in _row_chunks(len(table))]
-        written = zarr.open_array(store, path=f"{_group(spec.name, spec.version, split)}/{S.X.name}",
-                                  mode="r", zarr_format=S.ZARR_FORMAT).shape[0]
+            digests[name] = [trainingsets.chunk_digest(values[i:i + S.HALO_CHUNK])
+                             for i in range(0, len(table), S.HALO_CHUNK)]
+        draft.add_digests(split, digests)
+        written = draft.rows_written(split)
         if written != len(table):
             raise StoreError(f"{store}: wrote {written} rows of {split}, expected {len(table)}")
         counts_per_split[split] = len(table)
         log.info("%s:%s %s: %d halos", spec.name, spec.version, split, len(table))
 
-    entry = {
-        "spec": spec.identity(), "description": spec.description, "seed": spec.seed,
-        "binning_version": binning_version, "counts": counts_per_split,
+    return draft.publish({
+        "description": spec.description, "seed": spec.seed, "counts": counts_per_split,
         "parameters": [{"name": p, "units": u} for p, u in PARAMETERS],
         "versions": package_versions(), "created_utc": utc_now(),
-        "checksum": combine_digests(digests),
-    }
-    root = zarr.open_group(store, mode="a", zarr_format=S.ZARR_FORMAT, use_consolidated=False)
-    group = root.require_group(_group(spec.name))
-    group.attrs[S.ATTR_VERSIONS] = {**dict(group.attrs.get(S.ATTR_VERSIONS, {})),
-                                    spec.version: entry}  # the moment it becomes visible
-    zarr.consolidate_metadata(store, zarr_format=S.ZARR_FORMAT)
-    return entry
+    })
 
 
 def _progress(show: bool, label: str):
@@ -434,7 +415,7 @@ def _lazy_halos(table: np.ndarray, hist_csr, nb: int, noise) -> tuple[da.Array, 
         else:
             flat = dask.delayed(sum_histograms)(part, hist)
         blocks.append(da.from_delayed(flat, shape=(len(part), nb * nb), dtype=np.int32))
-        digests.append(dask.delayed(chunk_digest)(flat))
+        digests.append(dask.delayed(trainingsets.chunk_digest)(flat))
     if not blocks:
         return da.zeros((0, nb, nb), dtype=np.int32), []
     return da.concatenate(blocks).reshape(len(table), nb, nb), digests

@@ -90,7 +90,7 @@ class TrainStage:
 
     @classmethod
     def parse(cls, data: dict, where: str) -> TrainStage:
-        from .tasks import check_task
+        from .tasks import get_task
         from .trainer import TrainConfig
 
         if not isinstance(data, dict) or set(data) - {"defaults", "models"}:
@@ -105,7 +105,7 @@ class TrainStage:
             options = {k: v for k, v in item.items() if k not in ("task", "set", "out")}
             name, _, version = str(item["set"]).partition(":")
             try:
-                check_task(item["task"])
+                get_task(item["task"])
                 if not version:
                     raise ValueError(f"set must be NAME:VERSION, not {item['set']!r}")
                 cfg = TrainConfig.from_dict({**defaults, **options})

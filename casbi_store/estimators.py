@@ -1,19 +1,42 @@
 """The networks: sbi's neural spline flows with our CNN embedding, and the N_sub classifier.
 
 Every estimator here has ``loss(theta, condition)`` (per-row negative log-likelihood), so one
-training loop serves them all. The input transform (``Log1pStandardize``) sits in front of each
-embedding, so its statistics are saved in the ``state_dict``.
+training loop serves them all. The input transform (``Log1pStandardize``: log1p of the counts,
+then per-pixel standardisation with statistics from one streamed pass over the training split)
+is the first layer of each embedding, so its statistics are saved in the ``state_dict``; sbi's
+own ``z_score_x`` is not used (see the trainer issue). Which network a task uses is the task's
+choice (``casbi_store.tasks``); the builders here know nothing of tasks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import schema as S
-from .streaming import Log1pStandardize
-from .tasks import N_PIXELS
+
+N_PIXELS = S.N_BINS * S.N_BINS
+
+
+class Log1pStandardize(nn.Module):
+    """x -> (log1p(x) - mean) / max(std, floor); mean and std are saved buffers.
+
+    The floor matters: ~60% of the demo set's pixels are empty in every training halo (std 0),
+    and halos of held-out simulations do put stars there. With a floor of 0.5 one such star
+    becomes ~1.4, not ~70 (floor 1e-2) or ~1e7 (sbi's 1e-7), so such halos stay in range.
+    """
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, floor: float = 0.5):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32)[None, None])
+        self.register_buffer("std", torch.as_tensor(np.maximum(std, floor),
+                                                    dtype=torch.float32)[None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.log1p(x) - self.mean) / self.std
 
 
 def image_embedding(mean: np.ndarray, std: np.ndarray, conv_channels: tuple[int, ...],
@@ -44,19 +67,19 @@ class RankedEmbedding(nn.Module):
                           rank / n_sub], dim=1)
 
 
-def build_npe(task: str, mean: np.ndarray, std: np.ndarray, theta_example: np.ndarray, *,
-              hidden_features: int, num_transforms: int, embedding_dim: int,
-              conv_channels: tuple[int, ...], seed: int) -> nn.Module:
-    """sbi's NSF (``posterior_nn``) with our embedding; ``theta_example`` sets the flow's
-    standardisation of theta. ``z_score_x="none"``: our transform standardises the image."""
+def build_npe(mean: np.ndarray, std: np.ndarray, theta_example: np.ndarray,
+              condition_shape: tuple[int, ...], *, hidden_features: int, num_transforms: int,
+              embedding_dim: int, conv_channels: tuple[int, ...], seed: int,
+              wrap: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
+    """sbi's NSF (``posterior_nn``) with our embedding (``wrap``ped, e.g. by ``RankedEmbedding``,
+    for conditions other than the image); ``theta_example`` sets the flow's standardisation of
+    theta. ``z_score_x="none"``: our transform standardises the image."""
     from sbi.neural_nets import posterior_nn
-
-    from .tasks import condition_shape
 
     torch.manual_seed(seed)
     embedding = image_embedding(mean, std, conv_channels, embedding_dim)
-    if task == "theta":
-        embedding = RankedEmbedding(embedding)
+    if wrap is not None:
+        embedding = wrap(embedding)
     build = posterior_nn("nsf", z_score_x="none", z_score_theta="independent",
                          embedding_net=embedding, hidden_features=hidden_features,
                          num_transforms=num_transforms)
@@ -64,7 +87,7 @@ def build_npe(task: str, mean: np.ndarray, std: np.ndarray, theta_example: np.nd
     # head would put most of theta beyond the spline's bounds, where the loss has no gradient)
     theta = torch.as_tensor(theta_example[:: max(1, len(theta_example) // 1024)],
                             dtype=torch.float32)
-    return build(theta, torch.ones(len(theta), *condition_shape(task)))
+    return build(theta, torch.ones(len(theta), *condition_shape))
 
 
 class ResidualBlock(nn.Module):

@@ -17,6 +17,9 @@ hours); the fraction outside is reported as ``outside_prior_fraction``.
 
 The split's halos are read once (an evenly spaced subset of ``max_halos`` rows): a test split
 is small next to training, and every model sees the same halos.
+
+Which metrics a model gets follows its task's step (``EVALUATORS``); a step-2 task builds its
+own (theta, condition) pairs and names its metric columns (``casbi_store.tasks``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import numpy as np
 import torch
 
 from . import schema as S
-from . import tasks as T
+from . import trainingsets
+from .modelfolder import TrainedModel, load_model
 from .posteriors import (
     FlowSamples,
     NsubPosterior,
@@ -39,8 +43,7 @@ from .posteriors import (
     nsub_probabilities,
     outside_fraction,
 )
-from .streaming import TrainingSetStream
-from .trainer import TrainedModel, load_model
+from .tasks import by_preference
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +69,11 @@ class SplitData:
 def read_split(store, name: str, version: str, split: str, max_halos: int = 300,
                storage_options: dict | None = None) -> SplitData:
     """An evenly spaced subset of ``max_halos`` halos of a split (deterministic)."""
-    group = TrainingSetStream(store, name, version, split, storage_options=storage_options)._open()
-    n = group[S.X.name].shape[0]
+    n = trainingsets.open_split_group(store, name, version, split, storage_options)[S.X.name].shape[0]
     rows = np.unique(np.linspace(0, n - 1, min(max_halos, n)).round().astype(int))
-    pick = lambda arr: np.asarray(arr.get_orthogonal_selection(  # noqa: E731
-        (rows,) + (slice(None),) * (arr.ndim - 1)))
-    return SplitData(pick(group[S.X.name]).astype(np.float32), pick(group[S.N_SUB.name]),
-                     pick(group[S.THETA.name]), rows, f"{name}:{version}/{split}")
+    got = trainingsets.read_rows(store, name, version, split, rows, storage_options=storage_options)
+    return SplitData(got[S.X.name].astype(np.float32), got[S.N_SUB.name], got[S.THETA.name], rows,
+                     f"{name}:{version}/{split}")
 
 
 def _x(data: SplitData) -> torch.Tensor:
@@ -111,22 +112,9 @@ def evaluate_nsub(model: TrainedModel, data: SplitData, n_samples: int = 500) ->
 def _conditions(model: TrainedModel, data: SplitData, ranks: int
                 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """(true theta, condition, rank of each row) for a step-2 model on the split's halos."""
-    target = torch.as_tensor(data.theta)
-    x = _x(data)
-    if model.task == "theta_joint":
-        n = model.meta["config"]["n_sub"]
-        keep = torch.as_tensor(data.n_sub == n)
-        theta = T.block_parameters(target[keep, :n]).reshape(int(keep.sum()), 3 * n)
-        return theta.float(), x[keep], np.zeros(int(keep.sum()), dtype=int)
-    counts = T.count_blocks(target)
-    thetas, conds, rank_of = [], [], []
-    for rank in range(1, ranks + 1):
-        keep = counts >= rank
-        r = torch.full((int(keep.sum()),), float(rank))
-        thetas.append(T.block_parameters(target[keep, rank - 1]))
-        conds.append(T.ranked_condition(x[keep], counts[keep], r))
-        rank_of.append(np.full(int(keep.sum()), rank))
-    return torch.cat(thetas).float(), torch.cat(conds), np.concatenate(rank_of)
+    theta, cond, rank_of = model.task_spec.evaluation_pairs(
+        _x(data), torch.as_tensor(data.theta), ranks=ranks, joint_n_sub=model.joint_n_sub)
+    return theta.float(), cond, rank_of
 
 
 def _r2(truth: np.ndarray, estimate: np.ndarray) -> float:
@@ -148,16 +136,10 @@ def evaluate_theta(model: TrainedModel, data: SplitData, n_samples: int = 200, r
     seconds = time.perf_counter() - start
     mean = samples.mean(dim=0).numpy()
     truth = theta.numpy()
-    names = (model.parameters if model.task == "theta_joint"
-             else [f"{p}_{r}" for r in range(1, ranks + 1) for p in T.BLOCK_PARAMETERS])
     metrics: dict = {"rows": int(len(theta)), "samples_per_second": n_samples * len(theta) / seconds,
                      "outside_prior_fraction": outside_fraction(model, samples)}
-    for k, name in enumerate(names):
-        if model.task == "theta_joint":
-            sel, col = slice(None), k
-        else:
-            sel, col = rank_of == int(name.rsplit("_", 1)[1]), k % len(T.BLOCK_PARAMETERS)
-        if np.sum(sel) >= 2:
+    for name, sel, col in model.task_spec.metric_columns(model.parameters, rank_of, ranks):
+        if len(truth[sel]) >= 2:
             metrics[f"r2_{name}"] = _r2(truth[sel, col], mean[sel, col])
             metrics[f"bias_{name}"] = float(np.mean(mean[sel, col] - truth[sel, col]))
             metrics[f"rmse_{name}"] = float(np.sqrt(np.mean((mean[sel, col] - truth[sel, col]) ** 2)))
@@ -196,9 +178,8 @@ def sampling_speed(model: TrainedModel, data: SplitData, n: int = 10_000) -> flo
         start = time.perf_counter()
         posterior.sample(n, _x(data)[0])
         return time.perf_counter() - start
-    cond = _x(data)[:1]
-    if model.task == "theta":
-        cond = T.ranked_condition(cond, torch.tensor([float(data.n_sub[0])]), torch.tensor([1.0]))
+    cond = model.task_spec.condition(_x(data)[:1], torch.tensor([float(data.n_sub[0])]),
+                                     torch.tensor([1.0]))
     start = time.perf_counter()
     with torch.no_grad():
         posterior.sample((n,), x=cond, reject_outside_prior=False, show_progress_bars=False)
@@ -225,10 +206,7 @@ def evaluate(model_dirs: list[str | os.PathLike], split: str = "test", max_halos
         log.info("evaluating %s (%s) on %d halos of %s", model.path, model.task, len(data.x),
                  data.source)
         start = time.perf_counter()
-        if model.task.startswith("nsub"):
-            result = evaluate_nsub(model, data, n_samples=max(n_samples, 500))
-        else:
-            result = evaluate_theta(model, data, n_samples=n_samples, seed=seed)
+        result = EVALUATORS[model.task_spec.step](model, data, n_samples=n_samples, seed=seed)
         result.update(task=model.task, set=key, model=model, training=training_summary(model),
                       seconds=time.perf_counter() - start)
         result["metrics"]["seconds_10k_samples"] = sampling_speed(model, data)
@@ -241,16 +219,27 @@ def headline(results: dict) -> dict:
     the per-rank model (else joint) for theta."""
     by_task = {r["task"]: r["metrics"] for r in results["models"].values()}
     out = {}
-    step1 = by_task.get("nsub_classifier") or by_task.get("nsub")
+    step1 = [by_task[t] for t in by_preference(by_task, 1)]
     if step1:
-        out["nsub_coverage_68"] = step1["coverage_68"]
-        out["nsub_median_rel_error"] = step1["median_rel_error"]
-    step2 = by_task.get("theta") or by_task.get("theta_joint")
+        out["nsub_coverage_68"] = step1[0]["coverage_68"]
+        out["nsub_median_rel_error"] = step1[0]["median_rel_error"]
+    step2 = next(iter(by_task[t] for t in by_preference(by_task, 2)), None)
     if step2:
         out["tarp_max_deviation"] = step2["tarp_max_deviation"]
         if "r2_log10_mstar_1" in step2:
             out["r2_log10_mstar_1"] = step2["r2_log10_mstar_1"]
     return out
+
+
+def _evaluate_step1(model: TrainedModel, data: SplitData, n_samples: int, seed: int) -> dict:
+    return evaluate_nsub(model, data, n_samples=max(n_samples, 500))
+
+
+def _evaluate_step2(model: TrainedModel, data: SplitData, n_samples: int, seed: int) -> dict:
+    return evaluate_theta(model, data, n_samples=n_samples, seed=seed)
+
+
+EVALUATORS = {1: _evaluate_step1, 2: _evaluate_step2}  # by the task's step
 
 
 def meets(metric: str, value: float) -> bool:

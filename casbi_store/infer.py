@@ -3,8 +3,10 @@
 Step 1 gives p(N_sub | x) (classifier or NPE). Step 2 per rank samples theta_i | x, N_sub, i as
 a **mixture over step 1's samples**: each N_sub draw is paired with one theta draw of every rank
 up to ``ranks`` (ranks above the drawn N_sub are NaN), so the theta samples carry step 1's
-uncertainty. ``n_sub="mode"`` conditions every theta draw on the most probable N_sub instead.
-A joint-mode model (fixed N_sub) is sampled as it is, independent of step 1.
+uncertainty (``nsub_draw="mixture"``); ``nsub_draw="mode"`` conditions every theta draw on the
+most probable N_sub instead. A joint-mode model (fixed N_sub) is sampled as it is, independent
+of step 1. Each model's role comes from its task (``casbi_store.tasks``: its step, whether it
+needs N_sub, its preference among the models of its step).
 
 The observation is a histogram (.npy, or .nc with ``x``/``counts``) binned with the store's
 binning, or a star table (CSV with [Fe/H] and [O/Fe] columns) binned here with the bin edges the
@@ -23,17 +25,19 @@ import torch
 import xarray as xr
 
 from . import schema as S
-from .binning import bin_index
+from .binning import bin_stars
+from .modelfolder import TrainedModel, as_model
 from .posteriors import (
     FlowSamples,
-    NsubPosterior,
     box_bounds,
     load_posterior,
     nsub_probabilities,
     sample_in_prior,
+    sample_nsub,
 )
-from .tasks import BLOCK_PARAMETERS, UNITS, ranked_condition
-from .trainer import TrainedModel, load_model
+from .tasks import by_preference, task_names
+
+NSUB_DRAWS = ("mixture", "mode")
 
 FEH_COLUMNS = ("[Fe/H]", "feh", "FeH", "fe_h")
 OFE_COLUMNS = ("[O/Fe]", "ofe", "OFe", "o_fe")
@@ -86,7 +90,7 @@ def read_star_table(path: str | os.PathLike, feh_edges: np.ndarray, ofe_edges: n
         values = np.array([[float(r[i_fe]), float(r[i_o])] for r in rows[1:] if r], dtype=float)
     except (ValueError, IndexError) as exc:
         raise ValueError(f"{path}: unreadable value in the [Fe/H]/[O/Fe] columns ({exc})") from exc
-    i, j = bin_index(values[:, 0], feh_edges), bin_index(values[:, 1], ofe_edges)
+    i, j = bin_stars(values[:, 0], feh_edges), bin_stars(values[:, 1], ofe_edges)
     keep = (i >= 0) & (j >= 0)
     n = len(feh_edges) - 1
     hist = np.bincount(i[keep] * n + j[keep], minlength=n * n).reshape(n, n).astype(np.float32)
@@ -101,13 +105,13 @@ def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np
     together (the flows' own samples); pairs left short by samples outside the prior box are
     topped up by bounded rejection.
     """
-    out = np.full((len(n_draws), ranks, len(BLOCK_PARAMETERS)), np.nan)
+    out = np.full((len(n_draws), ranks, len(model.parameters)), np.nan)
     values, counts = np.unique(n_draws, return_counts=True)
     pairs = [(int(n), r, c) for n, c in zip(values, counts, strict=True)
              for r in range(1, min(int(n), ranks) + 1)]
     flat = x.reshape(1, -1).expand(len(pairs), -1)
-    cond = ranked_condition(flat, torch.tensor([float(n) for n, _, _ in pairs]),
-                            torch.tensor([float(r) for _, r, _ in pairs]))
+    cond = model.task_spec.condition(flat, torch.tensor([float(n) for n, _, _ in pairs]),
+                                     torch.tensor([float(r) for _, r, _ in pairs]))
     low, high = (torch.as_tensor(b) for b in box_bounds(model))
     need = np.array([c for _, _, c in pairs])
     bucket = np.ceil(np.log2(need)).astype(int)  # pairs needing similar counts share a call
@@ -127,68 +131,63 @@ def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np
 
 
 def _var(values, dims, name: str, model: TrainedModel, **attrs) -> xr.Variable:
-    return xr.Variable(dims, values, attrs={"units": UNITS.get(name, ""), "model": str(model.path),
-                                            "task": model.task, **attrs})
+    return xr.Variable(dims, values, attrs={"units": model.task_spec.units(name),
+                                            "model": str(model.path), "task": model.task, **attrs})
 
 
 def infer(models: list[TrainedModel | str | os.PathLike], histogram: np.ndarray,
-          n_samples: int = 10_000, seed: int = 0, n_sub: str = "mixture", ranks: int = 3
+          n_samples: int = 10_000, seed: int = 0, nsub_draw: str = "mixture", ranks: int = 3
           ) -> xr.Dataset:
     """Posterior samples for one histogram from step-1 and step-2 model folders.
 
-    Variables: ``n_sub`` (sample) from the step-1 model that drives step 2 (the classifier if
-    given, else the NPE; the other one, if given too, as ``n_sub_npe``), per-rank
-    ``log10_mstar``, ``log10_mdm``, ``tau`` (sample, rank), and joint-mode ``<param>_<k>``.
+    Variables: ``n_sub`` (sample) from the step-1 model that drives step 2 (the preferred one:
+    the classifier if given, else the NPE; any other, if given too, as ``n_sub_<suffix>``, e.g.
+    ``n_sub_npe``), per-rank ``log10_mstar``, ``log10_mdm``, ``tau`` (sample, rank), and
+    joint-mode ``<param>_<k>``. ``nsub_draw``: ``"mixture"`` (theta conditioned on each N_sub
+    draw) or ``"mode"`` (on step 1's most probable N_sub).
     """
-    if n_sub not in ("mixture", "mode"):
-        raise ValueError(f"n_sub must be 'mixture' or 'mode', not {n_sub!r}")
+    if nsub_draw not in NSUB_DRAWS:
+        raise ValueError(f"nsub_draw must be one of {NSUB_DRAWS}, not {nsub_draw!r}")
     torch.manual_seed(seed)
-    loaded = [m if isinstance(m, TrainedModel) else load_model(m) for m in models]
+    loaded = [as_model(m) for m in models]
     by_task = {}
     for m in loaded:
-        if m.task in by_task:
-            raise ValueError(f"two {m.task} models given ({by_task[m.task].path}, {m.path})")
-        by_task[m.task] = m
+        other = by_task.setdefault(m.task, m)
+        if other is not m:
+            raise ValueError(f"two {m.task} models given ({other.path}, {m.path})")
     x = torch.as_tensor(histogram, dtype=torch.float32)[None, None]
     data: dict[str, xr.Variable] = {}
+    step1 = [by_task[t] for t in by_preference(by_task, 1)]
     draws = None
-    for task in ("nsub_classifier", "nsub"):
-        if task not in by_task:
-            continue
-        model = by_task[task]
-        posterior = load_posterior(model)
-        if isinstance(posterior, NsubPosterior):
-            s = posterior.sample(n_samples, x[0], seed=seed)
-        else:
-            n_min, n_max = model.meta["n_sub_range"]
-            raw = sample_in_prior(posterior, model, n_samples, x)[:, 0]
-            s = np.clip(np.rint(raw), n_min, n_max).astype(int)
-        name = "n_sub" if draws is None else "n_sub_npe"
+    for model in step1:
+        s = sample_nsub(model, load_posterior(model), n_samples, x, seed=seed)
+        name = "n_sub" if draws is None else f"n_sub_{model.task_spec.infer_suffix}"
         data[name] = _var(s, "sample", "n_sub", model)
         draws = s if draws is None else draws
-    if "theta" in by_task:
-        model = by_task["theta"]
-        if draws is None:
-            raise ValueError("a per-rank theta model needs a step-1 model (nsub or "
-                             "nsub_classifier) among the model folders")
-        if n_sub == "mode":
-            values, p = nsub_probabilities(by_task.get("nsub_classifier") or by_task["nsub"],
-                                           load_posterior(by_task.get("nsub_classifier")
-                                                          or by_task["nsub"]), x)
-            draws = np.full(n_samples, values[np.argmax(p[0])])
-        theta = _ranked_samples(load_posterior(model), model, x, draws, ranks)
-        for k, name in enumerate(BLOCK_PARAMETERS):
-            data[name] = _var(theta[..., k], ("sample", "rank"), name, model, n_sub=n_sub)
-    if "theta_joint" in by_task:
-        model = by_task["theta_joint"]
-        s = sample_in_prior(load_posterior(model), model, n_samples, x)
-        for k, name in enumerate(model.parameters):
-            data[name] = _var(s[:, k], "sample", name.rsplit("_", 1)[0], model,
-                              n_sub=model.meta["config"]["n_sub"])
-    coords = {"rank": np.arange(1, ranks + 1)} if "theta" in by_task else {}
+    step2 = [by_task[t] for t in by_preference(by_task, 2)]
+    ranked = False
+    for model in step2:
+        if model.task_spec.needs_nsub:
+            if draws is None:
+                raise ValueError(f"a {model.task} model needs a step-1 model (one of "
+                                 f"{by_preference(task_names(), 1)}) among "
+                                 "the model folders")
+            if nsub_draw == "mode":
+                values, p = nsub_probabilities(step1[0], load_posterior(step1[0]), x)
+                draws = np.full(n_samples, values[np.argmax(p[0])])
+            theta = _ranked_samples(load_posterior(model), model, x, draws, ranks)
+            for k, name in enumerate(model.parameters):
+                data[name] = _var(theta[..., k], ("sample", "rank"), name, model,
+                                  nsub_draw=nsub_draw)
+            ranked = True
+        else:
+            s = sample_in_prior(load_posterior(model), model, n_samples, x)
+            for k, name in enumerate(model.parameters):
+                data[name] = _var(s[:, k], "sample", name, model, n_sub=model.joint_n_sub)
+    coords = {"rank": np.arange(1, ranks + 1)} if ranked else {}
     return xr.Dataset(data, coords=coords,
                       attrs={"models": json.dumps([str(m.path) for m in loaded]),
-                             "n_samples": n_samples, "seed": seed, "n_sub_mode": n_sub})
+                             "n_samples": n_samples, "seed": seed, "nsub_draw": nsub_draw})
 
 
 def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray]:

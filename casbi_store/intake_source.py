@@ -15,9 +15,10 @@ import os
 import xarray as xr
 from intake.source.base import DataSource, NoEntry, Schema
 
-from .catalog import LATEST, read_registry, sorted_versions
-from .schema import SPLITS, TRAINING_SETS, ZARR_FORMAT
+from . import trainingsets
+from .schema import SPLITS
 from .store import open_store
+from .trainingsets import LATEST
 
 
 def _schema(ds: xr.Dataset) -> Schema:
@@ -98,11 +99,11 @@ class TrainingSetSource(_XarraySource):
                  storage_options: dict | None = None, metadata: dict | None = None):
         super().__init__(storage_options=storage_options, metadata=dict(metadata or {}))
         self.store = os.fspath(store)
-        registry = read_registry(self.store, self.storage_options)
+        registry = trainingsets.read_registry(self.store, self.storage_options)
         if name not in registry:
             raise ValueError(f"{self.store}: no published training set {name!r} "
                              f"(published: {', '.join(registry) or 'none'})")
-        versions = sorted_versions(registry[name])
+        versions = list(registry[name])  # natural order
         allowed = [LATEST, *versions]
         if version not in allowed:
             raise ValueError(f"{self.store}: training set {name!r} has no published version "
@@ -113,13 +114,13 @@ class TrainingSetSource(_XarraySource):
         self.set_name = name
         self.set_version = versions[-1] if version == LATEST else version
         self.split = split
-        self.group = f"{TRAINING_SETS}/{name}/{self.set_version}/{split}"
+        self.group = trainingsets.set_path(name, self.set_version, split)
         self.metadata.update(registry[name][self.set_version])
         self.metadata.update(name=name, version=self.set_version, split=split, store=self.store)
 
     def _open(self) -> xr.Dataset:
-        return xr.open_zarr(self.store, group=self.group, consolidated=True, zarr_format=ZARR_FORMAT,
-                            storage_options=self.storage_options or None)
+        return trainingsets.open_split(self.store, self.set_name, self.set_version, self.split,
+                                       self.storage_options)
 
 
 class GalaxiesSource(_XarraySource):

@@ -1,12 +1,14 @@
-"""Posterior objects of trained model folders.
+"""Posterior objects of trained model folders, and sampling them.
 
-NPE models become sbi ``DirectPosterior``s with a ``BoxUniform`` prior over the range of their
-training parameters (log masses); ensembles become sbi's ``EnsemblePosterior`` with the weights
-the trainer derived from validation log-likelihood. The N_sub classifier becomes an
-``NsubPosterior``: the members' softmax averaged with the same weights.
+Each task makes its own posterior (``casbi_store.tasks``): NPE models become sbi
+``DirectPosterior``s with a ``BoxUniform`` prior over the range of their training parameters
+(log masses); ensembles become sbi's ``EnsemblePosterior`` with the weights the trainer derived
+from validation log-likelihood. The N_sub classifier becomes an ``NsubPosterior``: the members'
+softmax averaged with the same weights.
 
-``nsub_probabilities`` gives p(N_sub | x) on the integers for either kind of step-1 model
-(the NPE's continuous samples rounded), which evaluation and inference share.
+``nsub_probabilities`` and ``sample_nsub`` give p(N_sub | x) and N_sub draws on the integers
+for either kind of step-1 posterior (the NPE's continuous samples rounded), which evaluation
+and inference share.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import warnings
 import numpy as np
 import torch
 
-from .trainer import TrainedModel, load_model
+from .modelfolder import TrainedModel, as_model
+from .tasks.nsub_classifier import NsubPosterior
+
+__all__ = ["FlowSamples", "NsubPosterior", "OutsidePriorError", "box_bounds", "credible_set",
+           "load_posterior", "nsub_probabilities", "outside_fraction",
+           "sample_in_prior", "sample_nsub"]
 
 
 class OutsidePriorError(ValueError):
@@ -27,19 +34,7 @@ class OutsidePriorError(ValueError):
 
 def box_bounds(model: TrainedModel) -> tuple[np.ndarray, np.ndarray]:
     """Low and high corners of the prior box: the training parameters' range."""
-    theta = model.stats["theta_example"]
-    low, high = theta.min(axis=0), theta.max(axis=0)
-    if model.task == "nsub":  # the rounded range: N_sub = n_min ... n_max
-        low, high = low - 0.5, high + 0.5
-    return low.astype(np.float32), np.maximum(high, low + 1e-6).astype(np.float32)
-
-
-def prior_box(model: TrainedModel):
-    """BoxUniform over the training parameters' range (rejection keeps samples inside it)."""
-    from sbi.utils import BoxUniform
-
-    low, high = box_bounds(model)
-    return BoxUniform(torch.as_tensor(low), torch.as_tensor(high))
+    return model.task_spec.box_bounds(model.stats["theta_example"])
 
 
 def sample_in_prior(posterior, model: TrainedModel, n: int, x: torch.Tensor,
@@ -64,29 +59,6 @@ def sample_in_prior(posterior, model: TrainedModel, n: int, x: torch.Tensor,
                 "observation looks unlike the training halos (other binning? other survey "
                 "selection?) or the model is untrained")
     return torch.cat(kept)[:n].detach().numpy()
-
-
-class NsubPosterior:
-    """The classifier's discrete posterior p(N_sub | x), averaged over ensemble members."""
-
-    def __init__(self, model: TrainedModel):
-        self.model = model
-        self.values = model.members[0].values.numpy()
-
-    @torch.no_grad()
-    def probs(self, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-        """(N, n_values) probabilities for a batch of (N, 1, 64, 64) histograms."""
-        out = []
-        for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size]
-            p = sum(w * m.probs(xb) for w, m in zip(self.model.weights, self.model.members,
-                                                    strict=True))
-            out.append(p.numpy())
-        return np.concatenate(out)
-
-    def sample(self, n: int, x: torch.Tensor, seed: int = 0) -> np.ndarray:
-        p = self.probs(x[None] if x.ndim == 3 else x)[0]
-        return np.random.default_rng(seed).choice(self.values, size=n, p=p / p.sum())
 
 
 class FlowSamples:
@@ -116,17 +88,21 @@ def outside_fraction(model: TrainedModel, samples: torch.Tensor) -> float:
 
 
 def load_posterior(model: TrainedModel | str | os.PathLike):
-    """The sbi posterior (NPE tasks) or ``NsubPosterior`` (classifier) of a model folder."""
-    from sbi.inference import DirectPosterior, EnsemblePosterior
+    """The posterior its task makes of a model folder: sbi's (NPE tasks) or ``NsubPosterior``
+    (classifier)."""
+    model = as_model(model)
+    return model.task_spec.posterior(model)
 
-    model = model if isinstance(model, TrainedModel) else load_model(model)
-    if model.task == "nsub_classifier":
-        return NsubPosterior(model)
-    prior = prior_box(model)
-    posteriors = [DirectPosterior(m, prior) for m in model.members]
-    if len(posteriors) == 1:
-        return posteriors[0]
-    return EnsemblePosterior(posteriors, weights=torch.as_tensor(model.weights, dtype=torch.float32))
+
+def sample_nsub(model: TrainedModel, posterior, n: int, x: torch.Tensor, seed: int = 0
+                ) -> np.ndarray:
+    """``n`` integer N_sub draws of a step-1 posterior at one (1, 1, 64, 64) histogram (the
+    NPE's samples rounded and clipped into [n_min, n_max])."""
+    if isinstance(posterior, NsubPosterior):
+        return posterior.sample(n, x[0], seed=seed)
+    n_min, n_max = model.meta["n_sub_range"]
+    raw = sample_in_prior(posterior, model, n, x)[:, 0]
+    return np.clip(np.rint(raw), n_min, n_max).astype(int)
 
 
 def nsub_probabilities(model: TrainedModel, posterior, x: torch.Tensor, n_samples: int = 1000

@@ -4,7 +4,8 @@ Sections: example composed halos' chemical planes, training curves, N_sub (step 
 matrices and intervals, NPE and classifier side by side), theta (step 2: posterior means
 against the truth), TARP and SBC, a corner plot of one test halo with the truth marked, and the
 metrics table with the issue's targets. Figures are also written as PNG next to the page and
-the numbers as ``metrics.json``.
+the numbers as ``metrics.json``. Section titles and which section a model goes to come from its
+task (``casbi_store.tasks``: title, step).
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import TARGETS, headline, meets
-from .tasks import BLOCK_PARAMETERS, UNITS
+from .tasks import BLOCK_PARAMETERS, by_preference, get_task
 
-TITLES = {"nsub": "N_sub, NPE (rounded)", "nsub_classifier": "N_sub, classifier",
-          "theta": "theta, per rank", "theta_joint": "theta, joint (fixed N_sub)"}
+
+def _title(task: str) -> str:
+    return get_task(task).title
+
+
+def _step(result: dict) -> int:
+    return get_task(result["task"]).step
 
 
 def _pyplot():
@@ -71,7 +77,7 @@ def plot_training_curves(results: dict, path: Path) -> Path:
             epochs = [h["epoch"] for h in history]
             ax.plot(epochs, [h["train_loss"] for h in history], color=f"C{k}", lw=1)
             ax.plot(epochs, [h["val_loss"] for h in history], color=f"C{k}", lw=1, ls="--")
-        ax.set_title(TITLES[r["task"]], fontsize=9)
+        ax.set_title(_title(r["task"]), fontsize=9)
         ax.set_xlabel("epoch")
     axes[0, 0].set_ylabel("loss (solid: train, dashed: validation)")
     return _save(fig, path)
@@ -82,7 +88,7 @@ def plot_nsub(results: dict, path: Path) -> Path:
     plt = _pyplot()
     from matplotlib.colors import LogNorm
 
-    items = [r for r in results["models"].values() if r["task"].startswith("nsub")]
+    items = [r for r in results["models"].values() if _step(r) == 1]
     fig, axes = plt.subplots(2, len(items), figsize=(4.2 * len(items), 7.6), squeeze=False,
                              constrained_layout=True)
     for col, r in enumerate(items):
@@ -91,7 +97,7 @@ def plot_nsub(results: dict, path: Path) -> Path:
         ax.pcolormesh(np.r_[v - 0.5, v[-1] + 0.5], np.r_[v - 0.5, v[-1] + 0.5], r["confusion"].T,
                       norm=LogNorm(vmin=1, vmax=max(r["confusion"].max(), 2)), cmap="Blues")
         ax.plot(v, v, color="0.5", lw=0.8)
-        ax.set(title=f"{TITLES[r['task']]}: confusion", xlabel="true N_sub",
+        ax.set(title=f"{_title(r['task'])}: confusion", xlabel="true N_sub",
                ylabel="posterior mode")
         ax = axes[1, col]
         cdf = np.cumsum(r["probs"], axis=1)
@@ -122,8 +128,8 @@ def plot_theta(result: dict, path: Path) -> Path:
                        label=f"rank {r}" if r else None)
         lo, hi = np.nanmin(truth[:, k]), np.nanmax(truth[:, k])
         ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8)
-        base = names[k].rsplit("_", 1)[0] if names[k][-1].isdigit() else names[k]
-        ax.set(xlabel=f"true {names[k]} [{UNITS.get(base, '')}]", ylabel="posterior mean")
+        units = get_task(result["task"]).units(names[k])
+        ax.set(xlabel=f"true {names[k]} [{units}]", ylabel="posterior mean")
     if rank.max() > 0:
         axes[0, 0].legend(fontsize=8)
     return _save(fig, path)
@@ -174,7 +180,7 @@ def _metrics_table(results: dict) -> str:
         body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
                        else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                        for k, v in items)
-        rows.append(f"<h3>{html.escape(TITLES[r['task']])} <small>{html.escape(path)}"
+        rows.append(f"<h3>{html.escape(_title(r['task']))} <small>{html.escape(path)}"
                     f"</small></h3><table>{body}</table>")
     return "\n".join(rows)
 
@@ -219,14 +225,14 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
                        "log counts per ([Fe/H], [O/Fe]) bin, test halos across the N_sub range")]),
                 ("Training curves", [_img(plot_training_curves(results, figs / "training.png"),
                                           "loss per epoch, one colour per ensemble member")])]
-    if any(r["task"].startswith("nsub") for r in models.values()):
+    if any(_step(r) == 1 for r in models.values()):
         sections.append(("Step 1: N_sub", [_img(plot_nsub(results, figs / "nsub.png"),
                                                 "confusion matrix (top) and posterior median with"
                                                 " 68% interval (bottom) against the truth")]))
     for r in models.values():
-        if r["task"].startswith("theta"):
+        if _step(r) == 2:
             tag = r["task"]
-            sections.append((f"Step 2: {TITLES[tag]}", [
+            sections.append((f"Step 2: {_title(tag)}", [
                 _img(plot_theta(r, figs / f"{tag}_means.png"),
                      "posterior means against the truth (conditioned on the true N_sub)"),
                 _img(plot_tarp(r, figs / f"{tag}_tarp.png"), "TARP expected coverage"),
@@ -262,12 +268,14 @@ def corner_for_halo(results: dict, path: Path, n_samples: int = 4000) -> Path | 
     from .infer import corner_plot, flat_samples, infer
 
     by_task = {r["task"]: r for r in results["models"].values()}
-    step1 = by_task.get("nsub_classifier") or by_task.get("nsub")
-    if step1 is None or "theta" not in by_task:
+    step1 = by_preference(by_task, 1)
+    ranked = [t for t in by_preference(by_task, 2) if get_task(t).needs_nsub]
+    if not step1 or not ranked:
         return None
-    data = results["data"][by_task["theta"]["set"]]
+    step1, step2 = by_task[step1[0]], by_task[ranked[0]]
+    data = results["data"][step2["set"]]
     k = int(np.argmin(np.abs(data.n_sub - 8)))
-    samples = infer([step1["model"], by_task["theta"]["model"]], data.x[k], n_samples=n_samples)
+    samples = infer([step1["model"], step2["model"]], data.x[k], n_samples=n_samples)
     flat = flat_samples(samples, max_rank=1)
     truth = {"n_sub": data.n_sub[k]}
     block = data.theta[k, 0]

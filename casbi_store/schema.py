@@ -107,10 +107,11 @@ HISTOGRAM_CHUNK = 256
 STAR_CHUNK = 1_048_576
 TABLE_CHUNK = 4096
 
-# ---- training sets: training_sets/<name>/<version>/<split> ---------------------------------------
+# ---- training sets: training_sets/<name>/<version>/<split> (casbi_store.trainingsets) -----------
 TRAINING_SETS = "training_sets"
 SPLITS = ("train", "val", "test")
-ATTR_VERSIONS = "versions"  # on training_sets/<name>: published version -> metadata
+ATTR_TRAINING_SET = "training_set"  # on training_sets/<name>/<version>: its registry entry
+ATTR_VERSIONS = "versions"  # on training_sets/<name>: version -> entry (stores before per-version entries)
 DIM_HALO = "halo"
 DIM_BLOCK = "block"
 DIM_PARAM = "param"
@@ -120,4 +121,41 @@ THETA = Field("theta", "float64", "Msol, Msol, Gyr",
               "per block (M* descending): mstar, mdm, tau; NaN beyond n_sub")
 MEMBERS = Field("members", "int64", "", "galaxies-table row of each block (M* descending); -1 pad")
 TRAINING_FIELDS: tuple[Field, ...] = (X, N_SUB, THETA, MEMBERS)
+# each split also stores the set's FEH_EDGES and OFE_EDGES (dims feh_edge, ofe_edge)
 HALO_CHUNK = 512
+
+# ---- observations: one survey table binned like the store (``casbi-store observe``) ------------
+OBSERVATION_VERSION = 1
+ATTR_OBSERVATION_VERSION = "casbi_observation_version"
+DIM_ABUNDANCE = "abundance"  # coordinate: feh, ofe
+DIM_PERCENTILE = "percentile"
+OBS_COUNTS = Field("counts", "int32", "stars",
+                   "observed stars per ([Fe/H], [O/Fe]) bin, binned with the model's (store's) edges")
+OBS_N = Field("n_obs", "int32", "stars", "stars in the histogram, after every cut")
+OBS_STAR_FEH = Field("star_feh", "float32", "dex", "[Fe/H] of each binned star")
+OBS_STAR_OFE = Field("star_ofe", "float32", "dex", "[O/Fe] (or its alpha proxy) of each binned star")
+OBS_STAR_FEH_ERR = Field("star_feh_err", "float32", "dex", "given [Fe/H] error of each binned star "
+                                                           "(NaN: no error column)")
+OBS_STAR_OFE_ERR = Field("star_ofe_err", "float32", "dex", "given [O/Fe] error of each binned star "
+                                                           "(NaN: no error column)")
+OBS_ERROR_PERCENTILES = Field("error_percentiles", "float64", "dex",
+                              "percentiles of the binned stars' given errors (NaN: none given)")
+OBSERVATION_FIELDS: tuple[Field, ...] = (
+    OBS_COUNTS, OBS_N, OBS_STAR_FEH, OBS_STAR_OFE, OBS_STAR_FEH_ERR, OBS_STAR_OFE_ERR,
+    OBS_ERROR_PERCENTILES,
+)
+# attributes of an observation file (dicts are JSON strings: NetCDF attributes are flat)
+OBSERVATION_ATTRS: dict[str, str] = {
+    "table": "absolute path of the star table",
+    "table_sha256": "SHA-256 of the table file",
+    "n_rows": "rows in the table",
+    "columns": "JSON: role (feh, ofe, feh_err, ofe_err, flag) -> column name used",
+    "ofe_mapping": "how the [O/Fe] axis was filled: '[O/Fe]' or the alpha proxy standing in for it",
+    "ofe_caveat": "the proxy's caveat ('' when [O/Fe] itself was given)",
+    "quality_expression": "the --where expression ('' for none)",
+    "dropped": "JSON: stars dropped per reason (not_finite, flagged, quality_cut, outside_range)",
+    "binning_source": "JSON: kind (model | store), path, the binning, the store's binning version",
+    "min_stars": "fewest stars accepted, and why (JSON: value, reason)",
+    "training_stars": "JSON: star counts of the model's training halos (percentiles), or {}",
+    "provenance": "JSON: time_utc, command, host, package versions",
+}

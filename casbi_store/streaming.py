@@ -6,9 +6,8 @@ DataLoader workers, and shuffles rows within a buffer of ``buffer_chunks`` chunk
 bounded by the buffer, never by the dataset. The store is opened inside each worker (fsspec's
 HTTP file system is not fork-safe: an array opened in the parent fails in a forked child).
 
-``Log1pStandardize`` is the input transform: log1p of the counts, then per-pixel standardisation
-with statistics from one streamed pass over the training split (``streamed_moments``); its
-buffers are saved with the model. sbi's own ``z_score_x`` is not used (see the trainer issue).
+``streamed_moments`` gives the statistics of the input transform (``estimators.Log1pStandardize``,
+a network layer) in one streamed pass over the training split.
 """
 
 from __future__ import annotations
@@ -21,10 +20,7 @@ import torch
 import zarr
 
 from . import schema as S
-
-
-def _group(name: str, version: str, split: str) -> str:
-    return f"{S.TRAINING_SETS}/{name}/{version}/{split}"
+from . import trainingsets
 
 
 class TrainingSetStream(torch.utils.data.IterableDataset):
@@ -41,7 +37,8 @@ class TrainingSetStream(torch.utils.data.IterableDataset):
             raise ValueError(f"target must be {S.N_SUB.name!r} or {S.THETA.name!r}")
         if buffer_chunks < 1:
             raise ValueError("buffer_chunks must be >= 1")
-        self.store, self.group = os.fspath(store), _group(name, version, split)
+        self.store, self.name, self.version, self.split = os.fspath(store), name, version, split
+        self.group = trainingsets.set_path(name, version, split)
         self.target, self.buffer_chunks, self.seed = target, buffer_chunks, seed
         self.shuffle, self.return_index = shuffle, return_index
         self.storage_options = storage_options
@@ -58,12 +55,8 @@ class TrainingSetStream(torch.utils.data.IterableDataset):
                    storage_options=source.storage_options or None, **options)
 
     def _open(self) -> zarr.Group:
-        root = zarr.open_consolidated(self.store, mode="r", zarr_format=S.ZARR_FORMAT,
-                                      storage_options=self.storage_options)
-        try:
-            return root[self.group]
-        except KeyError as exc:
-            raise KeyError(f"{self.store}: no training-set split {self.group}") from exc
+        return trainingsets.open_split_group(self.store, self.name, self.version, self.split,
+                                             self.storage_options)
 
     def __len__(self) -> int:
         return self.n_rows
@@ -117,20 +110,3 @@ def streamed_moments(stream: TrainingSetStream) -> tuple[np.ndarray, np.ndarray]
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
     return mean, std
 
-
-class Log1pStandardize(torch.nn.Module):
-    """x -> (log1p(x) - mean) / max(std, floor); mean and std are saved buffers.
-
-    The floor matters: ~60% of the demo set's pixels are empty in every training halo (std 0),
-    and halos of held-out simulations do put stars there. With a floor of 0.5 one such star
-    becomes ~1.4, not ~70 (floor 1e-2) or ~1e7 (sbi's 1e-7), so such halos stay in range.
-    """
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray, floor: float = 0.5):
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32)[None, None])
-        self.register_buffer("std", torch.as_tensor(np.maximum(std, floor),
-                                                    dtype=torch.float32)[None, None])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.log1p(x) - self.mean) / self.std

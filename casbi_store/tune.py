@@ -1,11 +1,12 @@
 """Hyper-parameter search: an optuna study over the trainer's learning rate, batch size, flow size
-and embedding width, maximising the validation log-likelihood (-min best validation loss of a
+and embedding width (those of them the task's ``tuned`` names: the classifier has no flow),
+maximising the validation log-likelihood (-min best validation loss of a
 trial's ensemble members), as the seed does.
 
 A tune folder holds::
 
     optuna.db      the study (SQLite): every trial's parameters, state and value
-    trial-N/       trial N's model folder (``casbi_store.trainer``), checkpoints included
+    trial-N/       trial N's model folder (``casbi_store.modelfolder``), checkpoints included
     best.json      the best trial (parameters, value, model folder) and every trial as a table
     tune.lock      held (``flock``) while a tune runs, so one process at a time owns the folder
 
@@ -30,8 +31,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from . import tasks as T
 from .streaming import TrainingSetStream
+from .tasks import get_task
 from .trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -41,25 +42,28 @@ BATCH_SIZES = (32, 64, 128, 256)
 HIDDEN_FEATURES = (32, 128)  # log-uniform integers
 NUM_TRANSFORMS = (2, 10)
 EMBEDDING_DIMS = (32, 64, 128)
-FLOW_PARAMETERS = ("hidden_features", "num_transforms")
+SEARCHED = ("learning_rate", "batch_size", "hidden_features", "num_transforms", "embedding_dim")
 UNCHECKED = ("device",)  # base options a resumed tune may change
 
 
 def tuned_parameters(task: str) -> tuple[str, ...]:
-    """The TrainConfig fields a tune of ``task`` samples (the classifier has no flow)."""
-    flow = () if T.check_task(task) == "nsub_classifier" else FLOW_PARAMETERS
-    return ("learning_rate", "batch_size", *flow, "embedding_dim")
+    """The TrainConfig fields a tune of ``task`` samples (its task's ``tuned``), in the order
+    they are drawn."""
+    tuned = get_task(task).tuned
+    return tuple(k for k in SEARCHED if k in tuned)
 
 
 def suggest(trial: Trial, task: str) -> dict:
     """One trial's TrainConfig changes, drawn from the search space."""
-    params = {"learning_rate": trial.suggest_float("learning_rate", *LEARNING_RATE, log=True),
-              "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES)}
-    if "hidden_features" in tuned_parameters(task):
-        params["hidden_features"] = trial.suggest_int("hidden_features", *HIDDEN_FEATURES, log=True)
-        params["num_transforms"] = trial.suggest_int("num_transforms", *NUM_TRANSFORMS)
-    params["embedding_dim"] = trial.suggest_categorical("embedding_dim", EMBEDDING_DIMS)
-    return params
+    space = {
+        "learning_rate": lambda: trial.suggest_float("learning_rate", *LEARNING_RATE, log=True),
+        "batch_size": lambda: trial.suggest_categorical("batch_size", BATCH_SIZES),
+        "hidden_features": lambda: trial.suggest_int("hidden_features", *HIDDEN_FEATURES,
+                                                     log=True),
+        "num_transforms": lambda: trial.suggest_int("num_transforms", *NUM_TRANSFORMS),
+        "embedding_dim": lambda: trial.suggest_categorical("embedding_dim", EMBEDDING_DIMS),
+    }
+    return {k: space[k]() for k in tuned_parameters(task)}
 
 
 def study_name(name: str, version: str, task: str) -> str:
@@ -163,12 +167,12 @@ def tune(store: str | os.PathLike, name: str, version: str, task: str, out: str 
     """
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be an integer >= 1, not {n_trials!r}")
-    T.check_task(task)
+    spec = get_task(task)
     if not isinstance(base, TrainConfig):
         raise ValueError(f"base must be a TrainConfig, not {type(base).__name__}")
-    T.parameters(task, base.n_sub)  # theta_joint without n_sub fails here
+    spec.parameters(base.joint_n_sub)  # theta_joint without joint_n_sub fails here
     for split in ("train", "val"):  # a wrong set fails before the folder is made
-        TrainingSetStream(store, name, version, split, target=T.stream_target(task),
+        TrainingSetStream(store, name, version, split, target=spec.target,
                           storage_options=storage_options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

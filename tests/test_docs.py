@@ -14,7 +14,7 @@ def test_every_schema_name_is_documented():
     names += [S.GALAXIES, S.STARS, S.HISTOGRAMS, S.ERRORS, S.DIM_GALAXY, S.DIM_STAR, S.DIM_ERROR,
               S.DIM_FEH_EDGE, S.DIM_OFE_EDGE, S.ATTR_SCHEMA_VERSION, S.ATTR_BINNING,
               S.ATTR_BINNING_HISTORY, S.ATTR_BINNING_VERSION, S.ATTR_PROVENANCE,
-              S.ATTR_EXTRACTION, S.TRAINING_SETS, S.ATTR_VERSIONS, *S.SPLITS]
+              S.ATTR_EXTRACTION, S.TRAINING_SETS, S.ATTR_VERSIONS, S.ATTR_TRAINING_SET, *S.SPLITS]
     names += [f.name for f in S.TRAINING_FIELDS]
     missing = [n for n in names if f"`{n}`" not in DOC]
     assert not missing

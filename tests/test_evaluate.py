@@ -39,7 +39,7 @@ def test_credible_set_is_the_smallest_set_reaching_the_level():
 
 def test_nsub_metrics_match_a_direct_computation(models):
     from casbi_store.evaluate import evaluate_nsub, read_split
-    from casbi_store.trainer import load_model
+    from casbi_store.modelfolder import load_model
 
     store, paths = models
     model = load_model(paths["nsub_classifier"])

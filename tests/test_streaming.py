@@ -8,7 +8,8 @@ import torch
 import xarray as xr
 from conftest import serve_http, store_with_set
 
-from casbi_store.streaming import Log1pStandardize, TrainingSetStream, streamed_moments
+from casbi_store.estimators import Log1pStandardize
+from casbi_store.streaming import TrainingSetStream, streamed_moments
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import store_with_set
 
+from casbi_store import open_store
 from casbi_store import tasks as T
 from casbi_store.estimators import NsubClassifier
-from casbi_store.trainer import TrainConfig, load_model, train
+from casbi_store.modelfolder import load_model
+from casbi_store.trainer import TrainConfig, train
 
 TINY = TrainConfig(epochs=3, batch_size=64, hidden_features=16, num_transforms=2,
                    embedding_dim=16, conv_channels=(4, 8), learning_rate=2e-3, patience=10)
@@ -39,6 +41,9 @@ def test_nsub_npe_learns_saves_and_reloads(store, tmp_path):
                            again.members[0].log_prob(theta[None], condition=x))
     assert first.parameters == ["n_sub"] and first.meta["n_sub_range"] == [3, 8]
     assert "sbi" in first.meta["versions"] and first.stats["feh_edges"].shape == (65,)
+    gal = open_store(store)  # the set's own edges (trainingsets.binning) are the store's
+    assert np.array_equal(first.stats["feh_edges"], gal.feh_edges.values)
+    assert np.array_equal(first.stats["ofe_edges"], gal.ofe_edges.values)
 
 
 def test_resume_continues_from_the_checkpoint(store, tmp_path):
@@ -82,7 +87,7 @@ def test_per_rank_pairs_pick_the_block_of_the_drawn_rank():
     gen = torch.Generator().manual_seed(0)
     seen = set()
     for _ in range(50):
-        theta, cond = T.to_training_pair(x, target, "theta", max_rank=3, generator=gen)
+        theta, cond = T.get_task("theta").to_training_pair(x, target, max_rank=3, generator=gen)
         n_sub, rank = cond[:, -2].long(), cond[:, -1].long()
         assert n_sub.tolist() == [3, 2] and torch.equal(cond[:, :-2], x.reshape(2, -1))
         for row in range(2):
@@ -94,7 +99,7 @@ def test_per_rank_pairs_pick_the_block_of_the_drawn_rank():
                                         float(target[row, r - 1, 2])], rtol=1e-6)
             seen.add((row, r))
     assert seen == {(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)}
-    theta, cond = T.to_training_pair(x, target, "theta_joint", n_sub=2)
+    theta, cond = T.get_task("theta_joint").to_training_pair(x, target, joint_n_sub=2)
     assert theta.shape == (1, 6) and torch.equal(cond, x[1:])
 
 
@@ -191,7 +196,7 @@ def test_flow_standardisation_spans_the_whole_parameter_range():
     from casbi_store.estimators import build_npe
 
     theta = np.repeat(np.arange(2.0, 101.0), 40)[:, None]  # 3,960 rows, sorted
-    net = build_npe("nsub", np.zeros((64, 64)), np.ones((64, 64)), theta, hidden_features=8,
+    net = build_npe(np.zeros((64, 64)), np.ones((64, 64)), theta, (1, 64, 64), hidden_features=8,
                     num_transforms=2, embedding_dim=8, conv_channels=(2,), seed=0)
     loss = net.loss(torch.tensor([[95.0]]), torch.rand(1, 1, 64, 64)).sum()
     assert loss.requires_grad
@@ -207,7 +212,7 @@ def test_joint_mode_learns_all_blocks_of_one_n_sub(store, tmp_path):
 
     with pytest.raises(ValueError, match="theta_joint needs a fixed n_sub"):
         train(store, "t", "v1", "theta_joint", tmp_path / "j0", TINY)
-    train(store, "t", "v1", "theta_joint", tmp_path / "j", tiny(n_sub=4))
+    train(store, "t", "v1", "theta_joint", tmp_path / "j", tiny(joint_n_sub=4))
     model = load_model(tmp_path / "j")
     assert model.parameters[:4] == ["log10_mstar_1", "log10_mdm_1", "tau_1", "log10_mstar_2"]
     assert len(model.parameters) == 12

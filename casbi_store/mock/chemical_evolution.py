@@ -9,12 +9,13 @@ with a minimum delay. Every element's gas mass obeys::
 
 The equations are linear in the inflow normalisation, so abundances do not depend on it; the
 caller rescales masses to a target stellar mass. Yields and the DTD follow the science notes
-(``../shared/science-notes.md``) and WAF17.
+(``../shared/science-notes.md``) and WAF17 by default; ``Physics`` changes them for a whole
+suite (a "different physics" suite for misspecification checks).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -27,6 +28,43 @@ DTD_SLOPE = -1.1
 # mass fractions (O 8.4e-3, Fe 1.25e-3) this gives Z = 0.0195, the Anders & Grevesse value.
 Z_PER_O = 1.9
 Z_PER_FE = 2.8
+MIN_IA_DELAY = 0.01  # Gyr; at least two steps of the default time grid
+
+
+@dataclass(frozen=True)
+class Physics:
+    """Chemical-evolution physics shared by every galaxy of a suite; defaults are the fiducial.
+
+    The yields and the DTD slope enter ``evolve``; ``ia_min_delay`` (Gyr, None: each galaxy draws
+    its own in 0.05-0.15 Gyr) and ``sfe`` (a factor on the star-formation efficiency 1/tau_star)
+    replace or scale the per-galaxy draws of ``suite.draw_simulations``.
+    """
+
+    y_o_cc: float = Y_O_CC
+    y_fe_cc: float = Y_FE_CC
+    y_fe_ia: float = Y_FE_IA
+    dtd_slope: float = DTD_SLOPE
+    ia_min_delay: float | None = None
+    sfe: float = 1.0
+
+    def __post_init__(self):
+        for name in ("y_o_cc", "y_fe_cc"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if not self.y_fe_ia >= 0:
+            raise ValueError(f"y_fe_ia must be >= 0, not {self.y_fe_ia}")
+        if not -3 < self.dtd_slope < 0:
+            raise ValueError(f"dtd_slope must lie in (-3, 0), not {self.dtd_slope}")
+        if self.ia_min_delay is not None and not MIN_IA_DELAY <= self.ia_min_delay <= 10:
+            raise ValueError(f"ia_min_delay must lie in [{MIN_IA_DELAY}, 10] Gyr, not "
+                             f"{self.ia_min_delay}")
+        if not self.sfe > 0:
+            raise ValueError(f"sfe must be positive, not {self.sfe}")
+
+    def changes(self) -> dict:
+        """The fields that differ from the fiducial physics (empty for the defaults)."""
+        fiducial = Physics()
+        return {k: v for k, v in asdict(self).items() if getattr(fiducial, k) != v}
 
 
 @dataclass(frozen=True)
@@ -62,18 +100,20 @@ class OneZoneHistory:
         return np.cumsum(self.sfr * dt)
 
 
-def _ia_kernel(time: np.ndarray, min_delay: float) -> np.ndarray:
+def _ia_kernel(time: np.ndarray, min_delay: float, slope: float = DTD_SLOPE) -> np.ndarray:
     """DTD sampled on the grid, normalised to unit integral over the grid span."""
     dt = time[1] - time[0]
     delay = time - time[0]
     kernel = np.zeros_like(delay)
     live = delay >= min_delay
-    kernel[live] = delay[live] ** DTD_SLOPE
+    kernel[live] = delay[live] ** slope
     return kernel / (kernel.sum() * dt)
 
 
-def evolve(params: OneZoneParams, t_end: float = 13.8, dt: float = 0.005) -> OneZoneHistory:
-    """Integrate the one-zone model with forward Euler on a grid of step ``dt`` Gyr."""
+def evolve(params: OneZoneParams, t_end: float = 13.8, dt: float = 0.005,
+           physics: Physics = Physics()) -> OneZoneHistory:
+    """Integrate the one-zone model with forward Euler on a grid of step ``dt`` Gyr, with the
+    yields and DTD slope of ``physics``."""
     time = np.arange(0.0, t_end + dt / 2, dt)
     n = time.size
     rng = np.random.default_rng(params.seed)
@@ -88,7 +128,7 @@ def evolve(params: OneZoneParams, t_end: float = 13.8, dt: float = 0.005) -> One
     else:
         efficiency = np.ones(n)
 
-    kernel = _ia_kernel(time, params.ia_min_delay)
+    kernel = _ia_kernel(time, params.ia_min_delay, physics.dtd_slope)
     m_gas = np.zeros(n)
     m_o = np.zeros(n)
     m_fe = np.zeros(n)
@@ -100,8 +140,9 @@ def evolve(params: OneZoneParams, t_end: float = 13.8, dt: float = 0.005) -> One
         ia_rate = np.dot(sfr[: i + 1], kernel[i::-1][: i + 1]) * dt
         depletion = loss * sfr[i] / m_gas[i] if m_gas[i] > 0 else 0.0
         m_gas[i + 1] = m_gas[i] + dt * (inflow[i] - loss * sfr[i])
-        m_o[i + 1] = m_o[i] + dt * (Y_O_CC * sfr[i] - depletion * m_o[i])
-        m_fe[i + 1] = m_fe[i] + dt * (Y_FE_CC * sfr[i] + Y_FE_IA * ia_rate - depletion * m_fe[i])
+        m_o[i + 1] = m_o[i] + dt * (physics.y_o_cc * sfr[i] - depletion * m_o[i])
+        m_fe[i + 1] = m_fe[i] + dt * (physics.y_fe_cc * sfr[i] + physics.y_fe_ia * ia_rate
+                                      - depletion * m_fe[i])
         m_gas[i + 1] = max(m_gas[i + 1], 0.0)
     sfr[-1] = efficiency[-1] * m_gas[-1] / params.tau_star
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -7,6 +7,11 @@ time plus 0.05 dex scatter. A snapshot at time ``t`` holds the stars formed by `
 ``iord`` across snapshots), the main halo's dark matter (growing as ``exp(-beta z)``), a subhalo,
 a less massive neighbouring dwarf with its own old metal-poor stars, background dark matter and
 some gas. ``generate_suite`` is deterministic for a seed.
+
+``SuiteSpec.physics`` (``chemical_evolution.Physics``) changes the chemical evolution of every
+galaxy (yields, SN Ia delay and DTD slope, star-formation efficiency) while keeping all random
+draws, so a "different physics" suite has the same galaxies as the fiducial one of its seed.
+The fiducial physics writes the same files, byte for byte, as before these options existed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..abundances import XSOL_FE, XSOL_H, XSOL_O, hydrogen_fraction
-from .chemical_evolution import Z_PER_FE, Z_PER_O, OneZoneParams, evolve
+from .chemical_evolution import Z_PER_FE, Z_PER_O, OneZoneParams, Physics, evolve
 from .nihao_files import (
     HUBBLE,
     OMEGA_B,
@@ -56,6 +61,7 @@ class SuiteSpec:
     n_gas: int = 300
     seed: int = 0
     defects: bool = False
+    physics: Physics = Physics()
 
 
 PRESETS: dict[str, SuiteSpec] = {
@@ -67,7 +73,7 @@ PRESETS: dict[str, SuiteSpec] = {
 
 
 def preset(name: str, seed: int = 0, defects: bool = False, **overrides) -> SuiteSpec:
-    """A preset spec with a seed, the defects flag and optional size overrides."""
+    """A preset spec with a seed, the defects flag and optional overrides (sizes, ``physics``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return replace(PRESETS[name], seed=seed, defects=defects, **overrides)
@@ -113,15 +119,16 @@ def draw_simulations(spec: SuiteSpec) -> list[SimulationModel]:
     log_mh = lo + (hi - lo) * strata / spec.n_simulations
     models = []
     names: set[str] = set()
+    physics = spec.physics
     for lm in log_mh:
         m10 = 10 ** (lm - 10)
         mstar = stellar_mass_target(lm) * 10 ** rng.normal(0, 0.2)
         chem = OneZoneParams(
             t_start=float(rng.uniform(0.3, 0.7)),
-            tau_star=float(3.0 * m10**-0.3 * 10 ** rng.normal(0, 0.15)),
+            tau_star=float(3.0 * m10**-0.3 * 10 ** rng.normal(0, 0.15)) / physics.sfe,
             eta=float(12.0 * m10 ** (-1 / 3) * 10 ** rng.normal(0, 0.1)),
             tau_infall=float(np.exp(rng.uniform(np.log(1.5), np.log(12.0)))),
-            ia_min_delay=float(rng.uniform(0.05, 0.15)),
+            ia_min_delay=_ia_delay(float(rng.uniform(0.05, 0.15)), physics),  # drawn either way
             burstiness=float(0.3 * m10**-0.2),
             seed=int(rng.integers(2**31)),
         )
@@ -134,6 +141,10 @@ def draw_simulations(spec: SuiteSpec) -> list[SimulationModel]:
     if spec.defects:
         models = _with_defects(models, spec, rng)
     return models
+
+
+def _ia_delay(drawn: float, physics: Physics) -> float:
+    return drawn if physics.ia_min_delay is None else physics.ia_min_delay
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -155,7 +166,8 @@ def _with_defects(models: list[SimulationModel], spec: SuiteSpec, rng) -> list[S
     lm = 11.5  # an LMC-like dwarf: stellar mass crosses 6e9 Msun during the run
     massive = SimulationModel(
         name=nihao_name(10**lm), log_mhalo=lm, mstar_final=1.2e10,
-        chemistry=OneZoneParams(t_start=0.4, tau_star=1.5, eta=2.0, tau_infall=6.0,
+        chemistry=OneZoneParams(t_start=0.4, tau_star=1.5 / spec.physics.sfe, eta=2.0,
+                                tau_infall=6.0, ia_min_delay=_ia_delay(0.1, spec.physics),
                                 seed=int(rng.integers(2**31))),
         growth_beta=0.5, n_star_final=min(spec.n_star_max, 3 * spec.n_star_min + 2000),
         steps=spec.steps, defect="above_stellar_mass_limit", seed=int(rng.integers(2**31)),
@@ -236,7 +248,7 @@ def build_simulation(model: SimulationModel, spec: SuiteSpec, out: Path) -> list
     sim_dir.mkdir(parents=True, exist_ok=True)
     (sim_dir / f"{model.name}.param").write_text(param_text(model.name))
 
-    history = evolve(model.chemistry, t_end=age_today())
+    history = evolve(model.chemistry, t_end=age_today(), physics=spec.physics)
     formed = history.formed_mass()
     formed = formed + np.arange(formed.size) * 1e-12 * max(formed[-1], 1e-30)  # strictly rising
     n = model.n_star_final
@@ -392,9 +404,13 @@ def generate_suite(out: Path, spec: SuiteSpec, workers: int = 1, progress: bool 
     out = Path(out)
     manifest_path = out / "mock_suite.yaml"
     models = draw_simulations(spec)
+    spec_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()
+                 if k != "physics"}
+    if spec.physics.changes():  # the fiducial physics leaves the manifest as it always was
+        spec_dict["physics"] = asdict(spec.physics)
     manifest = {
         "generator": "casbi_store.mock",
-        "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()},
+        "spec": spec_dict,
         "simulations": [
             {"name": m.name, "log_mhalo": round(m.log_mhalo, 4), "mstar_final": m.mstar_final,
              "n_star_final": m.n_star_final, "defect": m.defect or None,
@@ -429,5 +445,5 @@ def generate_suite(out: Path, spec: SuiteSpec, workers: int = 1, progress: bool 
     return manifest
 
 
-__all__ = ["PRESETS", "SuiteSpec", "generate_suite", "preset", "draw_simulations",
+__all__ = ["PRESETS", "Physics", "SuiteSpec", "generate_suite", "preset", "draw_simulations",
            "snapshot_time", "ahf_basename"]
