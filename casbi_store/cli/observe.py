@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..observe import ColumnNames
 
 
 def add_parser(sub) -> None:
@@ -27,8 +31,8 @@ def add_parser(sub) -> None:
     o.set_defaults(func=run)
 
 
-def observe(table: str, binning: str, out: str, columns=None, *, where: str | None = None,
-            min_stars: int | None = None) -> int:
+def observe(table: str, binning: str, out: str, columns: ColumnNames | None = None, *,
+            where: str | None = None, min_stars: int | None = None) -> int:
     """Bin the star ``table`` with the binning of ``binning`` (model folder or store) after the
     cuts, write the observation NetCDF ``out``, print what was kept and dropped."""
     from ..observe import ColumnNames, ObservationError, observe_table, write_observation

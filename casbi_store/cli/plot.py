@@ -20,8 +20,8 @@ def plot_store(store: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     from ..store import open_store
 
     ds = open_store(store).load()
-    return [Path(plot_chemical_planes(ds, Path(out) / "chemical_planes.png")),
-            Path(plot_trends(ds, Path(out) / "trends.png"))]
+    return [plot_chemical_planes(ds, Path(out) / "chemical_planes.png"),
+            plot_trends(ds, Path(out) / "trends.png")]
 
 
 def run(args: argparse.Namespace) -> int:
