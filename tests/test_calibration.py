@@ -72,8 +72,8 @@ def test_tarp_matches_its_definition_computed_by_hand():
     scale = truth.std(axis=0)
     frac = []
     for j in range(40):
-        d = lambda p: np.linalg.norm((p - refs[j]) / scale, axis=-1)  # noqa: E731
-        frac.append(np.mean(d(samples[:, j]) < d(truth[j])))
+        d_samples = np.linalg.norm((samples[:, j] - refs[j]) / scale, axis=-1)
+        frac.append(np.mean(d_samples < np.linalg.norm((truth[j] - refs[j]) / scale)))
     np.testing.assert_allclose(alpha, [0, 0.25, 0.5, 0.75, 1.0])
     expected = [0.0] + [np.mean(np.asarray(frac) <= a) for a in alpha[1:]]
     np.testing.assert_allclose(ecp[1:-1], expected[1:-1], atol=1 / 40 + 1e-12)
