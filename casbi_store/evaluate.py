@@ -145,9 +145,13 @@ def conditions_for(model: TrainedModel, split: str = "test",
     store = os.fspath(meta["store"])
     out = []
     if in_distribution_split and in_distribution_split != split:
-        group = trainingsets.open_split_group(store, meta["set"], meta["version"],
-                                              in_distribution_split, storage_options)
-        if group[S.X.name].shape[0]:
+        try:
+            rows = trainingsets.open_split_group(store, meta["set"], meta["version"],
+                                                 in_distribution_split,
+                                                 storage_options)[S.X.name].shape[0]
+        except trainingsets.SplitNotFound:
+            rows = 0
+        if rows:
             out.append(Condition("in_distribution", store, meta["set"], meta["version"],
                                      in_distribution_split))
     out.append(Condition("held_out", store, meta["set"], meta["version"], split))

@@ -245,7 +245,8 @@ def _parameters(results: dict) -> list[str]:
 
 def _conditions_table(results: dict) -> str:
     """Per parameter and condition: the two-step posterior's figures and the baselines' rows."""
-    head = "".join(f"<th>{k}</th>" for k in PARAMETER_COLUMNS)
+    head = "".join(f"<th>{k}</th>" + ("<th>truth σ</th>" if k == "r2" else "")
+                   for k in PARAMETER_COLUMNS)
     body = []
     for name in _parameters(results):
         for c in _conditions(results):
@@ -262,10 +263,9 @@ def _conditions_table(results: dict) -> str:
                 cells = []
                 for k in PARAMETER_COLUMNS:
                     v = m.get(k)
-                    text = "–" if v is None else _fmt(float(v))
-                    if k == "r2" and v is not None:
-                        text += f" <small>(truth σ {float(m['truth_std']):.3g})</small>"
-                    cells.append(f"<td>{text}</td>")
+                    cells.append(f"<td>{'–' if v is None else _fmt(float(v))}</td>")
+                    if k == "r2":  # the truth's spread beside every R^2
+                        cells.append(f"<td>{_fmt(float(m['truth_std']))}</td>")
                 body.append(f"<tr><td>{html.escape(name)}</td><td>{c}</td><td>{label}</td>"
                             f"{''.join(cells)}</tr>")
     return ("<table><tr><th>parameter</th><th>condition</th><th>estimator</th>"
