@@ -16,8 +16,8 @@ posterior / the baselines, halos per second. The target (issue 8): 10,000 halos 
 metric in under 10 minutes on 2 cores.
 
     python bench/bench_evaluate.py --store demo/store.zarr --out bench/results
-    python bench/bench_evaluate.py --store tiny.zarr --n-sub-max 8 --test-per-n 20 \
-        --epochs 1 --out /tmp/bench            # a quick check that it runs
+    python bench/bench_evaluate.py --store tiny.zarr --n-sub-min 3 --n-sub-max 8 \
+        --test-per-n 20 --network tiny --out /tmp/bench      # a quick check that it runs
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--network", choices=("seed", "tiny"), default="seed",
+                   help="tiny: small networks, to check that the script runs")
     args = p.parse_args(argv)
 
     import torch
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
                                    n_sub_max=args.n_sub_max, train_per_n=args.train_per_n,
                                    test_per_n=args.test_per_n, seed=args.seed), progress=False)
         config = TrainConfig(epochs=args.epochs, seed=args.seed)  # the seed's network size
+        if args.network == "tiny":
+            config = TrainConfig(epochs=args.epochs, seed=args.seed, hidden_features=16,
+                                 num_transforms=2, embedding_dim=16, conv_channels=(4, 8))
         models = []
         for task in ("nsub_classifier", "theta"):
             train(store, "bench", "v1", task, Path(tmp) / task, config)
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": seconds, "halos_per_second": cond["halos"] / seconds,
         "models": {r["task"]: r["timings"]["held_out"] for r in results["models"].values()},
         "two_step": cond.get("two_step", {}).get("timings"),
-        "machine": platform.platform(), "args": vars(args),
+        "machine": platform.platform(), "args": vars(args), "network": args.network,
         "metrics": cond.get("two_step", {}).get("metrics"),
     }
     (out / "evaluate.json").write_text(json.dumps(figures, indent=2, default=float))
