@@ -230,6 +230,8 @@ def _targets_table(results: dict) -> str:
 
 PARAMETER_COLUMNS = ("coverage_68", "coverage_95", "sbc_ks_pvalue", "tarp_max_deviation", "rmse",
                      "bias", "r2", "skill")
+HEADERS = {"coverage_68": "68% cov.", "coverage_95": "95% cov.", "sbc_ks_pvalue": "SBC KS p",
+           "tarp_max_deviation": "TARP max dev.", "r2": "R²"}
 
 
 def _parameters(results: dict) -> list[str]:
@@ -245,7 +247,7 @@ def _parameters(results: dict) -> list[str]:
 
 def _conditions_table(results: dict) -> str:
     """Per parameter and condition: the two-step posterior's figures and the baselines' rows."""
-    head = "".join(f"<th>{k}</th>" + ("<th>truth σ</th>" if k == "r2" else "")
+    head = "".join(f"<th>{HEADERS.get(k, k)}</th>" + ("<th>truth σ</th>" if k == "r2" else "")
                    for k in PARAMETER_COLUMNS)
     body = []
     for name in _parameters(results):
@@ -268,7 +270,7 @@ def _conditions_table(results: dict) -> str:
                         cells.append(f"<td>{_fmt(float(m['truth_std']))}</td>")
                 body.append(f"<tr><td>{html.escape(name)}</td><td>{c}</td><td>{label}</td>"
                             f"{''.join(cells)}</tr>")
-    return ("<table><tr><th>parameter</th><th>condition</th><th>estimator</th>"
+    return ("<table class=small><tr><th>parameter</th><th>condition</th><th>estimator</th>"
             f"{head}</tr>{''.join(body)}</table>")
 
 
@@ -380,7 +382,7 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}
 img{{max-width:100%}} table{{border-collapse:collapse;margin-bottom:1em}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} .ok{{color:green}} .no{{color:#b00}}
-figure{{margin:0.5em 0}} figcaption{{color:#555;font-size:90%}}</style></head><body>
+figure{{margin:0.5em 0}} .small{{font-size:85%}} figcaption{{color:#555;font-size:90%}}</style></head><body>
 <h1>CASBI evaluation: {html.escape(first["set"])}</h1>
 <p>Test conditions (halos evenly spaced in each split, {results["n_samples"]} posterior samples
 per halo, seed {results.get("seed")}):</p><ul>{sources}</ul>
