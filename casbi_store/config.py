@@ -130,6 +130,7 @@ class EvaluateStage:
     halos: int = 300
     samples: int = 200
     seed: int = 0
+    against: str | None = None  # STORE[:SET[:VERSION]] (relative to workdir): an external condition
 
 
 @dataclass(frozen=True)

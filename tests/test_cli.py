@@ -172,3 +172,14 @@ def test_pipeline_mock_physics_is_validated_at_load(tmp_path):
         p.write_text(f"mock: {mock}\n")
         with pytest.raises(ConfigError, match=rf"p.yaml: mock: {message}"):
             load_pipeline(p)
+
+
+def test_evaluate_against_option_is_parsed():
+    from casbi_store.cli.evaluate import parse_against
+
+    assert parse_against(None) is None
+    assert parse_against("ext.zarr") == ("ext.zarr", None, None)
+    assert parse_against("ext.zarr:s:v2") == ("ext.zarr", "s", "v2")
+    assert parse_against("s3://bucket/ext.zarr:s") == ("s3://bucket/ext.zarr", "s", None)
+    with pytest.raises(ValueError, match="STORE"):
+        parse_against("a:b:c:d")

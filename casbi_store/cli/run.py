@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from ..config import Pipeline, load_pipeline
 from .compose import compose_and_register
-from .evaluate import evaluate_models
+from .evaluate import evaluate_models, parse_against
 from .extract import extract
 from .ls import list_store
 from .mock import make_suite, suite_spec
@@ -73,8 +73,10 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True) -> int:
                         m.config, per_member=False)
     if pipe.evaluate:
         ev = pipe.evaluate
+        against = parse_against(str(pipe.path(ev.against))) if ev.against else None
         evaluate_models([str(pipe.path(m)) for m in ev.models], str(pipe.path(ev.out)),
-                        split=ev.split, halos=ev.halos, samples=ev.samples, seed=ev.seed)
+                        split=ev.split, halos=ev.halos, samples=ev.samples, seed=ev.seed,
+                        against=against)
     return 0
 
 
