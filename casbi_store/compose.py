@@ -91,6 +91,8 @@ class ComposeSpec:
     description: str = ""
 
     def __post_init__(self):
+        if self.observation is not None and not isinstance(self.observation, ObservationSpec):
+            object.__setattr__(self, "observation", ObservationSpec.from_dict(self.observation))
         problems = []
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", self.name):
             problems.append(f"name {self.name!r} must be an identifier (letters, digits, _)")
@@ -415,7 +417,7 @@ def halo_histograms(members: np.ndarray, theta: np.ndarray, data: BlockData, see
                     ) -> tuple[np.ndarray, np.ndarray]:
     """x (n, n_bins**2) int32 of a chunk of halos with surrogate blocks or an observation model,
     and N_obs per halo (-1 without an observation model). Deterministic in ``seed``."""
-    from .sources.surrogate import sample_block_histograms, sample_block_stars
+    from .sources.surrogate import sample_block_histograms
 
     synth = members == SYNTHETIC
     nb = data.binning.spec.n_bins
@@ -426,21 +428,34 @@ def halo_histograms(members: np.ndarray, theta: np.ndarray, data: BlockData, see
             made = sample_block_histograms(data.surrogate, log_theta(theta[synth]), seed, data.binning)
             np.add.at(x, rows, made.reshape(len(rows), nb * nb))
         return x, np.full(len(members), -1, dtype=np.int32)
+    x = np.zeros((len(members), nb * nb), dtype=np.int32)
+    n_obs = np.full(len(members), -1, dtype=np.int32)
+    for i, (feh, ofe, mass) in enumerate(halo_stars(members, theta, data, seed)):
+        if data.spec.observation is not None:
+            n_obs[i] = len(feh)
+        counts, _ = histogram_stack(feh, ofe, mass, np.array([len(feh)]), data.binning)
+        x[i] = counts.reshape(-1)
+    return x, n_obs
+
+
+def halo_stars(members: np.ndarray, theta: np.ndarray, data: BlockData, seed: list[int]):
+    """Each halo's stars as binned: ([Fe/H], [O/Fe], mass) of its real blocks' stored stars and its
+    surrogate blocks' drawn stars (mass M*/N each), with the spec's noise and observation model."""
+    from .sources.surrogate import sample_block_stars
+
+    synth = members == SYNTHETIC
     made_stars: list[np.ndarray] = []
     made_mass: list[np.ndarray] = []
     if synth.any():  # every surrogate block of the chunk in one pass of the flow
         theta_log = log_theta(theta[synth])
         stars, per_block = sample_block_stars(data.surrogate, theta_log, seed)
-        ends = np.cumsum(per_block)
-        made_stars = np.split(stars.astype(np.float64), ends[:-1])
-        made_mass = [np.full(n, 10 ** lm / max(n, 1)) for lm, n in zip(theta_log[:, 0], per_block,
-                                                                        strict=True)]
+        made_stars = np.split(stars.astype(np.float64), np.cumsum(per_block)[:-1])
+        made_mass = [np.full(n, 10 ** lm / max(n, 1))
+                     for lm, n in zip(theta_log[:, 0], per_block, strict=True)]
     rng = np.random.default_rng([*seed, 1])
-    spec, obs = data.spec, data.spec.observation
-    x = np.zeros((len(members), nb * nb), dtype=np.int32)
-    n_obs = np.full(len(members), -1, dtype=np.int32)
+    spec = data.spec
     k = 0  # next surrogate block, in the row-major order of ``synth``
-    for i, row in enumerate(members):
+    for row in members:
         parts = [np.arange(data.offsets[m], data.offsets[m] + data.n_star[m]) for m in row[row >= 0]]
         idx = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         feh, ofe, mass = (data.stars["feh"][idx], data.stars["ofe"][idx], data.stars["mass"][idx])
@@ -453,12 +468,9 @@ def halo_histograms(members: np.ndarray, theta: np.ndarray, data: BlockData, see
         if spec.noise_feh > 0 or spec.noise_ofe > 0:
             feh = feh + rng.normal(0, spec.noise_feh, len(feh))
             ofe = ofe + rng.normal(0, spec.noise_ofe, len(ofe))
-        if obs is not None:
-            feh, ofe, mass = obs.observe(feh, ofe, mass, rng)
-            n_obs[i] = len(feh)
-        counts, _ = histogram_stack(feh, ofe, mass, np.array([len(feh)]), data.binning)
-        x[i] = counts.reshape(-1)
-    return x, n_obs
+        if spec.observation is not None:
+            feh, ofe, mass = spec.observation.observe(feh, ofe, mass, rng)
+        yield feh, ofe, mass
 
 
 def model_identity(folder: str | os.PathLike) -> dict:

@@ -19,6 +19,7 @@ The set records N_obs per halo (``n_obs``). Deterministic given the generator pa
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -87,13 +88,14 @@ class ObservationSpec:
         for key, value in data.items():
             kind = types[key]
             ok = not isinstance(value, bool) and (
-                (kind == "int" and isinstance(value, int))
+                (kind == "int" and isinstance(value, numbers.Integral))
                 or (kind == "str" and isinstance(value, str))
-                or ("float" in kind and isinstance(value, (int, float)))
+                or ("float" in kind and isinstance(value, numbers.Real))
                 or (kind == "float | None" and value is None))
             if not ok:
                 raise ComposeError(f"{where}: {key} must be {kind}, not {value!r}")
-            clean[key] = float(value) if "float" in kind and value is not None else value
+            clean[key] = (int(value) if kind == "int" else float(value)
+                          if "float" in kind and value is not None else value)
         try:
             return cls(**clean)
         except ComposeError as exc:
