@@ -45,6 +45,8 @@ TRASH = ".trash"
 META_FILES = (".zgroup", ".zarray", ".zattrs")
 # Top-level entries recovery may remove or rewrite: the extraction's groups and bookkeeping only.
 OWNED_GROUPS = (S.GALAXIES, S.STARS, S.HISTOGRAMS, S.ERRORS)
+METADATA_LOCK = "metadata"
+METADATA_WAIT = 120.0  # seconds a writer waits for another's .zmetadata update (milliseconds long)
 KILL_ENV = "CASBI_STORE_KILL_AT_WRITE"
 COUNT_ENV = "CASBI_STORE_COUNT_WRITES"
 
@@ -153,14 +155,48 @@ def _new_metadata(root: Path, swaps: list[str]) -> dict:
     return meta
 
 
+def _metadata_lock(root: Path):
+    """The short lock every writer of ``.zmetadata`` holds for its read-modify-write: the
+    extraction's commit and a compose publishing a training-set version (which holds no store
+    lock) must not interleave, or one would drop the other's entries."""
+    from .locks import LockHeld, break_lock, store_lock
+
+    try:
+        with store_lock(root, METADATA_LOCK, purpose="updating .zmetadata", wait=METADATA_WAIT):
+            pass
+    except LockHeld as held:
+        if not held.stale:
+            raise
+        # its holder died inside a few-millisecond section that a re-run redoes: safe to break
+        break_lock(root, METADATA_LOCK)
+    return store_lock(root, METADATA_LOCK, purpose="updating .zmetadata", wait=METADATA_WAIT)
+
+
 def publish(path: str | os.PathLike, swaps: list[str] = ()) -> None:
     """Make everything written since the last commit visible to readers, atomically."""
     root = Path(path)
-    meta = _new_metadata(root, list(swaps))
-    if swaps:
-        _atomic_json(root / COMMIT_RECORD, {"metadata": meta, "swaps": list(swaps)})  # commit point
-        _apply(root)
-    else:
+    with _metadata_lock(root):
+        meta = _new_metadata(root, list(swaps))
+        if swaps:
+            _atomic_json(root / COMMIT_RECORD, {"metadata": meta, "swaps": list(swaps)})  # commit point
+            _apply(root)
+        else:
+            _atomic_json(root / ZMETADATA, {"metadata": meta, "zarr_consolidated_format": 1})
+
+
+def publish_group(path: str | os.PathLike, group: str) -> None:
+    """Make one top-level group (``training_sets``) visible as it is on disk, keeping every other
+    entry of ``.zmetadata`` as committed: composing never publishes an extraction's uncommitted
+    rows, whatever runs beside it."""
+    root = Path(path)
+    with _metadata_lock(root):
+        base = committed(root)
+        if base is None:
+            base = on_disk_metadata(root)
+        meta = {k: v for k, v in base.items() if _top(k) != group}
+        if (root / group).is_dir():
+            for key, value in on_disk_metadata(root / group).items():
+                meta[f"{group}/{key}"] = value
         _atomic_json(root / ZMETADATA, {"metadata": meta, "zarr_consolidated_format": 1})
 
 
@@ -203,7 +239,8 @@ def recover(path: str | os.PathLike) -> list[str]:
     """
     root = Path(path)
     if pending_commit(root):
-        _apply(root)
+        with _metadata_lock(root):
+            _apply(root)
         return ["finished an interrupted commit"]
     done = []
     for name in (PENDING, TRASH):
