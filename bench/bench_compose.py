@@ -6,6 +6,13 @@ publication). The baseline is what the original CASBI code does: for each halo, 
 every member's stars and histogram them again; it is timed on a sample of halos.
 
     python bench/bench_compose.py --store demo/store.zarr --out bench/results
+
+With ``--surrogate MODEL_DIR`` it also composes the same scheme from the ``surrogate`` source and
+the ``mixed`` source (``--fraction`` of surrogate blocks), and with ``--observation`` the real
+source through the survey observation model (N_obs log-uniform in [100, 10000], log-normal errors,
+median 0.05 dex / 0.03 dex); these are slower per halo, so they compose ``--variant-per-n`` halos
+per N_sub, as does a real set of that size (``variants.real``, the same fixed costs). Each
+reports halos/s and its ratio to that real sum of histograms.
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ def main() -> None:
     p.add_argument("--train-per-n", type=int, default=1000)
     p.add_argument("--test-per-n", type=int, default=10)
     p.add_argument("--baseline-halos", type=int, default=200)
+    p.add_argument("--n-sub-max", type=int, default=100)
+    p.add_argument("--surrogate", type=Path, help="a trained surrogate model folder")
+    p.add_argument("--fraction", type=float, default=0.2, help="mixed: share of surrogate blocks")
+    p.add_argument("--observation", action="store_true", help="also the survey observation model")
+    p.add_argument("--variant-per-n", type=int, default=2, help="halos per N_sub of the variants")
     args = p.parse_args()
 
     import xarray as xr
@@ -55,7 +67,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(args.store, work)
     spec = ComposeSpec(name="bench", version="v1", seed=1, train_per_n=args.train_per_n,
-                       test_per_n=args.test_per_n)
+                       test_per_n=args.test_per_n, n_sub_max=args.n_sub_max)
     start = time.perf_counter()
     entry = compose(work, spec, progress=False)
     seconds = time.perf_counter() - start
@@ -73,6 +85,24 @@ def main() -> None:
         "store_bytes": sum(f.stat().st_size for f in (work / "training_sets").rglob("*")
                            if f.is_file()),
     }
+    variants: dict[str, dict] = {"real": {}}  # the same small size: fixed costs alike
+    if args.surrogate:
+        variants["surrogate"] = {"source": "surrogate", "surrogate": str(args.surrogate)}
+        variants["mixed"] = {"source": "mixed", "surrogate": str(args.surrogate),
+                             "surrogate_fraction": args.fraction}
+    if args.observation:
+        variants["observation"] = {"observation": {"n_obs_min": 100, "n_obs_max": 10_000,
+                                                   "feh_err": 0.05, "feh_err_spread": 0.3,
+                                                   "ofe_err": 0.03, "ofe_err_spread": 0.3}}
+    for i, (label, extra) in enumerate(variants.items()):
+        variant = ComposeSpec(name="bench", version=f"v{i + 2}", seed=1, train_per_n=args.variant_per_n,
+                              test_per_n=1, n_sub_max=args.n_sub_max, **extra)
+        start = time.perf_counter()
+        counts = compose(work, variant, progress=False)["counts"]
+        rate = sum(counts.values()) / (time.perf_counter() - start)
+        result.setdefault("variants", {})[label] = {"halos": sum(counts.values()), "halos_per_s": rate}
+    for row in result.get("variants", {}).values():
+        row["ratio_to_real"] = row["halos_per_s"] / result["variants"]["real"]["halos_per_s"]
     (args.out / "compose.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)

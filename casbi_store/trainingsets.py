@@ -223,9 +223,9 @@ def combine_digests(digests: dict[str, dict[str, list[bytes]]]) -> str:
     where stored), the chunk digests in order."""
     h = hashlib.sha256()
     for split in S.SPLITS:
-        for f in (*S.TRAINING_FIELDS, *EDGE_FIELDS):
+        for f in (*S.TRAINING_FIELDS, *S.OPTIONAL_TRAINING_FIELDS, *EDGE_FIELDS):
             if f.name not in digests[split]:
-                continue  # sets published before edges were stored with them
+                continue  # sets published before edges were stored with them; optional fields
             h.update(f"{split}/{f.name}".encode())
             for digest in digests[split][f.name]:
                 h.update(digest)
@@ -235,7 +235,9 @@ def combine_digests(digests: dict[str, dict[str, list[bytes]]]) -> str:
 def split_digests(group: zarr.Group) -> dict[str, list[bytes]]:
     """Chunk digests of one stored split, read back chunk by chunk (bounded memory)."""
     out = {}
-    for f in S.TRAINING_FIELDS:
+    for f in (*S.TRAINING_FIELDS, *S.OPTIONAL_TRAINING_FIELDS):
+        if f in S.OPTIONAL_TRAINING_FIELDS and f.name not in group:
+            continue
         arr = group[f.name]
         out[f.name] = [chunk_digest(arr[i:i + S.HALO_CHUNK]) for i in range(0, arr.shape[0], S.HALO_CHUNK)]
     for f in EDGE_FIELDS:

@@ -189,10 +189,10 @@ def _validate_version(r: _Reader, name: str, version: str, meta: dict, n_gal: in
         if x is not None and (x < 0).any():
             r.problems.append(Problem(f"{prefix}/{split}/{S.X.name}", "negative counts"))
         if members is not None:
-            if n_gal is not None and ((members < -1) | (members >= n_gal)).any():
+            if n_gal is not None and ((members < S.SYNTHETIC_MEMBER) | (members >= n_gal)).any():
                 r.problems.append(Problem(f"{prefix}/{split}/{S.MEMBERS.name}",
                                           f"members outside the {n_gal} galaxies"))
-            if n_sub is not None and not np.array_equal((members >= 0).sum(axis=1), n_sub):
+            if n_sub is not None and not np.array_equal((members != -1).sum(axis=1), n_sub):
                 r.problems.append(Problem(f"{prefix}/{split}/{S.N_SUB.name}",
                                           "does not match the members"))
         if x is not None and len(x) != meta["counts"].get(split):
