@@ -221,7 +221,7 @@ def load_member(path: Path, meta: dict, stats: dict, seed: int, device: str = "c
         saved = torch.load(path, weights_only=True, map_location=device)
     except Exception as exc:  # truncated zip, not a torch file, pickles refused
         raise ModelFolderError(f"{path}: not readable as torch weights "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+                               f"({type(exc).__name__}: {str(exc).split('. ')[0]})") from exc
     if not isinstance(saved, dict):
         raise ModelFolderError(f"{path}: holds a {type(saved).__name__}, not a state_dict")
     net = build_member(meta, stats, seed)
