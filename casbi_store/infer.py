@@ -28,7 +28,7 @@ import xarray as xr
 from . import schema as S
 from .binning import bin_index
 from .modelfolder import TrainedModel, as_model
-from .observe import ObservationError, read_observation
+from .observe import ObservationError, load_binning_source, observe_table, read_observation
 from .posteriors import (
     FlowSamples,
     box_bounds,
@@ -147,36 +147,41 @@ class ObservedHistogram:
     summary: str
 
 
+CARRIED = ("n_rows", "table", "table_sha256", "ofe_mapping", "ofe_caveat", "quality_expression")
+
+
+def _observed(path: Path, counts: np.ndarray, obs: dict) -> ObservedHistogram:
+    """The attributes and summary of an observation (``observe``'s fields, as a dict)."""
+    attrs = {"observation": str(path), "n_obs": int(counts.sum()),
+             "dropped": json.dumps(obs["dropped"]), **{k: obs[k] for k in CARRIED}}
+    lines = [f"{path}: {attrs['n_obs']} of {obs['n_rows']} stars binned, from {obs['table']} "
+             "(dropped: " + ", ".join(f"{k} {v}" for k, v in obs["dropped"].items()) + ")",
+             f"  table sha256 {obs['table_sha256']}"]
+    if obs["quality_expression"]:
+        lines.append(f"  quality cut: {obs['quality_expression']}")
+    if obs["ofe_caveat"]:
+        lines += [f"  [O/Fe] axis: {obs['ofe_mapping']}", f"  caveat: {obs['ofe_caveat']}"]
+    return ObservedHistogram(counts, attrs, "\n".join(lines))
+
+
 def read_input(path: str | os.PathLike, model: TrainedModel | str | os.PathLike
                ) -> ObservedHistogram:
-    """An observation for ``model``: a histogram (.npy, .nc, an observation file of
-    ``casbi-store observe`` refused if binned with other edges than the model's) or a CSV star
-    table binned with the model's edges; ``ObservationError`` naming the file if it carries no
-    information."""
+    """An observation for ``model``: a histogram (.npy, .nc; an observation file written by
+    ``casbi-store observe`` is refused if binned with other edges than the model's) or a star
+    table (CSV, FITS) read, cut and binned with the model's binning exactly as ``casbi-store
+    observe --binning MODEL`` does (``observe.observe_table``, default cuts); an
+    ``ObservationError`` naming the file if it carries no information."""
     path, model = Path(path), as_model(model)
-    fe, of = model.stats["feh_edges"], model.stats["ofe_edges"]
-    if path.suffix.lower() == ".csv":
-        x, count = read_star_table(path, fe, of)
-        return ObservedHistogram(x, {"observation": str(path), "n_obs": count["binned"],
-                                     "n_rows": count["stars"], "dropped": json.dumps(
-                                         {"outside_range_or_not_finite": count["outside"]})},
-                                 f"{path}: {count['binned']} of {count['stars']} stars binned "
-                                 f"({count['outside']} outside the store's binning or not finite)")
-    x, obs = _read_histogram(path, fe, of)
+    if path.suffix.lower() in (".csv", ".fits", ".fit", ".gz"):
+        obs = observe_table(path, load_binning_source(model.path))
+        fields = {"quality_expression": obs.where,
+                  **{k: getattr(obs, k) for k in ("dropped", *CARRIED[:-1])}}
+        return _observed(path, check_histogram(obs.counts, path), fields)
+    x, obs = _read_histogram(path, model.stats["feh_edges"], model.stats["ofe_edges"])
     if obs is None:
         return ObservedHistogram(x, {"observation": str(path), "n_obs": float(x.sum())},
                                  f"{path}: histogram of {x.sum():g} stars")
-    attrs = {"observation": str(path), "n_obs": int(x.sum()), "n_rows": int(obs["n_rows"]),
-             "dropped": json.dumps(obs["dropped"]), "table": obs["table"],
-             "table_sha256": obs["table_sha256"], "ofe_mapping": obs["ofe_mapping"],
-             "ofe_caveat": obs["ofe_caveat"], "quality_expression": obs["quality_expression"]}
-    lines = [f"{path}: observation of {attrs['n_obs']} stars from {obs['table']} "
-             f"({obs['n_rows']} rows; dropped: "
-             + ", ".join(f"{k} {v}" for k, v in obs["dropped"].items()) + ")",
-             f"  table sha256 {obs['table_sha256']}"]
-    if obs["ofe_caveat"]:
-        lines += [f"  [O/Fe] axis: {obs['ofe_mapping']}", f"  caveat: {obs['ofe_caveat']}"]
-    return ObservedHistogram(x, attrs, "\n".join(lines))
+    return _observed(path, x, obs)
 
 
 def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np.ndarray,

@@ -183,8 +183,9 @@ def test_a_histogram_without_information_is_refused(trained, tmp_path, fault, ca
 
 def test_a_star_table_of_which_no_star_is_binned_is_refused(trained, tmp_path, capsys):
     table = tmp_path / "far.csv"
-    table.write_text("[Fe/H],[O/Fe]\n5.0,0.1\n6.0,0.2\nnan,0.1\n")
-    with pytest.raises(ObservationError, match=r"far\.csv: 0 of 3 stars binned"):
+    table.write_text("[Fe/H],[O/Fe]\n-1.0,1.9\n-1.2,1.8\nnan,0.1\n")  # [O/Fe] beyond the edges
+    with pytest.raises(ObservationError, match=r"far\.csv: none of the 2 stars left after the "
+                                               r"cuts lies inside the binning ranges"):
         read_input(table, trained["theta"])
     rc = main(["infer", str(trained["step1"]), str(trained["theta"]), "--stars", str(table),
                "--out", str(tmp_path / "p.nc")])
@@ -259,8 +260,15 @@ def test_an_observation_file_carries_its_provenance_into_the_samples(trained, tm
     again = infer([trained["step1"], trained["theta"]], x, n_samples=100)
     np.testing.assert_array_equal(again["log10_mstar"].values, samples["log10_mstar"].values)
     summary = read_input(path, model).summary
-    assert f"observation of {int(x.sum())} stars" in summary and obs.table_sha256 in summary
+    assert f"survey.nc: {int(x.sum())} of {int(x.sum()) + 3} stars binned" in summary
+    assert obs.table_sha256 in summary
     assert "caveat: The model was trained on [O/Fe]" in summary
+    # a star table given to infer is observed exactly as `casbi-store observe` does
+    plain = read_input(_star_table(x, model, tmp_path / "plain.csv"), trained["theta"])
+    np.testing.assert_array_equal(plain.counts, x)
+    assert plain.attrs["n_obs"] == int(x.sum()) and plain.attrs["ofe_caveat"] == ""
+    assert json.loads(plain.attrs["dropped"])["outside_range"] == 3
+    assert f"plain.csv: {int(x.sum())} of {int(x.sum()) + 3} stars binned" in plain.summary
     # another binning is refused, naming the file
     with xr.open_dataset(path) as ds:
         shifted = ds.load().assign(feh_edges=ds.feh_edges + 0.1)
