@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,6 +320,20 @@ def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray
     return out
 
 
+class _DropMessage(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+_TOO_FEW_POINTS = _DropMessage("Too few points to create valid contours")
+
+
 def corner_plot(samples: xr.Dataset | dict, out: str | os.PathLike, truth: dict | None = None,
                 max_params: int = 7) -> Path:
     """Corner plot (``corner``) of the samples, the truth marked if given."""
@@ -334,9 +349,14 @@ def corner_plot(samples: xr.Dataset | dict, out: str | os.PathLike, truth: dict 
     data = np.column_stack([flat[n] for n in names])
     data = data[np.isfinite(data).all(axis=1)]
     truths = [truth.get(n) for n in names] if truth else None
-    fig = corner.corner(data, labels=names, truths=truths, truth_color="C3",
-                        quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".2f",
-                        title_kwargs={"fontsize": 8}, label_kwargs={"fontsize": 8})
+    root = logging.getLogger()  # corner logs this on the root logger for narrow posteriors
+    root.addFilter(_TOO_FEW_POINTS)
+    try:
+        fig = corner.corner(data, labels=names, truths=truths, truth_color="C3",
+                            quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".2f",
+                            title_kwargs={"fontsize": 8}, label_kwargs={"fontsize": 8})
+    finally:
+        root.removeFilter(_TOO_FEW_POINTS)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
