@@ -6,8 +6,10 @@ stored stars, never on the number of workers or the order tasks finished.
 
 Bin semantics equal ``np.histogram2d`` with ``np.linspace`` edges: bin ``i`` holds
 ``edges[i] <= x < edges[i+1]``, the last bin also holds ``x == edges[-1]``; values outside the
-range are not counted. Histograms come from one ``np.bincount`` over flat (galaxy, i, j)
-indices, several times faster than ``np.histogram2d`` per galaxy.
+range are not counted. Star abundances are binned by ``bin_stars`` at the stored precision
+(float32), whatever their source, against float64 edges. Histograms come from one
+``np.bincount`` over flat (galaxy, i, j) indices, several times faster than ``np.histogram2d``
+per galaxy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .schema import N_BINS
+from .schema import FEH, N_BINS
+
+STAR_DTYPE = np.dtype(FEH.dtype)  # [Fe/H] and [O/Fe] share it
 
 METHODS = ("percentile", "fixed")
 
@@ -91,6 +95,16 @@ def resolve_binning(spec: BinningSpec, feh: np.ndarray, ofe: np.ndarray) -> Binn
     return Binning(spec, (float(feh_lo), float(feh_hi)), (float(ofe_lo), float(ofe_hi)))
 
 
+def canonical_values(values) -> np.ndarray:
+    """Abundances at the precision the store keeps them (float32), as float64 for comparison.
+
+    Percentile edges are computed from the stored float32 stars, so an edge can equal a stored
+    value exactly; the same star read as float64 (pynbody, a CSV) is a hair above it and would
+    fall outside the range. Binning every value at the stored precision makes them agree.
+    """
+    return np.asarray(values, dtype=STAR_DTYPE).astype(np.float64)
+
+
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value for uniform ``edges``, as ``np.histogram``; -1 outside the range or NaN.
 
@@ -111,6 +125,12 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return out
 
 
+def bin_stars(values, edges: np.ndarray) -> np.ndarray:
+    """Bin of each star abundance, compared at the stored precision (:func:`canonical_values`):
+    the one binning of stars used by the store, composition and inference."""
+    return bin_index(canonical_values(values), edges)
+
+
 def histogram_stack(
     feh: np.ndarray,
     ofe: np.ndarray,
@@ -126,8 +146,8 @@ def histogram_stack(
     nb = binning.spec.n_bins
     n_gal = len(n_star)
     galaxy = np.repeat(np.arange(n_gal, dtype=np.intp), n_star)
-    i = bin_index(feh, binning.feh_edges)
-    j = bin_index(ofe, binning.ofe_edges)
+    i = bin_stars(feh, binning.feh_edges)
+    j = bin_stars(ofe, binning.ofe_edges)
     keep = (i >= 0) & (j >= 0)
     flat = (galaxy * nb + i) * nb + j
     flat = flat[keep]

@@ -214,6 +214,15 @@ def _cmd_ls(args) -> int:
     return 0
 
 
+def _cmd_unlock(args) -> int:
+    from .locks import break_lock
+
+    holder = break_lock(args.store, args.name, force=args.force)
+    print(f"{args.store}: broke lock {args.name!r} held by host {holder.get('host', '?')}, "
+          f"pid {holder.get('pid', '?')} since {holder.get('started_utc', '?')}")
+    return 0
+
+
 def _cmd_plot(args) -> int:
     from .plots import plot_chemical_planes, plot_trends
     from .store import open_store
@@ -418,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("store")
     ls.set_defaults(func=_cmd_ls)
 
+    un = sub.add_parser("unlock", help="break a stale lock left by a killed writer")
+    un.add_argument("store")
+    un.add_argument("--name", default="store",
+                    help="lock name: store (extraction) or set-NAME-VERSION (compose)")
+    un.add_argument("--force", action="store_true",
+                    help="break it even if its holder still runs on this host (dangerous)")
+    un.set_defaults(func=_cmd_unlock)
+
     pl = sub.add_parser("plot", help="chemical planes and trends of a store, as PNG")
     pl.add_argument("store")
     pl.add_argument("--out", default="plots", help="folder for the PNG files")
@@ -449,9 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"casbi-store: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from .locks import LockHeld
         from .store import StoreError
 
-        if isinstance(exc, StoreError):
+        if isinstance(exc, StoreError | LockHeld):
             print(f"casbi-store: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -21,13 +21,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import commit
 from . import schema as S
 from .abundances import SOLAR_CONSTANTS
 from .binning import BinningSpec
 from .extract import ErrorKind, ExtractionSettings, extract_outcome
+from .locks import store_lock
 from .provenance import provenance
 from .snapshots import SnapshotRef, find_snapshots, fingerprint
-from .store import GalaxyBatch, StoreWriter
+from .store import GalaxyBatch, StoreWriter, check_target
 
 log = logging.getLogger(__name__)
 
@@ -160,38 +162,70 @@ def extract_suite(
     n_workers: int | None = None,
     retry_failed: bool = False,
     progress: bool = True,
+    staged_only: bool = False,
 ) -> RunSummary:
     """Extract every new snapshot of ``suite`` into ``store`` and update the histograms.
 
     Snapshots already recorded with the same fingerprint (as galaxies, failures or exclusions)
     are skipped; ``retry_failed`` re-attempts recorded failures. ``scheduler`` is the address of
     a running Dask scheduler; without it a ``LocalCluster`` of ``n_workers`` processes (default:
-    one per core) is started and closed.
+    one per core) is started and closed. ``staged_only`` starts no cluster and commits outcomes
+    a killed run has staged (every snapshot to extract must be staged).
     """
     settings = settings or ExtractionSettings()
     binning = binning or BinningSpec()
     suite = Path(suite).resolve()
     store = os.fspath(store)
+    refs = find_snapshots(suite)  # before touching the store: a bad suite leaves nothing behind
+    if not refs:
+        raise ValueError(f"{suite}: no snapshots found (expected SUITE/<sim>/<sim>.<step>, "
+                         "NIHAO layout): not a simulation suite")
+    check_target(Path(store))
+    existed = Path(store).exists()
+    with store_lock(store, "store", purpose=f"casbi-store extract {suite} --store {store}"):
+        try:
+            return _extract_locked(suite, store, refs, settings, binning, scheduler, n_workers,
+                                   retry_failed, progress, staged_only)
+        except BaseException:
+            if not existed and commit.committed(store) is None:
+                shutil.rmtree(store, ignore_errors=True)  # made by this run, nothing committed
+            raise
+
+
+def _extract_locked(suite: Path, store: str, refs: list[SnapshotRef], settings, binning,
+                    scheduler, n_workers, retry_failed: bool, progress: bool,
+                    staged_only: bool = False) -> RunSummary:
     start = time.perf_counter()
     extraction_attrs = {**asdict(settings), "solar": SOLAR_CONSTANTS, "halo_finder": "AHF"}
     writer = StoreWriter(store, extraction_attrs, binning)
     summary = RunSummary(store=store)
     summary.repaired = writer.repair()
-
-    refs = find_snapshots(suite)
     summary.n_snapshots = len(refs)
     plan = _Plan(writer.galaxy_index(), writer.error_rows(), retry_failed, summary)
     staging = Staging(store)
     clock = time.perf_counter()
-    with dask_client(scheduler, n_workers) as client:
-        summary.phases["cluster_start"] = time.perf_counter() - clock
-        summary.dashboard = client.dashboard_link or ""
-        log.info("Dask dashboard: %s", summary.dashboard)
-        clock = time.perf_counter()
-        outcomes = _scan_and_extract(client, refs, suite, settings, plan, staging, progress)
+    if staged_only:
+        outcomes = _scan_staged(refs, suite, plan, staging)
+    else:
+        with dask_client(scheduler, n_workers) as client:
+            summary.phases["cluster_start"] = time.perf_counter() - clock
+            summary.dashboard = client.dashboard_link or ""
+            log.info("Dask dashboard: %s", summary.dashboard)
+            clock = time.perf_counter()
+            outcomes = _scan_and_extract(client, refs, suite, settings, plan, staging, progress)
+    summary.phases["scan+extract"] = time.perf_counter() - clock
+    commit_outcomes(writer, plan, outcomes, staging, suite, summary, start)
+    staging.clear()
+    log.info("extraction of %s done: %d ok, %d excluded, %d failed, %d skipped in %.1f s", suite,
+             summary.ok, summary.excluded, summary.failed, summary.skipped, summary.seconds)
+    return summary
+
+
+def commit_outcomes(writer: StoreWriter, plan: _Plan, outcomes: dict[str, dict], staging: Staging,
+                    suite: Path, summary: RunSummary, start: float) -> None:
+    """Write the staged outcomes of ``plan.todo`` and publish them in one atomic commit."""
     errors, prints = plan.errors, plan.prints
     todo = sorted(plan.todo)  # commit order is (simulation, step), whatever finished first
-    summary.phases["scan+extract"] = time.perf_counter() - clock
     ok_refs = []
     for ref in todo:
         outcome = outcomes[ref.name]
@@ -215,20 +249,16 @@ def extract_suite(
     writer.write_errors(errors)
     summary.phases["commit"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    if added:
+    if added or (writer.n_galaxies() and not writer.binning_current()):
         summary.binning_version = writer.update_binning(new_rows=added)["version"]
-    elif writer.n_galaxies():  # nothing new: repair() above has already made histograms current
+    elif writer.n_galaxies():
         summary.binning_version = writer.binning_version()
     summary.phases["histograms"] = time.perf_counter() - clock
     summary.seconds = time.perf_counter() - start
-    writer.record_run(provenance(
+    writer.commit(provenance(
         action="extract", suite=str(suite), ok=summary.ok, excluded=summary.excluded,
         failed=summary.failed, skipped=summary.skipped, stars=summary.n_stars,
         seconds=round(summary.seconds, 2), binning_version=summary.binning_version))
-    staging.clear()
-    log.info("extraction of %s done: %d ok, %d excluded, %d failed, %d skipped in %.1f s", suite,
-             summary.ok, summary.excluded, summary.failed, summary.skipped, summary.seconds)
-    return summary
 
 
 class _Plan:
@@ -309,6 +339,19 @@ def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging:
         if outcome["status"] != "ok":
             bar.write(f"  {outcome['status']}: {ref.name} ({outcome['kind']})")
     bar.close()
+    return outcomes
+
+
+def _scan_staged(refs: list[SnapshotRef], suite: Path, plan: _Plan,
+                 staging: Staging) -> dict[str, dict]:
+    """Fingerprint here and take every outcome from the staging folder (no cluster)."""
+    outcomes = {}
+    for ref in refs:
+        fp = fingerprint(ref.path(suite))
+        if plan.needs_extraction(ref, fp):
+            if (staged := staging.get(ref.name, fp, arrays=False)) is None:
+                raise FileNotFoundError(f"{staging.dir}: no staged outcome of {ref.relpath}")
+            outcomes[ref.name] = staged
     return outcomes
 
 

@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 
 from . import schema as S
-from .binning import bin_index
+from .binning import bin_stars
 from .modelfolder import TrainedModel, as_model
 from .observe import ObservationError, load_binning_source, observe_table, read_observation
 from .posteriors import (
@@ -126,7 +126,7 @@ def read_star_table(path: str | os.PathLike, feh_edges: np.ndarray, ofe_edges: n
         raise ObservationError(f"{path}: unreadable value in the [Fe/H]/[O/Fe] columns ({exc})") from exc
     if not len(values):
         raise ObservationError(f"{path}: empty star table (need at least one star)")
-    i, j = bin_index(values[:, 0], feh_edges), bin_index(values[:, 1], ofe_edges)
+    i, j = bin_stars(values[:, 0], feh_edges), bin_stars(values[:, 1], ofe_edges)
     keep = (i >= 0) & (j >= 0)
     if not keep.any():
         raise ObservationError(

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +109,23 @@ class Lock:
                 self.path.unlink()
 
 
-def acquire(store: str | os.PathLike, name: str, purpose: str = "") -> Lock:
-    """Take the lock ``name`` of ``store`` or raise :class:`LockHeld` naming the holder."""
+def acquire(store: str | os.PathLike, name: str, purpose: str = "", wait: float = 0.0) -> Lock:
+    """Take the lock ``name`` of ``store`` or raise :class:`LockHeld` naming the holder.
+
+    ``wait``: seconds to keep trying while a live writer holds it (for short critical sections);
+    a stale lock is reported at once.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _acquire_once(store, name, purpose)
+        except LockHeld as held:
+            if held.stale or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)
+
+
+def _acquire_once(store: str | os.PathLike, name: str, purpose: str) -> Lock:
     token = os.urandom(8).hex()
     if not is_local(store):
         log.warning("%s: object storage has no exclusive create; not locked (one writer at a "
@@ -137,9 +153,10 @@ def acquire(store: str | os.PathLike, name: str, purpose: str = "") -> Lock:
 
 
 @contextlib.contextmanager
-def store_lock(store: str | os.PathLike, name: str, purpose: str = "") -> Iterator[Lock]:
+def store_lock(store: str | os.PathLike, name: str, purpose: str = "", wait: float = 0.0
+               ) -> Iterator[Lock]:
     """``with store_lock(path, "store"):`` one writer at a time, released on exit."""
-    lock = acquire(store, name, purpose)
+    lock = acquire(store, name, purpose, wait)
     try:
         yield lock
     finally:

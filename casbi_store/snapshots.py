@@ -2,7 +2,7 @@
 
 A suite is a folder of simulation folders (NIHAO layout): ``SUITE/g1.05e10/g1.05e10.00512``.
 A snapshot is a file named ``<simulation>.<step>`` with 4-6 digits; its side files (aux arrays,
-halo catalogues) share its name as prefix.
+halo catalogues) share its name as prefix. Only the files extraction reads are fingerprinted.
 """
 
 from __future__ import annotations
@@ -48,14 +48,27 @@ def find_snapshots(root: str | os.PathLike) -> list[SnapshotRef]:
     return sorted(refs)
 
 
+# What extraction reads besides the snapshot: the star arrays it asks pynbody for, the AHF
+# catalogue pynbody's AHFCatalogue opens, and the run's parameter file (units). Anything else
+# sharing the name (pynbody's .AHF_fpos caches, other codes' outputs) is not read, so not hashed.
+READ_ARRAYS = ("FeMassFrac", "OxMassFrac", "metals")
+AHF_SUFFIXES = (".AHF_halos", ".AHF_particles", ".AHF_substructure")
+PARAM_SUFFIX = ".param"
+
+
 def side_files(snapshot: Path) -> list[Path]:
-    """The snapshot's aux arrays and halo-catalogue files (same name, longer suffix)."""
+    """The files extraction reads besides ``snapshot``: its star arrays, AHF catalogue and the
+    simulation's ``.param`` file (same folder)."""
     prefix = snapshot.name + "."
-    return sorted(p for p in snapshot.parent.iterdir() if p.name.startswith(prefix))
+    arrays = {prefix + name for name in READ_ARRAYS}
+    return sorted(p for p in snapshot.parent.iterdir() if p.is_file() and (
+        p.name in arrays
+        or (p.name.startswith(prefix) and p.name.endswith(AHF_SUFFIXES))
+        or p.name.endswith(PARAM_SUFFIX)))
 
 
 def fingerprint(snapshot: Path) -> str:
-    """Content fingerprint of a snapshot and its side files.
+    """Content fingerprint of a snapshot and the side files extraction reads (:func:`side_files`).
 
     Hashes each file's name, size, first and last 64 KiB: cheap on multi-GB NIHAO files, stable
     under copying (no mtimes), and it changes when a file is truncated, replaced or added.

@@ -16,13 +16,16 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import zarr
 
+from . import commit
 from . import schema as S
 from .binning import Binning, BinningSpec, histogram_stack, resolve_binning
+from .locks import LOCK_DIR, LockHeld, is_local, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +37,34 @@ class StoreError(RuntimeError):
 # ---- reading ------------------------------------------------------------------------------------
 
 def _open_group(store: str, group: str, storage_options: dict | None = None) -> xr.Dataset:
+    finish_interrupted_commit(store)
     try:
         return xr.open_zarr(store, group=group, consolidated=True, zarr_format=S.ZARR_FORMAT,
                             storage_options=storage_options, decode_times=False)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no '{group}' group (not a casbi store, or still empty)") from exc
     except ValueError as exc:  # arrays of one group disagree in length
-        raise StoreError(f"{store}: group '{group}' is inconsistent ({exc}); an extraction was "
-                         "interrupted; re-run `casbi-store extract` to repair") from exc
+        raise StoreError(f"{store}: group '{group}' is inconsistent ({exc}): the store is damaged "
+                         "(`casbi-store validate` lists what)") from exc
+
+
+def finish_interrupted_commit(store: str) -> None:
+    """Readers of a local store finish a commit that passed its commit point before a kill
+    (its record ``.commit.json`` is there), as SQLite readers roll back a hot journal: under the
+    store lock, so never while the writer applies it; a stale lock is reported, not broken."""
+    if not (is_local(store) and commit.pending_commit(store.removeprefix("file://"))):
+        return
+    try:
+        with store_lock(store, "store", purpose="finishing an interrupted commit"):
+            done = commit.recover(store.removeprefix("file://"))
+    except LockHeld as exc:
+        raise StoreError(f"{store}: a commit is being applied or was interrupted ({exc})") from exc
+    log.warning("%s: %s", store, "; ".join(done))
 
 
 def store_attrs(store: str, storage_options: dict | None = None) -> dict:
     """Root attributes of the store (schema version, binning, provenance...)."""
+    finish_interrupted_commit(store)
     try:
         root = zarr.open_consolidated(store, mode="r", zarr_format=S.ZARR_FORMAT,
                                       storage_options=storage_options)
@@ -71,17 +90,29 @@ def open_store(path_or_url: str | os.PathLike, storage_options: dict | None = No
     hist = _open_group(store, S.HISTOGRAMS, storage_options)
     if hist.sizes.get(S.DIM_GALAXY) != galaxies.sizes.get(S.DIM_GALAXY):
         raise StoreError(f"{store}: histograms ({hist.sizes.get(S.DIM_GALAXY)} rows) and galaxies "
-                         f"({galaxies.sizes.get(S.DIM_GALAXY)} rows) differ: an extraction was "
-                         "interrupted; re-run `casbi-store extract` to repair")
+                         f"({galaxies.sizes.get(S.DIM_GALAXY)} rows) differ: the store is damaged "
+                         "(`casbi-store validate` lists what)")
     hist = hist.drop_vars(S.HIST_NAME.name)
     ds = xr.merge([galaxies, hist], compat="override", combine_attrs="drop_conflicts")
     ds.attrs = {k: attrs[k] for k in (S.ATTR_SCHEMA_VERSION, S.ATTR_BINNING) if k in attrs}
     return ds.set_coords(S.NAME.name).set_index({S.DIM_GALAXY: S.NAME.name})
 
 
+def load_checked(ds: xr.Dataset, where: str) -> xr.Dataset:
+    """``ds.load()``, variable by variable, so a corrupt chunk gives an error naming its array."""
+    for name, var in ds.variables.items():
+        try:
+            var.load()
+        except Exception as exc:  # codec errors, truncated or garbage chunk files
+            raise StoreError(f"{where}/{name}: unreadable ({type(exc).__name__}: {exc}); the "
+                             "store is damaged (`casbi-store validate` lists what)") from exc
+    return ds
+
+
 def open_errors(path_or_url: str | os.PathLike, storage_options: dict | None = None) -> xr.Dataset:
     """The error table: snapshots that failed or were excluded, with kind and message."""
-    return _open_group(os.fspath(path_or_url), S.ERRORS, storage_options).load()
+    store = os.fspath(path_or_url)
+    return load_checked(_open_group(store, S.ERRORS, storage_options), f"{store}/{S.ERRORS}")
 
 
 def open_stars(path_or_url: str | os.PathLike, storage_options: dict | None = None) -> xr.Dataset:
@@ -127,12 +158,21 @@ class GalaxyBatch:
 
 
 class StoreWriter:
-    """Commits extraction results to a local Zarr store (format 2, consolidated metadata)."""
+    """Commits extraction results to a local Zarr store (format 2, consolidated metadata).
+
+    Use under ``locks.store_lock(path, "store")``. Opening recovers an interrupted commit
+    (:func:`casbi_store.commit.recover`); nothing written is visible to readers until
+    :meth:`commit`, which publishes it atomically.
+    """
 
     def __init__(self, path: str | os.PathLike, extraction: dict, binning_spec: BinningSpec):
         self.path = os.fspath(path)
         self.extraction = extraction
         self.binning_spec = binning_spec
+        check_target(Path(self.path))
+        self.recovered = commit.recover(self.path)
+        self._zstore = commit.local_store(self.path)
+        self._swaps: list[str] = []  # groups rebuilt under .pending, swapped in at commit
         self._root = self._open_root()
         attrs = self._root.attrs
         if S.ATTR_SCHEMA_VERSION not in attrs:
@@ -147,13 +187,21 @@ class StoreWriter:
                 "mixing settings in one store would make its rows incomparable: use a new store")
 
     def _open_root(self) -> zarr.Group:
-        # Never through .zmetadata: it is a snapshot from the last commit, stale while writing.
-        return zarr.open_group(self.path, mode="a", zarr_format=S.ZARR_FORMAT,
+        # Never through .zmetadata: it is the last commit, the writer needs what it has written.
+        return zarr.open_group(self._zstore, mode="a", zarr_format=S.ZARR_FORMAT,
                                use_consolidated=False)
+
+    def _target(self, group: str):
+        """Where a replaced group is written: in place while uncommitted, else under .pending."""
+        if group in commit.committed_groups(self.path):
+            if group not in self._swaps:
+                self._swaps.append(group)
+            return commit.local_store(Path(self.path) / commit.PENDING)
+        return self._zstore
 
     # -- what is there ----------------------------------------------------------------------------
     def _has(self, group: str) -> bool:
-        return group in self._root.group_keys()
+        return (Path(self.path) / group / ".zgroup").exists()  # listing warns about .locks
 
     def _column(self, group: str, name: str) -> np.ndarray:
         if not self._has(group):
@@ -183,42 +231,15 @@ class StoreWriter:
             return 0
         return int(offsets[-1] + self._column(S.GALAXIES, S.N_STAR.name)[-1])
 
-    # -- repair -----------------------------------------------------------------------------------
     def repair(self) -> list[str]:
-        """Undo the traces of an interrupted commit; return what was done."""
-        done = []
-        committed = self._committed_star_rows()
-        if self._has(S.STARS):
-            stars = self._root[S.STARS]
-            length = stars[S.FEH.name].shape[0]
-            if length > committed:
-                for f in S.STAR_FIELDS:
-                    stars[f.name].resize((committed,))
-                done.append(f"truncated stars from {length} to {committed} rows")
-            elif length < committed:
-                raise StoreError(f"{self.path}: galaxies reference {committed} star rows but only "
-                                 f"{length} exist; the store is damaged")
-        if self.n_galaxies() and not self._histograms_current():
-            self.update_binning()
-            done.append("rebuilt histograms")
-        if done:
-            self._consolidate()
-            log.warning("repaired %s: %s", self.path, "; ".join(done))
-        return done
-
-    def _histograms_current(self) -> bool:
-        if not self._has(S.HISTOGRAMS) or S.ATTR_BINNING not in self._root.attrs:
-            return False
-        hist = self._root[S.HISTOGRAMS]
-        current = self._root.attrs[S.ATTR_BINNING]
-        expected = self._resolve_binning()
-        return (hist.attrs.get(S.ATTR_BINNING_VERSION) == current["version"]
-                and Binning.from_dict(current) == expected
-                and hist[S.COUNTS.name].shape[0] == self.n_galaxies())
+        """What opening the store did to undo or finish an interrupted commit."""
+        if self.recovered:
+            log.warning("repaired %s: %s", self.path, "; ".join(self.recovered))
+        return self.recovered
 
     # -- commit -----------------------------------------------------------------------------------
     def append_galaxies(self, batches: Iterable[GalaxyBatch]) -> int:
-        """Append galaxies (stars first, then rows); return how many were added."""
+        """Append galaxies past the committed rows (stars, then rows); return how many."""
         added = 0
         offset = self._committed_star_rows()
         for batch in batches:
@@ -239,22 +260,32 @@ class StoreWriter:
 
     def _write(self, ds: xr.Dataset, group: str, dim: str, chunks: dict) -> None:
         if self._has(group) and ds.sizes[dim] and self._root[group][next(iter(ds.data_vars))].shape[0]:
-            ds.to_zarr(self.path, group=group, mode="a", append_dim=dim,
+            ds.to_zarr(self._zstore, group=group, mode="a", append_dim=dim, write_empty_chunks=True,
                        zarr_format=S.ZARR_FORMAT, consolidated=False)
         else:
             encoding = {name: {"chunks": c} for name, c in chunks.items() if name in ds}
-            ds.to_zarr(self.path, group=group, mode="w", encoding=encoding,
-                       zarr_format=S.ZARR_FORMAT, consolidated=False)
+            ds.to_zarr(self._zstore, group=group, mode="w", encoding=encoding,
+                       write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False)
         self._root = self._open_root()
 
     def write_errors(self, rows: dict[str, dict]) -> None:
         """Replace the error table with ``rows`` (path -> row), sorted by path."""
+        rows = {k: {f.name: str(v[f.name]) for f in S.ERROR_FIELDS} for k, v in rows.items()}
+        if self._has(S.ERRORS) and rows == self.error_rows():
+            return
         ordered = [rows[k] for k in sorted(rows)]
-        columns = {f.name: [r[f.name] for r in ordered] for f in S.ERROR_FIELDS}
+        # xarray writes an empty object column as float64: write one blank row, then drop it
+        columns = {f.name: [r[f.name] for r in ordered] or [""] for f in S.ERROR_FIELDS}
         table = _table(S.ERROR_FIELDS, S.DIM_ERROR, columns)
         encoding = {f.name: {"chunks": (S.TABLE_CHUNK,)} for f in S.ERROR_FIELDS}
-        table.to_zarr(self.path, group=S.ERRORS, mode="w", encoding=encoding,
-                      zarr_format=S.ZARR_FORMAT, consolidated=False)
+        target = self._target(S.ERRORS)
+        table.to_zarr(target, group=S.ERRORS, mode="w", encoding=encoding,
+                      write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False)
+        if not ordered:
+            group = zarr.open_group(target, path=S.ERRORS, mode="a", zarr_format=S.ZARR_FORMAT,
+                                    use_consolidated=False)
+            for f in S.ERROR_FIELDS:
+                group[f.name].resize((0,))
         self._root = self._open_root()
 
     # -- binning and histograms -------------------------------------------------------------------
@@ -263,10 +294,11 @@ class StoreWriter:
         return resolve_binning(self.binning_spec, stars[S.FEH.name][:], stars[S.OFE.name][:])
 
     def update_binning(self, new_rows: int = 0) -> dict:
-        """Bring histograms in line with the committed stars.
+        """Bring histograms in line with the stars.
 
         If the ranges are unchanged, only the ``new_rows`` last galaxies get histograms appended;
-        otherwise the binning version is bumped and every histogram is rebuilt from the stars.
+        otherwise the binning version is bumped and every histogram is rebuilt from the stars
+        (under ``.pending``, swapped in at commit).
         """
         binning = self._resolve_binning()
         attrs = self._root.attrs
@@ -297,6 +329,7 @@ class StoreWriter:
         offsets = gal[S.STAR_OFFSET.name][:]
         n_star = gal[S.N_STAR.name][:]
         stars = self._root[S.STARS]
+        target = self._zstore if start else self._target(S.HISTOGRAMS)
         for g0 in range(start, len(names), S.HISTOGRAM_CHUNK):
             g1 = min(g0 + S.HISTOGRAM_CHUNK, len(names))
             s0, s1 = int(offsets[g0]), int(offsets[g1 - 1] + n_star[g1 - 1])
@@ -317,31 +350,46 @@ class StoreWriter:
                 })
                 block[S.FEH_EDGES.name] = _variable(S.FEH_EDGES, S.DIM_FEH_EDGE, fe)
                 block[S.OFE_EDGES.name] = _variable(S.OFE_EDGES, S.DIM_OFE_EDGE, of)
-                block.attrs[S.ATTR_BINNING_VERSION] = -1  # set for real once every row is written
+                block.attrs[S.ATTR_BINNING_VERSION] = version
                 nb = binning.spec.n_bins
                 encoding = {v: {"chunks": (S.HISTOGRAM_CHUNK, nb, nb)}
                             for v in (S.COUNTS.name, S.MASS_WEIGHTED.name)}
                 encoding[S.HIST_NAME.name] = {"chunks": (S.TABLE_CHUNK,)}
-                block.to_zarr(self.path, group=S.HISTOGRAMS, mode="w", encoding=encoding,
-                              zarr_format=S.ZARR_FORMAT, consolidated=False)
+                block.to_zarr(target, group=S.HISTOGRAMS, mode="w", encoding=encoding,
+                              write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False)
             else:
-                block.to_zarr(self.path, group=S.HISTOGRAMS, mode="a", append_dim=S.DIM_GALAXY,
-                              zarr_format=S.ZARR_FORMAT, consolidated=False)
+                block.to_zarr(target, group=S.HISTOGRAMS, mode="a", append_dim=S.DIM_GALAXY,
+                              write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False)
         self._root = self._open_root()
-        self._root[S.HISTOGRAMS].attrs[S.ATTR_BINNING_VERSION] = version
+
+    def binning_current(self) -> bool:
+        """True if the histograms were built with what the binning spec gives for these stars."""
+        current = self._root.attrs.get(S.ATTR_BINNING)
+        return current is not None and Binning.from_dict(current) == self._resolve_binning()
 
     def binning_version(self) -> int:
         """Version of the binning the histograms were last built with."""
         return self._root.attrs[S.ATTR_BINNING]["version"]
 
-    # -- bookkeeping ------------------------------------------------------------------------------
-    def record_run(self, record: dict) -> None:
+    # -- publishing -------------------------------------------------------------------------------
+    def commit(self, record: dict) -> None:
+        """Add the run's provenance ``record`` and publish everything written, atomically."""
         attrs = self._root.attrs
         attrs[S.ATTR_PROVENANCE] = [*attrs.get(S.ATTR_PROVENANCE, []), _jsonable(record)]
-        self._consolidate()
+        commit.publish(self.path, self._swaps)
+        self._swaps = []
 
-    def _consolidate(self) -> None:
-        zarr.consolidate_metadata(self.path, zarr_format=S.ZARR_FORMAT)
+
+def check_target(path: Path) -> None:
+    """Refuse to write into a file, or into a folder that holds something else than a store."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path}: is a file, not a store folder")
+    if not path.is_dir() or (path / commit.ZMETADATA).exists() or (path / ".zgroup").exists():
+        return
+    foreign = [p.name for p in path.iterdir() if p.name not in (LOCK_DIR, *commit.OWNED_GROUPS)]
+    if foreign:
+        raise StoreError(f"{path}: folder holds {sorted(foreign)[:5]} and is not a casbi store; "
+                         "refusing to write into it (give a new or empty folder)")
 
 
 def as_strings(values) -> list[str]:
@@ -359,9 +407,12 @@ def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None 
     attrs = store_attrs(store, storage_options)
     lines = [f"store {store}  (schema v{attrs.get(S.ATTR_SCHEMA_VERSION)})"]
     try:
-        gal = _open_group(store, S.GALAXIES, storage_options)[
-            [S.SIMULATION.name, S.MSTAR.name, S.MDM.name, S.TIME.name, S.N_STAR.name]].load()
-    except StoreError:
+        gal = load_checked(_open_group(store, S.GALAXIES, storage_options)[
+            [S.SIMULATION.name, S.MSTAR.name, S.MDM.name, S.TIME.name, S.N_STAR.name]],
+            f"{store}/{S.GALAXIES}")
+    except StoreError as exc:
+        if "unreadable" in str(exc):
+            raise
         gal = None
     if gal is not None and gal.sizes[S.DIM_GALAXY]:
         sims = sorted(set(as_strings(gal[S.SIMULATION.name].values)))
@@ -396,8 +447,9 @@ def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None 
                      f"({status.count('failed')} failed, {status.count('excluded')} excluded)")
         for name, st, kind in zip(names, status, kinds, strict=True):
             lines.append(f"  {st:<9}  {name:<28} {kind}")
-    except StoreError:
-        pass
+    except StoreError as exc:
+        if "unreadable" in str(exc):
+            raise
     from .trainingsets import read_registry
 
     for name, published in read_registry(store, storage_options).items():

@@ -265,6 +265,11 @@ def _same(entry: dict, identity: dict) -> bool:
 def consolidate(store: str | os.PathLike, storage_options: dict | None = None) -> None:
     """Rewrite the consolidated metadata (what HTTP/S3 readers and the registry see)."""
     target = os.fspath(store)
+    if is_local(target) and not storage_options:  # only our group: never an extraction's rows
+        from .commit import publish_group
+
+        publish_group(target.removeprefix("file://"), S.TRAINING_SETS)
+        return
     if storage_options:
         from zarr.storage import FsspecStore
 

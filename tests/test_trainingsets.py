@@ -293,3 +293,19 @@ def test_a_draft_without_every_split_cannot_be_published(store):
             draft.publish({"counts": {}})
     assert trainingsets.read_registry(store, consolidated=False) == {}
     assert list_locks(store) == {}
+
+
+def test_compose_beside_an_uncommitted_extraction_publishes_only_the_set(tiny_store, tmp_path):
+    """An extraction writes rows past the committed length before its commit point; a compose
+    finishing meanwhile must publish its version and nothing of those rows."""
+    path = tmp_path / "store.zarr"
+    shutil.copytree(tiny_store[0], path)
+    n = open_store(path).sizes["galaxy"]
+    disk = zarr.open_group(path, mode="a", zarr_format=2, use_consolidated=False)
+    disk["galaxies/mstar"].resize((n + 5,))  # what a running extraction has written, uncommitted
+    compose(path, ComposeSpec(name="beside", version="v1", n_sub_min=2, n_sub_max=3, train_per_n=10,
+                              test_per_n=2, seed=1), progress=False)
+    meta = json.loads((path / ".zmetadata").read_text())["metadata"]
+    assert meta["galaxies/mstar/.zarray"]["shape"] == [n]
+    assert "v1" in trainingsets.versions(str(path), "beside")
+    assert open_store(path).sizes["galaxy"] == n

@@ -31,7 +31,7 @@ def test_corrupted_chunk_is_reported_with_its_path(store):
 
 
 def test_missing_array(store):
-    # (A deleted chunk file reads as the fill value in Zarr: only a checksum could tell.)
+    # (a deleted chunk file: tests/test_store_safety.py)
     shutil.rmtree(store / "stars" / "ofe")
     found = {p.path: p.message for p in validate_store(store)}
     assert found["stars/ofe"] == "missing array"
