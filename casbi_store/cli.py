@@ -14,6 +14,7 @@ from . import __version__, cli_observe
 from .binning import BinningSpec
 from .config import ConfigError, load_pipeline
 from .extract import MAIN_HALO_RULES, ExtractionSettings
+from .surrogate.cli import add_parser as add_surrogate_parser
 from .tasks import get_task, task_names
 
 log = logging.getLogger("casbi_store")
@@ -444,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("pipeline", help="pipeline YAML file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
+
+    add_surrogate_parser(sub)
     return p
 
 

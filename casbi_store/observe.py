@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 
 from . import schema as S
-from .binning import Binning, BinningSpec, histogram_stack
+from .binning import Binning, BinningSpec, bin_stars, histogram_stack
 from .provenance import PACKAGES, package_versions, provenance
 from .quality import parse_quality
 
@@ -438,8 +438,8 @@ def observe_table(table: str | os.PathLike, source: BinningSource | str | os.Pat
         raise ObservationError(f"{path}: no star left after the cuts ({t.n_rows} rows; dropped: "
                                + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")")
     b = source.binning
-    inside = alive & (feh >= b.feh_range[0]) & (feh <= b.feh_range[1]) \
-        & (ofe >= b.ofe_range[0]) & (ofe <= b.ofe_range[1])
+    # in range as the store's binning sees it (values compared at the stored precision)
+    inside = alive & (bin_stars(feh, b.feh_edges) >= 0) & (bin_stars(ofe, b.ofe_edges) >= 0)
     dropped["outside_range"] = int((alive & ~inside).sum())
     counts, _ = histogram_stack(feh[inside], ofe[inside], np.ones(int(inside.sum())),
                                 np.array([int(inside.sum())]), b)

@@ -71,7 +71,10 @@ def expected(t: Table, binning: Binning, where) -> tuple[np.ndarray, dict]:
     good = np.asarray(t["ASPCAPFLAG"]) == 0
     passed = where(t)
     kept = finite & good & passed
-    hist, _, _ = np.histogram2d(feh[kept], ofe[kept], bins=[binning.feh_edges, binning.ofe_edges])
+    # stars are compared with the edges at the store's float32 precision (binning.bin_stars)
+    f32 = lambda v: v.astype(np.float32).astype(np.float64)  # noqa: E731
+    hist, _, _ = np.histogram2d(f32(feh[kept]), f32(ofe[kept]),
+                                bins=[binning.feh_edges, binning.ofe_edges])
     dropped = {"not_finite": int((~finite).sum()), "flagged": int((finite & ~good).sum()),
                "quality_cut": int((finite & good & ~passed).sum()),
                "outside_range": int(kept.sum() - hist.sum())}
