@@ -3,7 +3,8 @@
 Example (``pipelines/demo.yaml``)::
 
     workdir: demo            # relative paths below are inside it
-    mock: {preset: demo, seed: 42, defects: true}
+    mock: {preset: demo, seed: 42, defects: true,
+           physics: {ia_min_delay: 0.5}}          # optional: casbi_store.mock.Physics fields
     extract: {store: store.zarr, main_halo: first, mstar_limit: 6.0e9,
               binning: {method: percentile, percentiles: [0.01, 99.99]}}
     cluster: {kind: local, workers: 2}   # or address / slurm / pbs (casbi_store.cluster)
@@ -21,6 +22,7 @@ import yaml
 from .binning import BinningSpec
 from .cluster import ClusterSpec
 from .extract import ExtractionSettings
+from .mock import PRESETS, Physics
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,7 @@ class MockStage:
     defects: bool = False
     out: str = "suite"
     workers: int | None = None
+    physics: Physics | None = None  # chemical-evolution physics (None: the fiducial)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ class ExtractStage:
 
     def binning_spec(self) -> BinningSpec:
         return BinningSpec.from_dict(self.binning) if self.binning else BinningSpec()
+
+    def cluster_spec(self) -> ClusterSpec:
+        """Where this stage runs without a pipeline ``cluster:`` section."""
+        return ClusterSpec.from_options(self.scheduler, self.workers)
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,7 @@ class EvaluateStage:
     halos: int = 300
     samples: int = 200
     seed: int = 0
+    against: str | None = None  # STORE[:SET[:VERSION]] (relative to workdir): an external condition
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,16 @@ def _build(cls, data, where: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def _mock_stage(data, where: str) -> MockStage:
+    """The mock stage, its ``physics`` mapping built into a validated ``mock.Physics``."""
+    stage = _build(MockStage, data, where)
+    if stage.preset not in PRESETS:
+        raise ConfigError(f"{where}: preset must be one of {sorted(PRESETS)}, not {stage.preset!r}")
+    if stage.physics is not None:
+        stage = dataclasses.replace(stage, physics=_build(Physics, stage.physics, f"{where}: physics"))
+    return stage
+
+
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline YAML file."""
     path = Path(path)
@@ -163,7 +181,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     allowed = {"workdir", "mock", "extract", "compose", "train", "evaluate", "cluster"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
-    mock = _build(MockStage, data["mock"], f"{path}: mock") if "mock" in data else None
+    mock = _mock_stage(data["mock"], f"{path}: mock") if "mock" in data else None
     extract = _build(ExtractStage, data["extract"], f"{path}: extract") if "extract" in data else None
     if extract is not None:
         try:  # validate the typed settings now, not half-way through a run

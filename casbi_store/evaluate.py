@@ -1,25 +1,40 @@
-"""Evaluation of trained models on a held-out split: the numbers the report shows.
+"""Evaluation of trained models in three test conditions: the numbers the report shows.
 
-Step 1 (N_sub, NPE and classifier side by side): accuracy of the posterior mode, median
-|N_hat - N| / N with N_hat the posterior median, coverage of the 68% and 95% highest-probability
-credible sets, and the confusion matrix (mode against truth).
+Test conditions (``conditions_for``), side by side:
 
-Step 2 (theta): posterior means against the truth for the blocks of rank 1..3 (per-rank models
-are conditioned on the **true** N_sub and rank, so step 2 is judged on its own), R^2, bias and
-RMSE per parameter with the truth's spread (R^2 means little when the split's truth hardly
-varies, as for the top block of a split holding out few simulations), TARP expected coverage
-(``sbi.diagnostics.run_tarp``/``check_tarp``) and SBC ranks (``run_sbc``/``check_sbc``) over the
-pooled (halo, rank) rows; timings (training seconds, posterior samples per second).
+- ``in_distribution``: the set's validation split, new combinations of the training galaxies
+  (the trainer chose its checkpoints on this split's loss, a mild selection);
+- ``held_out``: ``split`` (the test split) of the same set, halos of held-out simulations;
+- ``external``: the test split of another store's set (``against``), e.g. a mock suite with
+  another seed extracted with the model's bin edges; a set binned otherwise is refused
+  (``BinningMismatch``).
 
-Posterior samples here are the flows' own, without sbi's rejection outside the prior box (one
-halo of a held-out simulation with little mass inside the box would stall sbi's rejection for
-hours); the fraction outside is reported as ``outside_prior_fraction``.
+In each condition:
 
-The split's halos are read once (an evenly spaced subset of ``max_halos`` rows): a test split
-is small next to training, and every model sees the same halos.
+- every step-1 model (N_sub, NPE and classifier): accuracy of the mode, median |N_hat - N| / N
+  with N_hat the posterior median, highest-probability-set coverage (``hpd_coverage_*``), the
+  confusion matrix, and the per-parameter figures below;
+- every step-2 model conditioned on the **true** N_sub (judged on its own);
+- the **two-step posterior** as ``infer`` returns it (``two_step``): N_sub drawn from the
+  preferred step-1 model, theta of ranks 1..3 from the per-rank model conditioned on each draw
+  (the mixture), sampled in batches across halos;
+- the non-neural baselines (``casbi_store.baselines``, fitted on at most ``baseline_rows``
+  evenly spaced rows of the model's training split) as reference rows.
 
-Which metrics a model gets follows its task's step (``EVALUATORS``); a step-2 task builds its
-own (theta, condition) pairs and names its metric columns (``casbi_store.tasks``).
+Per parameter (N_sub, theta of ranks 1..3): 68%/95% central-interval coverage, SBC uniformity
+(KS p-value of the ranks), 1-d TARP, RMSE, bias, R^2 with the truth's spread, and the skill
+against the prior (``casbi_store.calibration``); the joint TARP over theta pools the (halo,
+rank) rows. ``TARGETS`` are issue 8's; ``meets`` judges them per condition.
+
+Posterior samples are the flows' own: a (halo, N_sub, rank) condition takes its samples inside
+the prior box first (as ``infer`` does by rejection) and falls back on samples outside only if
+too few land inside (one halo of an unseen simulation would otherwise stall rejection for
+hours); the fraction used from outside is ``outside_prior_fraction``.
+
+Same seed, same numbers: every random draw (N_sub draws, flow samples, PIT tie-breaks, TARP
+references) comes from ``seed``, halos are read in a fixed order, and timings are kept apart
+from the metrics (``timings``). The figures can still differ in the last digits between
+machines or torch thread counts (float reductions), never between two runs of one machine.
 """
 
 from __future__ import annotations
@@ -27,32 +42,44 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from . import baselines as base
+from . import calibration as cal
 from . import schema as S
 from . import trainingsets
 from .modelfolder import TrainedModel, load_model
-from .posteriors import (
-    FlowSamples,
-    NsubPosterior,
-    credible_set,
-    load_posterior,
-    nsub_probabilities,
-    outside_fraction,
-)
-from .tasks import by_preference
+from .posteriors import FlowSamples, NsubPosterior, box_bounds, credible_set, load_posterior
+from .tasks import block_parameters, by_preference
 
 log = logging.getLogger(__name__)
 
-TARGETS = {  # the trainer issue's targets on the demo set (quoted, never tuned to)
+# issue 8's targets (quoted, never tuned to), judged in every test condition; a condition's own
+# threshold, where the issue gives one, in CONDITION_TARGETS
+TARGETS: dict[str, tuple[str, float | tuple[float, float]]] = {
+    "coverage_68_n_sub": ("within", (0.63, 0.73)),
+    "coverage_68_log10_mstar_1": ("within", (0.63, 0.73)),
+    "coverage_68_log10_mdm_1": ("within", (0.63, 0.73)),
+    "coverage_68_tau_1": ("within", (0.63, 0.73)),
     "tarp_max_deviation": ("<=", 0.05),
-    "nsub_coverage_68": ("within", (0.63, 0.73)),
-    "nsub_median_rel_error": ("<=", 0.15),
-    "r2_log10_mstar_1": (">=", 0.9),
+    "skill_log10_mstar_1": (">=", 0.9),
+    "skill_tau_1": (">=", 0.5),
+    "median_rel_error_n_sub": ("<=", 0.05),
+    "rmse_over_ridge": ("<=", 1.0),  # never worse than the linear baseline (worst parameter)
 }
+CONDITION_TARGETS: dict[str, dict[str, tuple[str, float | tuple[float, float]]]] = {
+    "external": {"skill_log10_mstar_1": (">=", 0.8)},
+}
+CONDITIONS = ("in_distribution", "held_out", "external")
+CHUNK = 256  # conditions per batched flow call
+
+
+class BinningMismatch(ValueError):
+    """A test set binned with other edges than the model's training set."""
 
 
 @dataclass
@@ -66,6 +93,21 @@ class SplitData:
     source: str
 
 
+@dataclass(frozen=True)
+class Condition:
+    """Where a condition's halos come from."""
+
+    name: str
+    store: str
+    set: str
+    version: str
+    split: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.store}::{self.set}:{self.version}/{self.split}"
+
+
 def read_split(store, name: str, version: str, split: str, max_halos: int = 300,
                storage_options: dict | None = None) -> SplitData:
     """An evenly spaced subset of ``max_halos`` halos of a split (deterministic)."""
@@ -76,15 +118,93 @@ def read_split(store, name: str, version: str, split: str, max_halos: int = 300,
                      f"{name}:{version}/{split}")
 
 
+def check_binning(model: TrainedModel, store, name: str, version: str,
+                  storage_options: dict | None = None) -> None:
+    """Refuse a set whose bin edges differ from the ones the model was trained on."""
+    binning = trainingsets.binning(store, name, version, storage_options)
+    ours = (np.asarray(model.stats["feh_edges"]), np.asarray(model.stats["ofe_edges"]))
+    theirs = (binning.feh_edges, binning.ofe_edges)
+    if any(a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-9)
+           for a, b in zip(ours, theirs, strict=True)):
+        show = lambda e: (f"[Fe/H] {e[0][0]:.4g}..{e[0][-1]:.4g}, [O/Fe] "  # noqa: E731
+                          f"{e[1][0]:.4g}..{e[1][-1]:.4g} ({len(e[0]) - 1} bins)")
+        raise BinningMismatch(
+            f"{os.fspath(store)}: {name}:{version} is binned {show(theirs)}, but the model "
+            f"{model.path} was trained on {model.meta['store']}::{model.meta['set']}:"
+            f"{model.meta['version']}, binned {show(ours)}; extract the other store with the "
+            "model's bin edges (binning method 'fixed' with these ranges)")
+
+
+def conditions_for(model: TrainedModel, split: str = "test",
+                   in_distribution_split: str | None = "val", against: tuple | None = None,
+                   storage_options: dict | None = None
+                   ) -> list[Condition]:
+    """The conditions a model is judged in (``against``: ``(store, set or None, version or
+    None)``, the model's set name and the latest version by default)."""
+    meta = model.meta
+    store = os.fspath(meta["store"])
+    out = []
+    if in_distribution_split and in_distribution_split != split:
+        try:
+            rows = trainingsets.open_split_group(store, meta["set"], meta["version"],
+                                                 in_distribution_split,
+                                                 storage_options)[S.X.name].shape[0]
+        except trainingsets.SplitNotFound:
+            rows = 0
+        if rows:
+            out.append(Condition("in_distribution", store, meta["set"], meta["version"],
+                                     in_distribution_split))
+    out.append(Condition("held_out", store, meta["set"], meta["version"], split))
+    if against:
+        other, name, version = (tuple(against) + (None, None))[:3]
+        name = name or meta["set"]
+        version, _ = trainingsets.resolve_version(other, name, version or trainingsets.LATEST,
+                                                  storage_options)
+        check_binning(model, other, name, version, storage_options)
+        out.append(Condition("external", os.fspath(other), name, version, split))
+    return out
+
+
 def _x(data: SplitData) -> torch.Tensor:
     return torch.as_tensor(data.x)[:, None]
 
 
-def evaluate_nsub(model: TrainedModel, data: SplitData, n_samples: int = 500) -> dict:
-    """Step-1 metrics and the arrays behind them (probabilities over N_sub values)."""
+def _rng(seed: int, *tags: int) -> np.random.Generator:
+    """A generator of its own for each use of the seed (adding a metric moves no other)."""
+    return np.random.default_rng([seed, *tags])
+
+
+def nsub_draws(model: TrainedModel, x: torch.Tensor, n_samples: int, seed: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, probs (halos, values), draws (samples, halos))`` of a step-1 model: the
+    classifier's softmax sampled by inverse CDF, the NPE's samples rounded and clipped into the
+    training range (their histogram is its probabilities)."""
     posterior = load_posterior(model)
+    n_min, n_max = model.meta["n_sub_range"]
+    values = np.arange(n_min, n_max + 1)
+    if isinstance(posterior, NsubPosterior):
+        probs = posterior.probs(x)
+        cdf = np.cumsum(probs, axis=1)
+        cdf /= cdf[:, -1:]
+        u = _rng(seed, 1).random((len(x), n_samples))
+        idx = np.stack([np.searchsorted(c, row, side="right") for c, row in zip(cdf, u, strict=True)])
+        return values, probs, values[np.clip(idx, 0, len(values) - 1)].T
+    torch.manual_seed(seed)
+    draws = _flow_samples(posterior, x, n_samples)[..., 0].numpy()
+    draws = np.clip(np.rint(draws), n_min, n_max).astype(int)
+    probs = np.stack([np.bincount(d - n_min, minlength=len(values)) for d in draws.T]) / n_samples
+    return values, probs, draws
+
+
+def nsub_prior_variance(model: TrainedModel) -> float:
+    """Variance of the uniform prior over the training range of N_sub."""
+    return cal.integer_uniform_variance(*model.meta["n_sub_range"])
+
+
+def evaluate_nsub(model: TrainedModel, data: SplitData, n_samples: int = 500, seed: int = 0) -> dict:
+    """Step-1 metrics and the arrays behind them (probabilities over N_sub values, draws)."""
     start = time.perf_counter()
-    values, probs = nsub_probabilities(model, posterior, _x(data), n_samples=n_samples)
+    values, probs, draws = nsub_draws(model, _x(data), n_samples, seed)
     seconds = time.perf_counter() - start
     truth = data.n_sub.astype(int)
     mode = values[np.argmax(probs, axis=1)]
@@ -95,71 +215,160 @@ def evaluate_nsub(model: TrainedModel, data: SplitData, n_samples: int = 500) ->
     in_range = (truth >= values[0]) & (truth <= values[-1])
     confusion = np.zeros((len(values), len(values)), dtype=np.int64)
     np.add.at(confusion, (np.clip(truth - values[0], 0, len(values) - 1), mode - values[0]), 1)
-    return {
-        "metrics": {
-            "accuracy": float(np.mean(mode == truth)),
-            "median_rel_error": float(np.median(np.abs(median - truth) / truth)),
-            "coverage_68": float(np.mean(inside(0.68) & in_range)),
-            "coverage_95": float(np.mean(inside(0.95) & in_range)),
-            "halos": int(len(truth)),
-            "halos_per_second": len(truth) / seconds,
-        },
-        "values": values, "probs": probs, "truth": truth, "mode": mode, "median": median,
-        "confusion": confusion,
-    }
+    metrics = {"accuracy": float(np.mean(mode == truth)),
+               "median_rel_error": float(np.median(np.abs(median - truth) / truth)),
+               "hpd_coverage_68": float(np.mean(inside(0.68) & in_range)),
+               "hpd_coverage_95": float(np.mean(inside(0.95) & in_range)),
+               "halos": int(len(truth))}
+    per = cal.parameter_metrics(draws.astype(float), truth.astype(float),
+                                nsub_prior_variance(model), _rng(seed, 2))
+    metrics.update({k: v for k, v in per.items() if k != "rows"})
+    return {"metrics": metrics, "timings": {"halos_per_second": len(truth) / seconds},
+            "values": values, "probs": probs, "truth": truth, "mode": mode, "median": median,
+            "confusion": confusion, "draws": draws}
 
 
-def _conditions(model: TrainedModel, data: SplitData, ranks: int
-                ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """(true theta, condition, rank of each row) for a step-2 model on the split's halos."""
-    theta, cond, rank_of = model.task_spec.evaluation_pairs(
-        _x(data), torch.as_tensor(data.theta), ranks=ranks, joint_n_sub=model.joint_n_sub)
-    return theta.float(), cond, rank_of
+def _sample(posterior, n: int, cond: torch.Tensor) -> torch.Tensor:
+    """``(n, rows, dims)`` flow samples (sbi's note that it caps its batch size silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Capping max_sampling_batch_size")
+        return FlowSamples(posterior).sample_batched((n,), x=cond)
 
 
-def _r2(truth: np.ndarray, estimate: np.ndarray) -> float:
-    return float(1 - np.sum((estimate - truth) ** 2) / np.sum((truth - truth.mean()) ** 2))
+def _flow_samples(posterior, cond: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n, rows, dims)`` flow samples for many conditions, ``CHUNK`` conditions per call."""
+    return torch.cat([_sample(posterior, n, cond[i:i + CHUNK]) for i in range(0, len(cond), CHUNK)],
+                     dim=1)
+
+
+def _prior_variances(model: TrainedModel) -> np.ndarray:
+    low, high = box_bounds(model)
+    return cal.uniform_variance(low.astype(np.float64), high.astype(np.float64))
+
+
+def _theta_metrics(model: TrainedModel, samples: np.ndarray, truth: np.ndarray,
+                   rank_of: np.ndarray, ranks: int, seed: int) -> dict:
+    """Flat per-parameter metrics (``{metric}_{parameter}``), the pooled per-parameter SBC
+    p-values and the joint TARP over the rows (samples (S, rows, dims), NaN where missing)."""
+    prior_var = _prior_variances(model)
+    metrics: dict = {"rows": int(len(truth))}
+    for j, (name, sel, col) in enumerate(model.task_spec.metric_columns(model.parameters, rank_of,
+                                                                        ranks)):
+        per = cal.parameter_metrics(samples[:, sel, col], truth[sel, col], prior_var[col],
+                                    _rng(seed, 10, j))
+        metrics.update({f"{k}_{name}": v for k, v in per.items()})
+    pits = [cal.pit(samples[..., k], truth[:, k], _rng(seed, 11, k)) for k in range(truth.shape[1])]
+    metrics["sbc_ks_pvalues"] = [cal.uniformity_pvalue(p) for p in pits]
+    ecp, alpha = cal.tarp(samples, truth, _rng(seed, 12))
+    metrics.update(cal.tarp_summary(ecp, alpha))
+    return {"metrics": metrics, "tarp": (ecp, alpha), "pit": np.stack(pits, axis=1)}
 
 
 def evaluate_theta(model: TrainedModel, data: SplitData, n_samples: int = 200, ranks: int = 3,
                    seed: int = 0) -> dict:
-    """Step-2 metrics: R^2 and bias of posterior means, TARP and SBC (sbi's diagnostics)."""
-    from sbi.diagnostics import check_sbc, check_tarp, run_sbc, run_tarp
-
-    posterior = FlowSamples(load_posterior(model))
-    theta, cond, rank_of = _conditions(model, data, ranks)
+    """Step 2 conditioned on the true N_sub: per-parameter metrics of the flow's samples."""
+    theta, cond, rank_of = model.task_spec.evaluation_pairs(
+        _x(data), torch.as_tensor(data.theta), ranks=ranks, joint_n_sub=model.joint_n_sub)
     if len(theta) < 10:
         raise ValueError(f"{data.source}: only {len(theta)} halos usable by {model.path}")
     torch.manual_seed(seed)
     start = time.perf_counter()
-    samples = posterior.sample_batched((n_samples,), x=cond)
+    samples = _flow_samples(load_posterior(model), cond, n_samples)
     seconds = time.perf_counter() - start
-    mean = samples.mean(dim=0).numpy()
-    truth = theta.numpy()
-    metrics: dict = {"rows": int(len(theta)), "samples_per_second": n_samples * len(theta) / seconds,
-                     "outside_prior_fraction": outside_fraction(model, samples)}
-    for name, sel, col in model.task_spec.metric_columns(model.parameters, rank_of, ranks):
-        if len(truth[sel]) >= 2:
-            metrics[f"r2_{name}"] = _r2(truth[sel, col], mean[sel, col])
-            metrics[f"bias_{name}"] = float(np.mean(mean[sel, col] - truth[sel, col]))
-            metrics[f"rmse_{name}"] = float(np.sqrt(np.mean((mean[sel, col] - truth[sel, col]) ** 2)))
-            metrics[f"truth_std_{name}"] = float(np.std(truth[sel, col]))
+    truth = theta.double().numpy()
+    out = _theta_metrics(model, samples.double().numpy(), truth, rank_of, ranks, seed)
+    out["metrics"]["outside_prior_fraction"] = _outside(model, samples)
+    out.update(truth=truth, mean=samples.mean(dim=0).numpy(), rank=rank_of,
+               parameters=list(model.parameters), n_samples=n_samples,
+               timings={"samples_per_second": n_samples * len(theta) / seconds})
+    return out
+
+
+def _outside(model: TrainedModel, samples: torch.Tensor) -> float:
+    low, high = (torch.as_tensor(b) for b in box_bounds(model))
+    finite = torch.isfinite(samples).all(dim=-1)
+    inside = ((samples >= low) & (samples <= high)).all(dim=-1)
+    return float(1 - inside[finite].float().mean()) if finite.any() else 0.0
+
+
+def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ranks: int = 3,
+                    seed: int = 0) -> tuple[np.ndarray, float]:
+    """theta of ranks 1..``ranks`` for each N_sub draw of each halo, as ``infer``'s mixture:
+    ``(samples, halos, ranks, parameters)``, NaN above the drawn N_sub; and the fraction of
+    samples taken from outside the prior box.
+
+    Every (halo, N_sub value, rank) the draws need is one condition; conditions needing similar
+    sample counts share a batched flow call (``CHUNK`` at a time), each keeping its samples
+    inside the prior box first.
+    """
+    n_samples, n_halos = draws.shape
+    out = np.full((n_samples, n_halos, ranks, len(model.parameters)), np.nan)
+    halo = np.repeat(np.arange(n_halos), n_samples)
+    flat = draws.T.reshape(-1)  # halo-major
+    keys, inverse, counts = np.unique(halo * (flat.max() + 1) + flat, return_inverse=True,
+                                      return_counts=True)
+    members = np.argsort(inverse, kind="stable")  # positions of each (halo, N) pair, contiguous
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pair_halo, pair_n = keys // (flat.max() + 1), keys % (flat.max() + 1)
+    jobs = np.array([(p, r) for p in range(len(keys)) for r in range(1, min(pair_n[p], ranks) + 1)],
+                    dtype=np.int64).reshape(-1, 2)
+    need = counts[jobs[:, 0]]
+    order = np.lexsort((jobs[:, 1], jobs[:, 0], np.ceil(np.log2(need))))
+    low, high = (torch.as_tensor(b) for b in box_bounds(model))
+    posterior = load_posterior(model)
+    xflat = x.reshape(len(x), -1)
     torch.manual_seed(seed)
-    ecp, alpha = run_tarp(theta, cond, posterior, num_posterior_samples=n_samples,
-                          show_progress_bar=False)
-    atc, ks = check_tarp(ecp, alpha)
-    metrics.update(tarp_atc=float(atc), tarp_ks_pvalue=float(ks),
-                   tarp_max_deviation=float(torch.max(torch.abs(ecp - alpha))))
-    torch.manual_seed(seed)
-    sbc_ranks, dap = run_sbc(theta, cond, posterior, num_posterior_samples=n_samples,
-                             show_progress_bar=False)
-    checks = check_sbc(sbc_ranks, theta, dap, num_posterior_samples=n_samples)
-    metrics.update(sbc_ks_pvalues=checks["ks_pvals"].tolist(),
-                   sbc_c2st_ranks=checks["c2st_ranks"].tolist(),
-                   sbc_c2st_dap=float(np.mean(np.asarray(checks["c2st_dap"]))))
-    return {"metrics": metrics, "truth": truth, "mean": mean, "rank": rank_of,
-            "parameters": list(model.parameters), "tarp": (ecp.numpy(), alpha.numpy()),
-            "sbc_ranks": sbc_ranks.numpy(), "n_samples": n_samples}
+    used_outside = used = 0
+    buckets = np.ceil(np.log2(need[order]))
+    for b in np.unique(buckets):
+        in_bucket = order[buckets == b]
+        for i in range(0, len(in_bucket), CHUNK):
+            chunk = in_bucket[i:i + CHUNK]
+            pairs, rank = jobs[chunk, 0], jobs[chunk, 1]
+            cond = model.task_spec.condition(xflat[pair_halo[pairs]],
+                                             torch.as_tensor(pair_n[pairs], dtype=torch.float32),
+                                             torch.as_tensor(rank, dtype=torch.float32))
+            m = int(1.1 * need[chunk].max()) + 5
+            s = _sample(posterior, m, cond)  # (m, jobs, dims)
+            inside = ((s >= low) & (s <= high)).all(dim=-1)
+            first = torch.argsort((~inside).to(torch.int8), dim=0, stable=True)
+            s = torch.take_along_dim(s, first[..., None], dim=0).double().numpy()
+            inside = torch.take_along_dim(inside, first, dim=0).numpy()
+            for col, (p, r) in enumerate(zip(pairs, rank, strict=True)):
+                c = counts[p]
+                pos = members[starts[p]:starts[p] + c]
+                out[pos % n_samples, pair_halo[p], r - 1] = s[:c, col]
+                used_outside += int(c - inside[:c, col].sum())
+                used += int(c)
+    return out, used_outside / max(used, 1)
+
+
+def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
+                      n_samples: int = 200, ranks: int = 3, seed: int = 0,
+                      nsub: dict | None = None) -> dict:
+    """The full two-step posterior on the split's halos: N_sub from ``step1`` (its evaluation
+    ``nsub`` reused when given), theta of ranks 1..``ranks`` the mixture over those draws."""
+    start = time.perf_counter()
+    if nsub is None or nsub["draws"].shape[0] < n_samples:
+        nsub = evaluate_nsub(step1, data, n_samples=n_samples, seed=seed)
+    draws = nsub["draws"][:n_samples]
+    samples, outside = mixture_samples(step2, _x(data), draws, ranks, seed)
+    truth_blocks = torch.as_tensor(data.theta)
+    blocks = block_parameters(truth_blocks[:, :ranks]).double().numpy()  # (halos, ranks, 3)
+    has = np.isfinite(blocks).all(axis=-1)  # the halo has a block of that rank
+    halo_idx, rank_idx = np.nonzero(has)
+    pooled = samples[:, halo_idx, rank_idx]  # (S, rows, 3), rows = (halo, rank) pairs
+    truth = blocks[halo_idx, rank_idx]
+    theta = _theta_metrics(step2, pooled, truth, rank_idx + 1, ranks, seed)
+    metrics = {f"{k}_n_sub": v for k, v in nsub["metrics"].items()
+               if k not in ("accuracy", "halos") and not k.startswith("hpd")}
+    metrics.update(accuracy_n_sub=nsub["metrics"]["accuracy"], halos=len(data.x),
+                   outside_prior_fraction=outside, **theta["metrics"])
+    seconds = time.perf_counter() - start
+    return {"metrics": metrics, "tarp": theta["tarp"], "mean": np.nanmean(pooled, axis=0),
+            "truth": truth, "rank": rank_idx + 1, "parameters": list(step2.parameters),
+            "nsub_mean": np.nanmean(draws, axis=0), "models": (str(step1.path), str(step2.path)),
+            "timings": {"seconds": seconds, "halos_per_second": len(data.x) / seconds}}
 
 
 def training_summary(model: TrainedModel) -> dict:
@@ -181,58 +390,140 @@ def sampling_speed(model: TrainedModel, data: SplitData, n: int = 10_000) -> flo
     cond = model.task_spec.condition(_x(data)[:1], torch.tensor([float(data.n_sub[0])]),
                                      torch.tensor([1.0]))
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # the leakage is measured elsewhere
+        warnings.filterwarnings("ignore", message=r".*lie outside the prior support")
         posterior.sample((n,), x=cond, reject_outside_prior=False, show_progress_bars=False)
     return time.perf_counter() - start
 
 
-def evaluate(model_dirs: list[str | os.PathLike], split: str = "test", max_halos: int = 300,
-             n_samples: int = 200, seed: int = 0, storage_options: dict | None = None) -> dict:
-    """Evaluate every model folder on ``split`` of its own training set.
-
-    Returns ``{"models": {path: {"task", "set", "training", "metrics", ...arrays}}, "data":
-    {set: SplitData}, "targets": ...}``; ``casbi_store.report`` turns it into a page.
-    """
-    models = [load_model(m) for m in model_dirs]
-    results: dict = {"models": {}, "data": {}, "split": split, "max_halos": max_halos,
-                     "n_samples": n_samples}
-    for model in models:
-        key = f"{model.meta['set']}:{model.meta['version']}"
-        if key not in results["data"]:
-            results["data"][key] = read_split(model.meta["store"], model.meta["set"],
-                                              model.meta["version"], split, max_halos,
-                                              storage_options)
-        data = results["data"][key]
-        log.info("evaluating %s (%s) on %d halos of %s", model.path, model.task, len(data.x),
-                 data.source)
-        start = time.perf_counter()
-        result = EVALUATORS[model.task_spec.step](model, data, n_samples=n_samples, seed=seed)
-        result.update(task=model.task, set=key, model=model, training=training_summary(model),
-                      seconds=time.perf_counter() - start)
-        result["metrics"]["seconds_10k_samples"] = sampling_speed(model, data)
-        results["models"][str(model.path)] = result
-    return results
+def fit_baselines(model: TrainedModel, rows: int = 2000, ranks: int = 3, seed: int = 0,
+                  storage_options: dict | None = None) -> base.Baselines:
+    """The baselines fitted on at most ``rows`` evenly spaced rows of the model's training split."""
+    meta = model.meta
+    data = read_split(meta["store"], meta["set"], meta["version"], "train", rows, storage_options)
+    return base.fit(data.x, data.n_sub, data.theta, ranks=ranks, seed=seed)
 
 
-def headline(results: dict) -> dict:
-    """The issue's target metrics from an evaluation: the classifier (else the NPE) for N_sub,
-    the per-rank model (else joint) for theta."""
-    by_task = {r["task"]: r["metrics"] for r in results["models"].values()}
+def baseline_rows(fitted: base.Baselines, data: SplitData, prior_var: dict[str, float],
+                  ranks: int = 3) -> dict[str, dict[str, dict[str, float]]]:
+    """kind -> parameter -> point metrics of the baselines (with the skill against the prior)."""
+    scores = base.score(fitted, data.x, data.n_sub, data.theta, ranks=ranks)
+    for per in scores.values():
+        for name, row in per.items():
+            v = prior_var.get(name, float("nan"))
+            row["skill"] = 1 - row["rmse"] ** 2 / v if v > 0 else float("nan")
+    return scores
+
+
+def _prior_by_name(step1: TrainedModel | None, step2: TrainedModel | None,
+                   ranks: int) -> dict[str, float]:
     out = {}
-    step1 = [by_task[t] for t in by_preference(by_task, 1)]
-    if step1:
-        out["nsub_coverage_68"] = step1[0]["coverage_68"]
-        out["nsub_median_rel_error"] = step1[0]["median_rel_error"]
-    step2 = next(iter(by_task[t] for t in by_preference(by_task, 2)), None)
-    if step2:
-        out["tarp_max_deviation"] = step2["tarp_max_deviation"]
-        if "r2_log10_mstar_1" in step2:
-            out["r2_log10_mstar_1"] = step2["r2_log10_mstar_1"]
+    if step1 is not None:
+        out["n_sub"] = nsub_prior_variance(step1)
+    if step2 is not None and step2.task_spec.needs_nsub:
+        var = _prior_variances(step2)
+        out.update({f"{p}_{r}": float(var[k]) for r in range(1, ranks + 1)
+                    for k, p in enumerate(step2.parameters)})
     return out
 
 
+def _rmse_over_ridge(metrics: dict, ridge: dict) -> float | None:
+    ratios = [metrics[f"rmse_{name}"] / row["rmse"] for name, row in ridge.items()
+              if f"rmse_{name}" in metrics and row["rmse"] > 0]
+    return max(ratios) if ratios else None
+
+
+def evaluate(model_dirs: list[str | os.PathLike], split: str = "test", max_halos: int = 300,
+             n_samples: int = 200, seed: int = 0, storage_options: dict | None = None, *,
+             in_distribution_split: str | None = "val", against: tuple | None = None,
+             baseline_fit_rows: int = 2000, ranks: int = 3) -> dict:
+    """Evaluate every model folder in every test condition (``conditions_for``).
+
+    Returns ``{"models": {path: {"task", "set", "training", "conditions": {name: result},
+    "metrics", ...the held-out result's arrays}}, "conditions": {name: {"source", "halos",
+    "two_step", "baselines"}}, "data": {source: SplitData}, ...}``; ``casbi_store.report`` turns
+    it into a page and ``metrics.json``.
+    """
+    models = [load_model(m) for m in model_dirs]
+    by_task = {m.task: m for m in models}
+    step1 = next((by_task[t] for t in by_preference(by_task, 1)), None)
+    step2 = next((by_task[t] for t in by_preference(by_task, 2)), None)
+    driver = step2 or step1
+    results: dict = {"models": {}, "data": {}, "conditions": {}, "split": split,
+                     "max_halos": max_halos, "n_samples": n_samples, "seed": seed,
+                     "against": [os.fspath(a) if a is not None else None for a in against or ()]}
+    fitted: dict = {}
+    for model in models:
+        conditions = conditions_for(model, split, in_distribution_split, against, storage_options)
+        entry = {"task": model.task, "set": f"{model.meta['set']}:{model.meta['version']}",
+                 "model": model, "training": training_summary(model), "conditions": {},
+                 "timings": {}}
+        for cond in conditions:
+            if cond.source not in results["data"]:
+                results["data"][cond.source] = read_split(cond.store, cond.set, cond.version,
+                                                          cond.split, max_halos, storage_options)
+            data = results["data"][cond.source]
+            log.info("evaluating %s (%s) on %d halos of %s (%s)", model.path, model.task,
+                     len(data.x), data.source, cond.name)
+            start = time.perf_counter()
+            result = EVALUATORS[model.task_spec.step](model, data, n_samples=n_samples, seed=seed)
+            result.update(source=cond.source, seconds=time.perf_counter() - start)
+            entry["conditions"][cond.name] = result
+            entry["timings"][cond.name] = {**result.pop("timings"), "seconds": result["seconds"]}
+            if model is driver:
+                results["conditions"][cond.name] = {"source": cond.source, "halos": len(data.x),
+                                                    "set": f"{cond.set}:{cond.version}"}
+        held = entry["conditions"]["held_out"]
+        entry.update({k: v for k, v in held.items() if k not in entry})
+        entry["timings"]["seconds_10k_samples"] = sampling_speed(model, results["data"][held["source"]])
+        results["models"][str(model.path)] = entry
+    prior_var = _prior_by_name(step1, step2, ranks)
+    for name, cond in results["conditions"].items():
+        data = results["data"][cond["source"]]
+        if step1 is not None and step2 is not None and step2.task_spec.needs_nsub:
+            nsub = results["models"][str(step1.path)]["conditions"][name]
+            log.info("two-step posterior (%s -> %s) on %s", step1.task, step2.task, data.source)
+            cond["two_step"] = evaluate_two_step(step1, step2, data, n_samples, ranks, seed, nsub)
+        if baseline_fit_rows:
+            if "fit" not in fitted:
+                fitted["fit"] = fit_baselines(driver, baseline_fit_rows, ranks, seed, storage_options)
+            cond["baselines"] = baseline_rows(fitted["fit"], data, prior_var, ranks)
+        judged = judged_metrics(results, name)
+        cond["targets"] = {metric: {"value": value, "target": target_for(metric, name),
+                                    "met": meets(metric, value, name)}
+                           for metric, value in judged.items()}
+    return results
+
+
+def judged_metrics(results: dict, condition: str) -> dict[str, float]:
+    """The targets' metrics in one condition: the two-step posterior's (else the preferred
+    step-1 and step-2 models' own), and the worst RMSE ratio to the ridge baseline."""
+    cond = results["conditions"][condition]
+    if "two_step" in cond:
+        metrics = dict(cond["two_step"]["metrics"])
+    else:
+        by_task = {r["task"]: r["conditions"][condition]["metrics"]
+                   for r in results["models"].values() if condition in r["conditions"]}
+        metrics = {}
+        for t in by_preference(by_task, 1)[:1]:
+            metrics.update({f"{k}_n_sub": v for k, v in by_task[t].items()})
+        for t in by_preference(by_task, 2)[:1]:
+            metrics.update(by_task[t])
+    ridge = cond.get("baselines", {}).get("ridge")
+    if ridge:
+        ratio = _rmse_over_ridge(metrics, ridge)
+        if ratio is not None:
+            metrics["rmse_over_ridge"] = ratio
+    return {k: float(metrics[k]) for k in TARGETS if k in metrics}
+
+
+def headline(results: dict, condition: str = "held_out") -> dict:
+    """The targets' metrics in one condition (the held-out simulations by default)."""
+    return judged_metrics(results, condition) if condition in results["conditions"] else {}
+
+
 def _evaluate_step1(model: TrainedModel, data: SplitData, n_samples: int, seed: int) -> dict:
-    return evaluate_nsub(model, data, n_samples=max(n_samples, 500))
+    return evaluate_nsub(model, data, n_samples=max(n_samples, 500), seed=seed)
 
 
 def _evaluate_step2(model: TrainedModel, data: SplitData, n_samples: int, seed: int) -> dict:
@@ -242,8 +533,13 @@ def _evaluate_step2(model: TrainedModel, data: SplitData, n_samples: int, seed: 
 EVALUATORS = {1: _evaluate_step1, 2: _evaluate_step2}  # by the task's step
 
 
-def meets(metric: str, value: float) -> bool:
-    kind, target = TARGETS[metric]
+def target_for(metric: str, condition: str | None = None) -> tuple[str, float | tuple[float, float]]:
+    """(kind, threshold) of a target in a condition."""
+    return CONDITION_TARGETS.get(condition or "", {}).get(metric, TARGETS[metric])
+
+
+def meets(metric: str, value: float, condition: str | None = None) -> bool:
+    kind, target = target_for(metric, condition)
     if kind == "<=":
         return value <= target
     if kind == ">=":

@@ -25,6 +25,7 @@ from . import commit
 from . import schema as S
 from .abundances import SOLAR_CONSTANTS
 from .binning import BinningSpec
+from .cluster import ClusterSpec, cluster_client
 from .extract import ErrorKind, ExtractionSettings, extract_outcome
 from .locks import store_lock
 from .provenance import provenance
@@ -126,29 +127,9 @@ class Staging:
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, n_workers: int | None = None):
-    """A client of the cluster at ``scheduler``, or of a new LocalCluster (one thread per worker)."""
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler:
-        with Client(scheduler) as client:
-            yield client
-        return
-    import dask
-
-    n = n_workers or os.cpu_count() or 1
-    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which makes glibc return memory
-    # after every large array: pynbody loads then run ~25% slower (bench/README.md). Unset it.
-    # The workers' statistical profiler samples the running thread every 10 ms (GIL); off.
-    # Scheduler-side queuing hands a worker its next task only after the previous one reported
-    # back: a round trip of idle time per snapshot. Our tasks are few and long: send them all.
-    quiet = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-             "distributed.worker.profile.enabled": False,
-             "distributed.scheduler.worker-saturation": float("inf")}
-    with dask.config.set(quiet), \
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR,
-                      env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}) as cluster, \
-            Client(cluster) as client:
+    """A client of the cluster at ``scheduler``, or of a new LocalCluster (one thread per worker):
+    ``cluster.cluster_client`` of the CLI's ``--scheduler`` / ``--workers``."""
+    with cluster_client(ClusterSpec.from_options(scheduler, n_workers)) as client:
         yield client
 
 
@@ -160,6 +141,8 @@ def extract_suite(
     binning: BinningSpec | None = None,
     scheduler: str | None = None,
     n_workers: int | None = None,
+    cluster: ClusterSpec | None = None,
+    client=None,
     retry_failed: bool = False,
     progress: bool = True,
     staged_only: bool = False,
@@ -167,11 +150,16 @@ def extract_suite(
     """Extract every new snapshot of ``suite`` into ``store`` and update the histograms.
 
     Snapshots already recorded with the same fingerprint (as galaxies, failures or exclusions)
-    are skipped; ``retry_failed`` re-attempts recorded failures. ``scheduler`` is the address of
-    a running Dask scheduler; without it a ``LocalCluster`` of ``n_workers`` processes (default:
-    one per core) is started and closed. ``staged_only`` starts no cluster and commits outcomes
-    a killed run has staged (every snapshot to extract must be staged).
+    are skipped; ``retry_failed`` re-attempts recorded failures. Where it runs: an open
+    ``client`` (``distributed.Client``, left open), or the ``cluster`` a ``ClusterSpec`` describes,
+    started and closed here; ``scheduler`` (address of a running Dask scheduler) and ``n_workers``
+    (LocalCluster processes, default one per core) are the short form of the latter.
+    ``staged_only`` starts no cluster and commits outcomes a killed run has staged (every snapshot
+    to extract must be staged).
     """
+    if sum(x is not None for x in (client, cluster)) + bool(scheduler or n_workers) > 1:
+        raise ValueError("give one of client, cluster, or scheduler/n_workers")
+    cluster = cluster or ClusterSpec.from_options(scheduler, n_workers)
     settings = settings or ExtractionSettings()
     binning = binning or BinningSpec()
     suite = Path(suite).resolve()
@@ -184,7 +172,7 @@ def extract_suite(
     existed = Path(store).exists()
     with store_lock(store, "store", purpose=f"casbi-store extract {suite} --store {store}"):
         try:
-            return _extract_locked(suite, store, refs, settings, binning, scheduler, n_workers,
+            return _extract_locked(suite, store, refs, settings, binning, cluster, client,
                                    retry_failed, progress, staged_only)
         except BaseException:
             if not existed and commit.committed(store) is None:
@@ -193,7 +181,7 @@ def extract_suite(
 
 
 def _extract_locked(suite: Path, store: str, refs: list[SnapshotRef], settings, binning,
-                    scheduler, n_workers, retry_failed: bool, progress: bool,
+                    cluster: ClusterSpec, client, retry_failed: bool, progress: bool,
                     staged_only: bool = False) -> RunSummary:
     start = time.perf_counter()
     extraction_attrs = {**asdict(settings), "solar": SOLAR_CONSTANTS, "halo_finder": "AHF"}
@@ -207,7 +195,8 @@ def _extract_locked(suite: Path, store: str, refs: list[SnapshotRef], settings, 
     if staged_only:
         outcomes = _scan_staged(refs, suite, plan, staging)
     else:
-        with dask_client(scheduler, n_workers) as client:
+        opened = contextlib.nullcontext(client) if client is not None else cluster_client(cluster)
+        with opened as client:
             summary.phases["cluster_start"] = time.perf_counter() - clock
             summary.dashboard = client.dashboard_link or ""
             log.info("Dask dashboard: %s", summary.dashboard)

@@ -1,11 +1,14 @@
 """The evaluation report: figures and one self-contained ``report.html`` (images embedded).
 
-Sections: example composed halos' chemical planes, training curves, N_sub (step 1: confusion
-matrices and intervals, NPE and classifier side by side), theta (step 2: posterior means
-against the truth), TARP and SBC, a corner plot of one test halo with the truth marked, and the
-metrics table with the issue's targets. Figures are also written as PNG next to the page and
-the numbers as ``metrics.json``. Section titles and which section a model goes to come from its
-task (``casbi_store.tasks``: title, step).
+Sections: the issue's targets judged in every test condition (✔/✘), the per-parameter figures
+of the two-step posterior in every condition side by side with the baselines' reference rows
+(the truth's spread beside every R^2) and its TARP curves, example composed halos' chemical
+planes, training curves, N_sub (step 1: confusion matrices and intervals, NPE and classifier
+side by side), theta (step 2 on the true N_sub: posterior means against the truth, TARP, SBC),
+a corner plot of one test halo with the truth marked, and every model's metrics per condition.
+Figures are also written as PNG next to the page, the numbers as ``metrics.json`` (the same
+for the same seeds) and the timings as ``timings.json``. Section titles and which section a
+model goes to come from its task (``casbi_store.tasks``: title, step).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import TARGETS, headline, meets
+from .evaluate import CONDITIONS, TARGETS, headline, target_for
 from .tasks import BLOCK_PARAMETERS, by_preference, get_task
 
 
@@ -150,51 +153,144 @@ def plot_tarp(result: dict, path: Path) -> Path:
 
 
 def plot_sbc(result: dict, path: Path) -> Path:
+    """Histograms of the SBC ranks (as PIT values in [0, 1]) per parameter, pooled ranks."""
     plt = _pyplot()
-    ranks = result["sbc_ranks"]
-    n_par = ranks.shape[1]
+    pit = result["pit"]
+    n_par = pit.shape[1]
     names = result["parameters"][:n_par]
     fig, axes = plt.subplots(1, n_par, figsize=(3.2 * n_par, 2.8), squeeze=False,
                              constrained_layout=True)
     bins = 20
-    expected = len(ranks) / bins
+    expected = len(pit) / bins
     for k, ax in enumerate(axes[0]):
-        ax.hist(ranks[:, k], bins=bins, range=(0, result["n_samples"]), color="0.4")
+        ax.hist(pit[:, k], bins=bins, range=(0, 1), color="0.4")
         ax.axhspan(expected - 2 * np.sqrt(expected), expected + 2 * np.sqrt(expected),
                    color="C2", alpha=0.25)
         p = result["metrics"]["sbc_ks_pvalues"][k]
-        ax.set(title=f"{names[k]} (KS p = {p:.2g})", xlabel="SBC rank")
+        ax.set(title=f"{names[k]} (KS p = {p:.2g})", xlabel="SBC rank / samples")
     return _save(fig, path)
 
 
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return html.escape(str(v))
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, list):
+        return ", ".join(f"{x:.3g}" for x in v)
+    return html.escape(str(v))
+
+
+def _conditions(results: dict) -> list[str]:
+    return [c for c in CONDITIONS if c in results["conditions"]]
+
+
 def _metrics_table(results: dict) -> str:
-    rows = []
+    """Every model's metrics, one column per test condition."""
+    out = []
     for path, r in results["models"].items():
+        names = [c for c in CONDITIONS if c in r["conditions"]]
+        keys = list(dict.fromkeys(k for c in names for k in r["conditions"][c]["metrics"]))
+        head = "".join(f"<th>{c}</th>" for c in names)
+        body = "".join(f"<tr><td>{html.escape(k)}</td>"
+                       + "".join(f"<td>{_fmt(r['conditions'][c]['metrics'].get(k))}</td>"
+                                 for c in names) + "</tr>" for k in keys)
         t = r["training"]
-        items = [(k, v) for k, v in r["metrics"].items() if not isinstance(v, list)]
-        items += [(k, ", ".join(f"{x:.3g}" for x in v)) for k, v in r["metrics"].items()
-                  if isinstance(v, list)]
-        items.append(("training", f"{t['members']} member(s), epochs {t['epochs']}, "
-                                  f"{t['train_seconds']:.0f} s, weights "
-                                  + ", ".join(f"{w:.2f}" for w in t["weights"])))
-        body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
-                       else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in items)
-        rows.append(f"<h3>{html.escape(_title(r['task']))} <small>{html.escape(path)}"
-                    f"</small></h3><table>{body}</table>")
-    return "\n".join(rows)
+        training = (f"{t['members']} member(s), epochs {t['epochs']}, {t['train_seconds']:.0f} s, "
+                    "weights " + ", ".join(f"{w:.2f}" for w in t["weights"]))
+        out.append(f"<h3>{html.escape(_title(r['task']))} <small>{html.escape(path)}</small></h3>"
+                   f"<p>training: {html.escape(training)}</p>"
+                   f"<table><tr><th>metric</th>{head}</tr>{body}</table>")
+    return "\n".join(out)
+
+
+def _target_text(metric: str, condition: str) -> str:
+    kind, target = target_for(metric, condition)
+    return f"{target[0]}–{target[1]}" if kind == "within" else f"{kind} {target}"
 
 
 def _targets_table(results: dict) -> str:
+    """Issue 8's targets: measured value and ✔/✘ in each condition."""
+    names = _conditions(results)
+    head = "".join(f"<th>{c}</th>" for c in names)
     body = []
-    for metric, value in headline(results).items():
-        kind, target = TARGETS[metric]
-        t = f"{target[0]}–{target[1]}" if kind == "within" else f"{kind} {target}"
-        ok = meets(metric, value)
-        body.append(f"<tr><td>{metric}</td><td>{value:.3f}</td><td>{t}</td>"
-                    f"<td class={'ok' if ok else 'no'}>{'met' if ok else 'not met'}</td></tr>")
-    return ("<table><tr><th>metric</th><th>measured</th><th>target</th><th></th></tr>"
-            + "".join(body) + "</table>")
+    for metric in TARGETS:
+        cells = []
+        for c in names:
+            got = results["conditions"][c].get("targets", {}).get(metric)
+            if got is None:
+                cells.append("<td>–</td>")
+                continue
+            mark = "<span class=ok>✔</span>" if got["met"] else "<span class=no>✘</span>"
+            cells.append(f"<td>{got['value']:.3f} {mark} <small>({_target_text(metric, c)})"
+                         "</small></td>")
+        body.append(f"<tr><td>{metric}</td>{''.join(cells)}</tr>")
+    return f"<table><tr><th>target metric</th>{head}</tr>{''.join(body)}</table>"
+
+
+PARAMETER_COLUMNS = ("coverage_68", "coverage_95", "sbc_ks_pvalue", "tarp_max_deviation", "rmse",
+                     "bias", "r2", "skill")
+HEADERS = {"coverage_68": "68% cov.", "coverage_95": "95% cov.", "sbc_ks_pvalue": "SBC KS p",
+           "tarp_max_deviation": "TARP max dev.", "r2": "R²"}
+
+
+def _parameters(results: dict) -> list[str]:
+    names: list[str] = []
+    for c in _conditions(results):
+        cond = results["conditions"][c]
+        metrics = cond.get("two_step", {}).get("metrics", {})
+        names += [k[len("rmse_"):] for k in metrics if k.startswith("rmse_")]
+        for rows in cond.get("baselines", {}).values():
+            names += list(rows)
+    return list(dict.fromkeys(names))
+
+
+def _conditions_table(results: dict) -> str:
+    """Per parameter and condition: the two-step posterior's figures and the baselines' rows."""
+    head = "".join(f"<th>{HEADERS.get(k, k)}</th>" + ("<th>truth σ</th>" if k == "r2" else "")
+                   for k in PARAMETER_COLUMNS)
+    body = []
+    for name in _parameters(results):
+        for c in _conditions(results):
+            cond = results["conditions"][c]
+            two = cond.get("two_step", {}).get("metrics", {})
+            rows = []
+            if f"rmse_{name}" in two:
+                rows.append(("two-step posterior", {k: two.get(f"{k}_{name}")
+                                                    for k in (*PARAMETER_COLUMNS, "truth_std")}))
+            for kind, per in cond.get("baselines", {}).items():
+                if name in per:
+                    rows.append((f"{kind} (baseline)", per[name]))
+            for label, m in rows:
+                cells = []
+                for k in PARAMETER_COLUMNS:
+                    v = m.get(k)
+                    cells.append(f"<td>{'–' if v is None else _fmt(float(v))}</td>")
+                    if k == "r2":  # the truth's spread beside every R^2
+                        cells.append(f"<td>{_fmt(float(m['truth_std']))}</td>")
+                body.append(f"<tr><td>{html.escape(name)}</td><td>{c}</td><td>{label}</td>"
+                            f"{''.join(cells)}</tr>")
+    return ("<table class=small><tr><th>parameter</th><th>condition</th><th>estimator</th>"
+            f"{head}</tr>{''.join(body)}</table>")
+
+
+def plot_two_step_tarp(results: dict, path: Path) -> Path | None:
+    """TARP curves of the two-step posterior (theta, pooled ranks), one per condition."""
+    conds = [(c, results["conditions"][c]["two_step"]) for c in _conditions(results)
+             if "two_step" in results["conditions"][c]]
+    if not conds:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 3.8), constrained_layout=True)
+    ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="0.85", label="±0.05")
+    ax.plot([0, 1], [0, 1], color="0.3", ls="--", lw=0.8)
+    for k, (c, r) in enumerate(conds):
+        ecp, alpha = r["tarp"]
+        ax.plot(alpha, ecp, color=f"C{k}",
+                label=f"{c} (max dev. {r['metrics']['tarp_max_deviation']:.2f})")
+    ax.set(xlabel="credibility level", ylabel="expected coverage", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7)
+    return _save(fig, path)
 
 
 def _img(path: Path, caption: str) -> str:
@@ -203,12 +299,43 @@ def _img(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _plain(obj):
+    """numpy scalars and tuples as JSON's own types."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def _jsonable(results: dict) -> dict:
-    return {"split": results["split"], "max_halos": results["max_halos"],
-            "n_samples": results["n_samples"], "headline": headline(results),
-            "models": {p: {"task": r["task"], "set": r["set"], "metrics": r["metrics"],
-                           "training": r["training"], "seconds": r["seconds"]}
-                       for p, r in results["models"].items()}}
+    """``metrics.json``: the figures only (no timings), the same for the same seeds."""
+    conditions = {}
+    for c in _conditions(results):
+        cond = results["conditions"][c]
+        conditions[c] = {"source": cond["source"], "halos": cond["halos"],
+                         "targets": cond.get("targets", {}), "baselines": cond.get("baselines", {}),
+                         "two_step": cond["two_step"]["metrics"] if "two_step" in cond else None,
+                         "models": {p: r["conditions"][c]["metrics"]
+                                    for p, r in results["models"].items() if c in r["conditions"]}}
+    training = {p: {k: v for k, v in r["training"].items() if k != "train_seconds"}
+                for p, r in results["models"].items()}
+    return _plain({"split": results["split"], "max_halos": results["max_halos"],
+                   "n_samples": results["n_samples"], "seed": results.get("seed"),
+                   "against": results.get("against"), "headline": headline(results),
+                   "conditions": conditions,
+                   "models": {p: {"task": r["task"], "set": r["set"], "metrics": r["metrics"],
+                                  "training": training[p]}
+                              for p, r in results["models"].items()}})
+
+
+def _timings(results: dict) -> dict:
+    return _plain({p: {"train_seconds": r["training"]["train_seconds"], **r["timings"]}
+                   for p, r in results["models"].items()}
+                  | {f"two_step/{c}": cond["two_step"]["timings"]
+                     for c, cond in results["conditions"].items() if "two_step" in cond})
 
 
 def write_report(results: dict, out: str | os.PathLike, corner: Path | None = None) -> Path:
@@ -218,7 +345,7 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
     figs.mkdir(parents=True, exist_ok=True)
     models = results["models"]
     first = next(iter(models.values()))
-    data = results["data"][first["set"]]
+    data = results["data"][first["source"]]
     edges = (first["model"].stats["feh_edges"], first["model"].stats["ofe_edges"])
     sections = [("Example composed halos (test split)",
                  [_img(plot_example_halos(data, edges, figs / "halos.png"),
@@ -242,18 +369,31 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
         sections.append(("One test halo", [_img(corner, "two-step posterior (N_sub mixture), "
                                                         "truth in red")]))
     (out / "metrics.json").write_text(json.dumps(_jsonable(results), indent=2))
+    (out / "timings.json").write_text(json.dumps(_timings(results), indent=2))
     body = "\n".join(f"<h2>{html.escape(title)}</h2>\n" + "\n".join(parts)
                      for title, parts in sections)
+    tarp = plot_two_step_tarp(results, figs / "two_step_tarp.png")
+    tarp_img = _img(tarp, "TARP of the two-step posterior (theta, ranks pooled)") if tarp else ""
+    sources = "".join(f"<li>{c}: {html.escape(results['conditions'][c]['source'])}, "
+                      f"{results['conditions'][c]['halos']} halos</li>"
+                      for c in _conditions(results))
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>CASBI evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}
 img{{max-width:100%}} table{{border-collapse:collapse;margin-bottom:1em}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} .ok{{color:green}} .no{{color:#b00}}
-figure{{margin:0.5em 0}} figcaption{{color:#555;font-size:90%}}</style></head><body>
-<h1>CASBI evaluation: {html.escape(", ".join(sorted(results["data"])))}, split {results["split"]}</h1>
-<p>{len(data.x)} halos of the split (evenly spaced), {results["n_samples"]} posterior samples per
-halo for step 2. Step 2 is conditioned on the true N_sub, so it is judged on its own.</p>
-<h2>Targets</h2>{_targets_table(results)}
+figure{{margin:0.5em 0}} .small{{font-size:85%}} figcaption{{color:#555;font-size:90%}}</style></head><body>
+<h1>CASBI evaluation: {html.escape(first["set"])}</h1>
+<p>Test conditions (halos evenly spaced in each split, {results["n_samples"]} posterior samples
+per halo, seed {results.get("seed")}):</p><ul>{sources}</ul>
+<p>The two-step posterior is the one <code>infer</code> returns: N_sub drawn from the step-1
+model, theta of each rank conditioned on each draw. Per-model sections judge step 2 conditioned
+on the true N_sub. Coverage is of central intervals (randomized PIT for the discrete N_sub);
+skill = 1 − MSE / Var(prior).</p>
+<h2>Targets (issue 8)</h2>{_targets_table(results)}
+<h2>Two-step posterior and baselines, per parameter and condition</h2>
+{_conditions_table(results)}
+{tarp_img}
 {body}
 <h2>Metrics</h2>{_metrics_table(results)}
 </body></html>"""
@@ -273,7 +413,7 @@ def corner_for_halo(results: dict, path: Path, n_samples: int = 4000) -> Path | 
     if not step1 or not ranked:
         return None
     step1, step2 = by_task[step1[0]], by_task[ranked[0]]
-    data = results["data"][step2["set"]]
+    data = results["data"][step2["source"]]
     k = int(np.argmin(np.abs(data.n_sub - 8)))
     samples = infer([step1["model"], step2["model"]], data.x[k], n_samples=n_samples)
     flat = flat_samples(samples, max_rank=1)

@@ -90,3 +90,96 @@ def test_run_tiny_pipeline(tmp_path):
     assert (tmp_path / "tiny-run" / "report" / "report.html").stat().st_size > 50_000
     again = run("run", repo / "pipelines" / "tiny.yaml", "-q", cwd=tmp_path).stdout
     assert "0 ok, 0 excluded, 0 failed" in again  # resumable: nothing new to do
+
+
+def test_every_command_module_registers(capsys):
+    """A command is one module of casbi_store/cli/: each is in COMMANDS, registers its
+    subcommand with a handler, and --help lists them all."""
+    import casbi_store.cli as cli
+
+    folder = Path(cli.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "__main__", "common"}
+    ours = [m for m in cli.COMMANDS if m.__name__.startswith("casbi_store.cli.")]
+    assert modules == {m.__name__.rsplit(".", 1)[1] for m in ours}
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--help"])
+    listing = capsys.readouterr().out
+    names = [m.__name__.rsplit(".", 1)[1].replace("_", "-") for m in ours]
+    for name in names:
+        assert f"\n    {name} " in listing, name
+        args = cli.build_parser().parse_args([name, *{
+            "mock": ["x"], "extract": ["x", "--store", "s"], "compose": ["s", "--spec", "y"],
+            "train": ["s", "--set", "a:v1", "--task", "theta", "--out", "m"],
+            "tune": ["s", "--set", "a:v1", "--task", "theta", "--out", "m", "--trials", "1"],
+            "infer": ["m"], "observe": ["t", "--binning", "s", "--out", "o.nc"],
+            "evaluate": ["m"], "run": ["p"], "cluster-script": ["p"]}.get(name, ["s"])])
+        module = ours[names.index(name)]
+        assert args.func is module.run  # the handler sits with its parser
+
+
+def test_the_pipeline_runner_builds_no_argparse_namespace():
+    """The runner calls the commands' plain functions; no module fakes a parsed command line."""
+    import ast
+
+    import casbi_store.cli as cli
+
+    for path in Path(cli.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                assert name != "Namespace", f"{path.name}:{node.lineno} builds a Namespace"
+    runner = (Path(cli.__file__).parent / "run.py").read_text()
+    body = runner.split("def run_pipeline", 1)[1].split("\ndef run(", 1)[0]
+    assert "args" not in body and "argparse" not in body
+
+
+def test_cluster_script_prints_the_job_script(tmp_path, monkeypatch, capsys):
+    from casbi_store.cli import main
+
+    monkeypatch.setenv("USER", "astro")
+    repo = Path(__file__).resolve().parents[1]
+    assert main(["cluster-script", str(repo / "pipelines" / "slurm.yaml")]) == 0
+    script = capsys.readouterr().out
+    directives = {line[len("#SBATCH"):].strip() for line in script.splitlines()
+                  if line.startswith("#SBATCH")}
+    assert {"-p cpu", "-A nihao", "--cpus-per-task=8", "-t 04:00:00"} <= directives
+    assert "source $HOME/casbi/.venv/bin/activate" in script and "--nworkers 8" in script
+    local = tmp_path / "local.yaml"
+    local.write_text("extract: {suite: s}\ncluster: {kind: local, workers: 2}\n")
+    assert main(["cluster-script", str(local)]) == 2
+    err = capsys.readouterr().err
+    assert "local.yaml: cluster: kind 'local' submits no job script" in err
+    assert "Traceback" not in err
+    none = tmp_path / "none.yaml"
+    none.write_text("extract: {suite: s}\n")
+    assert main(["cluster-script", str(none)]) == 2
+    assert "none.yaml: no cluster section" in capsys.readouterr().err
+
+
+def test_pipeline_mock_physics_is_validated_at_load(tmp_path):
+    from casbi_store.mock import Physics
+
+    p = tmp_path / "p.yaml"
+    p.write_text("mock: {preset: tiny, physics: {ia_min_delay: 0.5, y_fe_ia: 0.0025}}\n")
+    assert load_pipeline(p).mock.physics == Physics(ia_min_delay=0.5, y_fe_ia=0.0025)
+    assert load_pipeline(tmp_path / "p.yaml").mock.physics.changes() == {
+        "ia_min_delay": 0.5, "y_fe_ia": 0.0025}
+    for mock, message in [
+            ("{preset: tiny, physics: {ia_delay: 0.5}}", r"physics: unknown key\(s\) \['ia_delay'\]"),
+            ("{preset: tiny, physics: {dtd_slope: 0.5}}", r"physics: dtd_slope must lie in"),
+            ("{preset: tiny, physics: [0.5]}", r"physics: expected a mapping"),
+            ("{preset: huge}", r"preset must be one of")]:
+        p.write_text(f"mock: {mock}\n")
+        with pytest.raises(ConfigError, match=rf"p.yaml: mock: {message}"):
+            load_pipeline(p)
+
+
+def test_evaluate_against_option_is_parsed():
+    from casbi_store.cli.evaluate import parse_against
+
+    assert parse_against(None) is None
+    assert parse_against("ext.zarr") == ("ext.zarr", None, None)
+    assert parse_against("ext.zarr:s:v2") == ("ext.zarr", "s", "v2")
+    assert parse_against("s3://bucket/ext.zarr:s") == ("s3://bucket/ext.zarr", "s", None)
+    with pytest.raises(ValueError, match="STORE"):
+        parse_against("a:b:c:d")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 from conftest import store_with_set
 
+from casbi_store.evaluate import TARGETS
 from casbi_store.posteriors import credible_set
 from casbi_store.trainer import TrainConfig, train
 
@@ -56,7 +58,7 @@ def test_nsub_metrics_match_a_direct_computation(models):
         order = np.argsort(-p)
         k = np.searchsorted(np.cumsum(p[order]), 0.68) + 1
         covered.append(n - 3 in order[:k])
-    assert result["metrics"]["coverage_68"] == pytest.approx(np.mean(covered))
+    assert result["metrics"]["hpd_coverage_68"] == pytest.approx(np.mean(covered))
     assert result["confusion"].sum() == len(data.x)
     assert np.array_equal(result["confusion"].sum(axis=1), np.bincount(data.n_sub - 3, minlength=6))
 
@@ -71,15 +73,96 @@ def test_report_page_embeds_every_image(models, tmp_path):
     assert "report" in proc.stdout and "tarp_max_deviation" in proc.stdout
     page = (tmp_path / "rep" / "report.html").read_text()
     sources = re.findall(r'<img[^>]*src="([^"]*)"', page)
-    assert len(sources) == 7  # halos, training, N_sub, theta means + TARP + SBC, corner
+    assert len(sources) == 8  # halos, training, N_sub, theta means + TARP + SBC, two-step TARP, corner
     for src in sources:
         assert src.startswith("data:image/png;base64,"), src[:60]
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.findall(r'(?:href|src)="(?!data:)[^"#]+"', page)  # nothing outside the page
-    import json
-
-    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert "✔" in page or "✘" in page
+    text = (tmp_path / "rep" / "metrics.json").read_text()
+    metrics = json.loads(text)
     theta = next(m for m in metrics["models"].values() if m["task"] == "theta")["metrics"]
     assert -1 <= theta["tarp_atc"] <= 1 and len(theta["sbc_ks_pvalues"]) == 3
-    assert set(metrics["headline"]) == {"nsub_coverage_68", "nsub_median_rel_error",
-                                        "tarp_max_deviation", "r2_log10_mstar_1"}
+    assert set(metrics["headline"]) == set(TARGETS)
+    assert list(metrics["conditions"]) == ["in_distribution", "held_out"]
+    for cond in metrics["conditions"].values():
+        assert set(cond["targets"]) == set(TARGETS)
+        assert {"ridge", "gbr"} <= set(cond["baselines"])
+        two = cond["two_step"]
+        for name in ("n_sub", "log10_mstar_1", "log10_mdm_2", "tau_3"):
+            for metric in ("coverage_68", "coverage_95", "sbc_ks_pvalue", "tarp_max_deviation",
+                           "rmse", "bias", "r2", "truth_std", "skill"):
+                assert np.isfinite(two[f"{metric}_{name}"]), (metric, name)
+    # same seeds, same numbers: a second evaluation (another process) writes the same file
+    from casbi_store.evaluate import evaluate
+    from casbi_store.report import _jsonable
+
+    again = evaluate([str(p) for p in paths.values()], max_halos=120, n_samples=60)
+    assert json.dumps(_jsonable(again), indent=2) == text
+
+
+def test_two_step_mixture_conditions_each_draw_on_its_n_sub(models):
+    from casbi_store.evaluate import mixture_samples, read_split
+    from casbi_store.modelfolder import load_model
+    from casbi_store.posteriors import load_posterior
+
+    store, paths = models
+    model = load_model(paths["theta"])
+    data = read_split(store, "t", "v1", "test", max_halos=3)
+    draws = np.array([[3, 5, 8], [5, 3, 8], [3, 5, 4], [5, 5, 8]] * 100)  # (samples, halos)
+    samples, _ = mixture_samples(model, torch.as_tensor(data.x)[:, None], draws, ranks=3)
+    assert samples.shape == (400, 3, 3, 3) and np.isfinite(samples).all()  # every draw >= 3
+    # the draws of N_sub = 5 for halo 1: their rank-1 samples against the flow's own at (x, 5, 1)
+    got = samples[draws[:, 1] == 5, 1, 0]
+    cond = model.task_spec.condition(torch.as_tensor(data.x[1:2]).reshape(1, -1),
+                                     torch.tensor([5.0]), torch.tensor([1.0]))
+    with torch.no_grad():
+        direct = load_posterior(model).sample((4000,), x=cond, reject_outside_prior=False,
+                                              show_progress_bars=False).numpy()
+    se = np.sqrt(direct.var(axis=0) / len(got) + direct.var(axis=0) / len(direct))
+    assert np.all(np.abs(got.mean(axis=0) - direct.mean(axis=0)) < 5 * se)
+    few = np.array([[2, 3]] * 50)  # rank 3 does not exist for N_sub = 2
+    samples, _ = mixture_samples(model, torch.as_tensor(data.x[:2])[:, None], few, ranks=3)
+    assert np.isnan(samples[:, 0, 2]).all() and np.isfinite(samples[:, 0, :2]).all()
+    assert np.isfinite(samples[:, 1]).all()
+
+
+def test_external_store_is_a_third_condition_and_other_bin_edges_are_refused(
+        models, tiny_suite, tiny_store, tmp_path):
+    from casbi_store.binning import BinningSpec
+    from casbi_store.compose import ComposeSpec, compose
+    from casbi_store.evaluate import BinningMismatch, evaluate
+    from casbi_store.extraction_run import extract_suite
+    from casbi_store.modelfolder import load_model
+
+    store, paths = models
+    other = store_with_set(tiny_store[0], tmp_path / "other", name="t", n_sub_min=3, n_sub_max=8,
+                           train_per_n=20, test_per_n=10, seed=6)
+    used = [paths["nsub_classifier"], paths["theta"]]
+    results = evaluate(used, max_halos=40, n_samples=40, against=(other, None, None),
+                       in_distribution_split=None, baseline_fit_rows=200)
+    assert list(results["conditions"]) == ["held_out", "external"]
+    ext = results["conditions"]["external"]
+    assert ext["source"].startswith(str(other)) and ext["halos"] == 40
+    # the skill of step 2 on the true N_sub, independently: 1 - MSE / Var(U(box))
+    theta = results["models"][str(paths["theta"])]["conditions"]["external"]
+    model = load_model(paths["theta"])
+    example = model.stats["theta_example"]
+    low, high = example.min(axis=0), example.max(axis=0)
+    sel = theta["rank"] == 1
+    mse = np.mean((theta["mean"][sel, 0] - theta["truth"][sel, 0]) ** 2)
+    assert theta["metrics"]["skill_log10_mstar_1"] == pytest.approx(
+        1 - mse / ((high[0] - low[0]) ** 2 / 12), rel=1e-4)
+
+    rebinned = tmp_path / "rebinned.zarr"
+    import shutil
+
+    shutil.copytree(tiny_store[0], rebinned)
+    extract_suite(tiny_suite, rebinned, n_workers=1, progress=False,
+                  binning=BinningSpec(percentiles=(1.0, 99.0)))
+    compose(rebinned, ComposeSpec(name="t", version="v1", n_sub_min=3, n_sub_max=8,
+                                  train_per_n=20, test_per_n=10, seed=6), progress=False)
+    with pytest.raises(BinningMismatch) as err:
+        evaluate(used, against=(rebinned, "t", "v1"))
+    assert str(rebinned) in str(err.value) and str(store) in str(err.value)
+    assert "[Fe/H]" in str(err.value)

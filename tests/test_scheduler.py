@@ -106,3 +106,36 @@ def test_a_worker_killed_mid_extraction_is_survived(tiny_suite, tiny_store, exte
     assert killed is not None, "no extraction task was seen running"
     assert result["summary"].ok == tiny_store[1].ok
     assert_same_arrays(store_arrays(tiny_store[0]), store_arrays(store))
+
+
+def test_pipeline_cluster_section_runs_extract_and_compose_there(external_cluster, tmp_path):
+    """A pipeline's `cluster:` section: extraction and composition both run on that cluster (the
+    scheduler saw their tasks); the set equals one composed on local threads; the mock stage's
+    physics reaches the suite."""
+    import yaml
+    from dask.distributed import Client
+
+    from casbi_store.cli import main
+    from casbi_store.compose import ComposeSpec, compose
+
+    spec = {"name": "clus", "version": "v1", "seed": 2, "n_sub_min": 2, "n_sub_max": 4,
+            "train_per_n": 20, "test_per_n": 5}
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "workdir": str(tmp_path / "work"),
+        "mock": {"preset": "tiny", "seed": 3, "physics": {"ia_min_delay": 0.5, "sfe": 1.5}},
+        "extract": {"store": "s.zarr"},
+        "cluster": {"kind": "address", "address": external_cluster},
+        "compose": {"sets": [spec]}}))
+    assert main(["run", str(pipeline), "-q"]) == 0
+    with Client(external_cluster) as client:
+        prefixes = set(client.run_on_scheduler(lambda dask_scheduler: list(
+            dask_scheduler.task_prefixes)))
+    assert {"extract", "sum_histograms"} <= prefixes, prefixes
+    manifest = yaml.safe_load((tmp_path / "work" / "suite" / "mock_suite.yaml").read_text())
+    assert manifest["spec"]["physics"]["ia_min_delay"] == 0.5
+    assert all(s["chemistry"]["ia_min_delay"] == 0.5 for s in manifest["simulations"])
+    store = tmp_path / "work" / "s.zarr"
+    on_cluster = compose(store, ComposeSpec(**spec), progress=False)  # published: the same entry
+    local = compose(store, ComposeSpec(**{**spec, "version": "v2"}), progress=False)
+    assert on_cluster["checksum"] == local["checksum"]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..observe import ColumnNames
 
 
 def add_parser(sub) -> None:
@@ -27,16 +31,25 @@ def add_parser(sub) -> None:
     o.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .observe import ColumnNames, ObservationError, observe_table, write_observation
+def observe(table: str, binning: str, out: str, columns: ColumnNames | None = None, *,
+            where: str | None = None, min_stars: int | None = None) -> int:
+    """Bin the star ``table`` with the binning of ``binning`` (model folder or store) after the
+    cuts, write the observation NetCDF ``out``, print what was kept and dropped."""
+    from ..observe import ColumnNames, ObservationError, observe_table, write_observation
 
-    if not args.out.endswith(".nc"):  # before reading a large table
-        raise ObservationError(f"{args.out}: an observation is written as NetCDF; name it *.nc")
+    if not out.endswith(".nc"):  # before reading a large table
+        raise ObservationError(f"{out}: an observation is written as NetCDF; name it *.nc")
+    obs = observe_table(table, binning, columns or ColumnNames(), where=where, min_stars=min_stars)
+    written = write_observation(obs, out)
+    print(obs.summary())
+    print(f"observation: {obs.n_obs} stars -> {written}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..observe import ColumnNames
+
     columns = ColumnNames(feh=args.feh_col, ofe=args.ofe_col, feh_err=args.feh_err_col,
                           ofe_err=args.ofe_err_col, flag=args.flag_col)
-    obs = observe_table(args.table, args.binning, columns, where=args.where,
-                        min_stars=args.min_stars)
-    out = write_observation(obs, args.out)
-    print(obs.summary())
-    print(f"observation: {obs.n_obs} stars -> {out}")
-    return 0
+    return observe(args.table, args.binning, args.out, columns, where=args.where,
+                   min_stars=args.min_stars)

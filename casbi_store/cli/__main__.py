@@ -1,0 +1,7 @@
+"""``python -m casbi_store.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""What the command modules share: NAME:VERSION parsing, TrainConfig options, logging, errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+
+TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transforms", "embedding_dim")
+TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
+                 "num_transforms", "embedding_dim", "ensemble", "max_rank", "joint_n_sub",
+                 "in_memory", "seed", "device")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a file, an option, a store): ``main`` prints them as
+    ``casbi-store: error: ...`` and exits with 2, without a traceback. ValueError covers our
+    ConfigError, ComposeError, TrainingSetError, ObservationError and the like."""
+    from ..locks import LockHeld
+    from ..store import StoreError
+
+    return (ValueError, KeyError, FileNotFoundError, FileExistsError, StoreError, LockHeld)
+
+
+def setup_logging(verbose: bool) -> None:
+    """INFO (DEBUG with -v) to stderr; third-party warnings and loggers that flood a session off."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # third-party noise on every sampling call (nflows' LU transform, sbi's batch capping)
+    warnings.filterwarnings("ignore", message="torch.triangular_solve is deprecated")
+    warnings.filterwarnings("ignore", message="Capping max_sampling_batch_size")
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+    import distributed  # noqa: F401  (configures its loggers on import; quieten them after)
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def split_set(value: str) -> tuple[str, str]:
+    """``NAME:VERSION`` -> (name, version)."""
+    name, _, version = value.partition(":")
+    if not version:
+        raise ValueError(f"--set must be NAME:VERSION (e.g. nsub_uniform:v1), not {value!r}")
+    return name, version
+
+
+def add_set_options(p: argparse.ArgumentParser, task_help: str) -> None:
+    """The store, ``--set NAME:VERSION`` and ``--task`` arguments of train and tune."""
+    from ..tasks import task_names
+
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
+    p.add_argument("--task", choices=task_names(), required=True, help=task_help)
+
+
+def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
+    """The TrainConfig options of `train`; `tune` samples TUNED_OPTIONS instead of taking them."""
+    p.add_argument("--epochs", type=int, help="per trial" if tuned else None)
+    if not tuned:
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--learning-rate", type=float)
+    p.add_argument("--patience", type=int, help="epochs without validation improvement to stop")
+    if not tuned:
+        p.add_argument("--hidden-features", type=int, help="NSF hidden features (default 100)")
+        p.add_argument("--num-transforms", type=int, help="NSF transforms (default 10)")
+        p.add_argument("--embedding-dim", type=int, help="CNN output features (default 128)")
+    p.add_argument("--conv-channels", type=int, nargs="+", help="CNN channels per layer")
+    p.add_argument("--ensemble", type=int, help="members trained independently (default 1)")
+    p.add_argument("--max-rank", type=int, help="theta: ranks learnt, 1..R (0: all; default 3)")
+    p.add_argument("--joint-n-sub", type=int, help="theta_joint: the fixed N_sub")
+    p.add_argument("--in-memory", action="store_true", default=None,
+                   help="load the split into memory instead of streaming chunks")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    if tuned:
+        p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
+
+
+def train_config(args: argparse.Namespace):
+    """The validated ``trainer.TrainConfig`` of the options ``add_train_options`` added."""
+    from ..trainer import TrainConfig
+
+    options = {k: getattr(args, k) for k in TRAIN_OPTIONS}
+    if args.conv_channels:
+        options["conv_channels"] = tuple(args.conv_channels)
+    return TrainConfig.from_dict({k: v for k, v in options.items() if v is not None})

@@ -1,0 +1,65 @@
+"""``casbi-store infer``: two-step posterior samples for one halo."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_parser(sub) -> None:
+    inf = sub.add_parser("infer", help="two-step posterior samples for one halo")
+    inf.add_argument("models", nargs="+", help="model folders written by `train` (step 1 and 2)")
+    inf.add_argument("--histogram", help=".npy or .nc 64x64 histogram, binned with the store's binning")
+    inf.add_argument("--stars", help="CSV star table with [Fe/H] and [O/Fe] columns")
+    inf.add_argument("--out", default="posterior.nc", help="NetCDF of the samples (+ .png corner)")
+    inf.add_argument("--samples", type=int, default=10_000)
+    inf.add_argument("--nsub-draw", choices=["mixture", "mode"], default="mixture",
+                     help="condition theta on step 1's N_sub samples (mixture) or its mode")
+    inf.add_argument("--ranks", type=int, default=3, help="blocks to infer, by M* rank")
+    inf.add_argument("--seed", type=int, default=0)
+    inf.set_defaults(func=run)
+
+
+def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
+               stars: str | None = None, samples: int = 10_000, nsub_draw: str = "mixture",
+               ranks: int = 3, seed: int = 0) -> int:
+    """Sample the posterior of one halo (a histogram file or a star table) with the model
+    folders ``models``; write the samples (NetCDF) and a corner plot, print the summary."""
+    from ..infer import corner_plot, infer, read_histogram, read_star_table
+    from ..modelfolder import load_model
+
+    loaded = [load_model(m) for m in models]
+    if bool(histogram) == bool(stars):
+        raise ValueError("give exactly one of --histogram (.npy/.nc) or --stars (.csv)")
+    if stars:
+        x, summary = read_star_table(stars, loaded[0].stats["feh_edges"],
+                                     loaded[0].stats["ofe_edges"])
+        print(f"{stars}: {summary['binned']} of {summary['stars']} stars binned "
+              f"({summary['outside']} outside the store's binning or not finite)")
+    else:
+        x = read_histogram(histogram)
+    start = time.perf_counter()
+    drawn = infer(loaded, x, n_samples=samples, seed=seed, nsub_draw=nsub_draw, ranks=ranks)
+    seconds = time.perf_counter() - start
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    drawn.to_netcdf(path)
+    png = corner_plot(drawn, path.with_suffix(".png"))
+    print(f"{samples} posterior samples in {seconds:.2f} s -> {path}, corner plot {png}")
+    for name, var in drawn.data_vars.items():
+        for label, values in ([(f"{name}_{r}", var.sel(rank=r).values) for r in var["rank"].values]
+                              if "rank" in var.dims else [(name, var.values)]):
+            values = values[np.isfinite(values)]
+            if len(values):
+                lo, med, hi = np.percentile(values, [16, 50, 84])
+                print(f"  {label:<16} {med:10.3f}  (68%: {lo:.3f} .. {hi:.3f}) {var.attrs['units']}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return infer_halo(args.models, args.out, histogram=args.histogram, stars=args.stars,
+                      samples=args.samples, nsub_draw=args.nsub_draw, ranks=args.ranks,
+                      seed=args.seed)

@@ -1,0 +1,46 @@
+"""``casbi-store tune``: optuna search over a task's training options (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import add_set_options, add_train_options, split_set, train_config
+
+
+def add_parser(sub) -> None:
+    tu = sub.add_parser("tune", help="optuna search over learning rate, batch size, flow size and "
+                                     "embedding width; re-run to resume")
+    add_set_options(tu, "as for train")
+    tu.add_argument("--out", required=True,
+                    help="tune folder: optuna.db, trial-N model folders, best.json")
+    tu.add_argument("--trials", type=int, required=True,
+                    help="complete trials to reach (a re-run runs only the missing ones)")
+    tu.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default 0)")
+    add_train_options(tu, tuned=True)
+    tu.set_defaults(func=run)
+
+
+def tune_task(store: str | os.PathLike, set_name: str, version: str, task: str,
+              out: str | os.PathLike, trials: int, config, *, sampler_seed: int = 0) -> int:
+    """Run the missing trials up to ``trials``, print them and the best; 1 if none is complete."""
+    from ..tune import tune
+
+    result = tune(store, set_name, version, task, out, trials, config, seed=sampler_seed)
+    for row in result["trials"]:
+        value = "-" if row["value"] is None else f"{row['value']:.4f}"
+        params = ", ".join(f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+                           for k in result["params"] or {})
+        print(f"  trial {row['trial']:>3}  {row['state']:<8}  log-likelihood {value:>9}  {params}")
+    if result["best_trial"] is None:
+        print(f"no complete trial yet; re-run to resume ({out}/optuna.db)")
+        return 1
+    print(f"best: trial {result['best_trial']}, validation log-likelihood {result['value']:.4f}, "
+          f"model {result['model']} (summary: {out}/best.json)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    name, version = split_set(args.set)
+    return tune_task(args.store, name, version, args.task, args.out, args.trials,
+                     train_config(args), sampler_seed=args.sampler_seed)
