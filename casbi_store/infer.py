@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ import xarray as xr
 from . import schema as S
 from .binning import bin_stars
 from .modelfolder import TrainedModel, as_model
+from .observe import ObservationError, load_binning_source, observe_table, read_observation
 from .posteriors import (
     FlowSamples,
     box_bounds,
@@ -43,36 +46,67 @@ FEH_COLUMNS = ("[Fe/H]", "feh", "FeH", "fe_h")
 OFE_COLUMNS = ("[O/Fe]", "ofe", "OFe", "o_fe")
 
 
-def _check_histogram(x: np.ndarray, path: Path) -> np.ndarray:
+def check_histogram(x: np.ndarray, where: str | os.PathLike) -> np.ndarray:
+    """A 64x64 histogram of finite, non-negative counts with at least one star, as float32;
+    ``ObservationError`` naming ``where`` otherwise (an empty histogram carries no information,
+    and the flows would still answer with the prior's shape)."""
     x = np.squeeze(np.asarray(x, dtype=np.float32))
     if x.shape != (S.N_BINS, S.N_BINS):
-        raise ValueError(f"{path}: histogram has shape {x.shape}, expected "
-                         f"({S.N_BINS}, {S.N_BINS}) binned with the store's binning")
-    if (x < 0).any() or not np.isfinite(x).all():
-        raise ValueError(f"{path}: histogram has negative or non-finite counts")
+        raise ObservationError(f"{where}: histogram has shape {x.shape}, expected "
+                               f"({S.N_BINS}, {S.N_BINS}) binned with the store's binning")
+    if not np.isfinite(x).all():
+        raise ObservationError(f"{where}: histogram has {int((~np.isfinite(x)).sum())} "
+                               "non-finite counts")
+    if (x < 0).any():
+        raise ObservationError(f"{where}: histogram has {int((x < 0).sum())} negative counts")
+    if x.sum() == 0:
+        raise ObservationError(f"{where}: histogram is all zeros: no star to infer from")
     return x
 
 
-def read_histogram(path: str | os.PathLike) -> np.ndarray:
-    """A 64x64 histogram from .npy, or from .nc (variable ``x`` or ``counts``)."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        x = np.load(path)
-    elif path.suffix == ".nc":
-        ds = xr.open_dataset(path)
-        if S.X.name not in ds and S.COUNTS.name not in ds:
-            raise ValueError(f"{path}: no variable {S.X.name!r} or {S.COUNTS.name!r}")
-        x = ds[S.X.name if S.X.name in ds else S.COUNTS.name].values
-    else:
-        raise ValueError(f"{path}: expected a .npy or .nc histogram (or --stars for a CSV table)")
-    return _check_histogram(x, path)
+def read_histogram(path: str | os.PathLike, feh_edges: np.ndarray | None = None,
+                   ofe_edges: np.ndarray | None = None) -> np.ndarray:
+    """A 64x64 histogram from .npy, or from .nc (an observation written by ``casbi-store
+    observe``, refused if binned with other edges than those given, or a variable ``x`` or
+    ``counts``)."""
+    return _read_histogram(Path(path), feh_edges, ofe_edges)[0]
+
+
+def _read_histogram(path: Path, feh_edges: np.ndarray | None, ofe_edges: np.ndarray | None
+                    ) -> tuple[np.ndarray, dict | None]:
+    """The histogram and, for an observation file, its attributes."""
+    if not path.is_file():
+        raise ObservationError(f"{path}: no such histogram file")
+    attrs = None
+    try:
+        if path.suffix == ".npy":
+            x = np.load(path, allow_pickle=False)
+        elif path.suffix == ".nc":
+            with xr.open_dataset(path) as ds:
+                if S.ATTR_OBSERVATION_VERSION in ds.attrs:
+                    ds.close()
+                    x, attrs = read_observation(path, feh_edges, ofe_edges)
+                elif S.X.name not in ds and S.COUNTS.name not in ds:
+                    raise ObservationError(f"{path}: no variable {S.X.name!r} or "
+                                           f"{S.COUNTS.name!r}")
+                else:
+                    x = ds[S.X.name if S.X.name in ds else S.COUNTS.name].values
+        else:
+            raise ObservationError(f"{path}: expected a .npy or .nc histogram (or --stars for a "
+                                   "CSV table)")
+    except ObservationError:
+        raise
+    except Exception as exc:  # a damaged file: numpy's and netCDF's own errors
+        raise ObservationError(f"{path}: not readable as a histogram ({type(exc).__name__}: "
+                               f"{exc})") from exc
+    return check_histogram(x, path), attrs
 
 
 def _column(header: list[str], names: tuple[str, ...], path: Path) -> int:
     for name in names:
         if name in header:
             return header.index(name)
-    raise ValueError(f"{path}: no column named any of {names}; columns are {header}")
+    raise ObservationError(f"{path}: no column named any of {names}; columns are {header}")
 
 
 def read_star_table(path: str | os.PathLike, feh_edges: np.ndarray, ofe_edges: np.ndarray
@@ -83,18 +117,72 @@ def read_star_table(path: str | os.PathLike, feh_edges: np.ndarray, ofe_edges: n
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
-        raise ValueError(f"{path}: empty star table (need a header and at least one star)")
+        raise ObservationError(f"{path}: empty star table (need a header and at least one star)")
     header = [h.strip() for h in rows[0]]
     i_fe, i_o = _column(header, FEH_COLUMNS, path), _column(header, OFE_COLUMNS, path)
     try:
         values = np.array([[float(r[i_fe]), float(r[i_o])] for r in rows[1:] if r], dtype=float)
     except (ValueError, IndexError) as exc:
-        raise ValueError(f"{path}: unreadable value in the [Fe/H]/[O/Fe] columns ({exc})") from exc
+        raise ObservationError(f"{path}: unreadable value in the [Fe/H]/[O/Fe] columns ({exc})") from exc
+    if not len(values):
+        raise ObservationError(f"{path}: empty star table (need at least one star)")
     i, j = bin_stars(values[:, 0], feh_edges), bin_stars(values[:, 1], ofe_edges)
     keep = (i >= 0) & (j >= 0)
+    if not keep.any():
+        raise ObservationError(
+            f"{path}: 0 of {len(values)} stars binned: none lies inside the model's binning "
+            f"([Fe/H] {feh_edges[0]:.2f}..{feh_edges[-1]:.2f}, [O/Fe] {ofe_edges[0]:.2f}.."
+            f"{ofe_edges[-1]:.2f} dex) or they are not finite")
     n = len(feh_edges) - 1
     hist = np.bincount(i[keep] * n + j[keep], minlength=n * n).reshape(n, n).astype(np.float32)
     return hist, {"stars": len(values), "binned": int(keep.sum()), "outside": int((~keep).sum())}
+
+
+@dataclass(frozen=True)
+class ObservedHistogram:
+    """A histogram read from a file for a model, with what the samples' attributes and the
+    printed summary should say about it."""
+
+    counts: np.ndarray
+    attrs: dict
+    summary: str
+
+
+CARRIED = ("n_rows", "table", "table_sha256", "ofe_mapping", "ofe_caveat", "quality_expression")
+
+
+def _observed(path: Path, counts: np.ndarray, obs: dict) -> ObservedHistogram:
+    """The attributes and summary of an observation (``observe``'s fields, as a dict)."""
+    attrs = {"observation": str(path), "n_obs": int(counts.sum()),
+             "dropped": json.dumps(obs["dropped"]), **{k: obs[k] for k in CARRIED}}
+    lines = [f"{path}: {attrs['n_obs']} of {obs['n_rows']} stars binned, from {obs['table']} "
+             "(dropped: " + ", ".join(f"{k} {v}" for k, v in obs["dropped"].items()) + ")",
+             f"  table sha256 {obs['table_sha256']}"]
+    if obs["quality_expression"]:
+        lines.append(f"  quality cut: {obs['quality_expression']}")
+    if obs["ofe_caveat"]:
+        lines += [f"  [O/Fe] axis: {obs['ofe_mapping']}", f"  caveat: {obs['ofe_caveat']}"]
+    return ObservedHistogram(counts, attrs, "\n".join(lines))
+
+
+def read_input(path: str | os.PathLike, model: TrainedModel | str | os.PathLike
+               ) -> ObservedHistogram:
+    """An observation for ``model``: a histogram (.npy, .nc; an observation file written by
+    ``casbi-store observe`` is refused if binned with other edges than the model's) or a star
+    table (CSV, FITS) read, cut and binned with the model's binning exactly as ``casbi-store
+    observe --binning MODEL`` does (``observe.observe_table``, default cuts); an
+    ``ObservationError`` naming the file if it carries no information."""
+    path, model = Path(path), as_model(model)
+    if path.suffix.lower() in (".csv", ".fits", ".fit", ".gz"):
+        obs = observe_table(path, load_binning_source(model.path))
+        fields = {"quality_expression": obs.where,
+                  **{k: getattr(obs, k) for k in ("dropped", *CARRIED[:-1])}}
+        return _observed(path, check_histogram(obs.counts, path), fields)
+    x, obs = _read_histogram(path, model.stats["feh_edges"], model.stats["ofe_edges"])
+    if obs is None:
+        return ObservedHistogram(x, {"observation": str(path), "n_obs": float(x.sum())},
+                                 f"{path}: histogram of {x.sum():g} stars")
+    return _observed(path, x, obs)
 
 
 def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np.ndarray,
@@ -135,7 +223,14 @@ def _var(values, dims, name: str, model: TrainedModel, **attrs) -> xr.Variable:
                                             "model": str(model.path), "task": model.task, **attrs})
 
 
-def infer(models: list[TrainedModel | str | os.PathLike], histogram: np.ndarray,
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+    return int(value)
+
+
+def infer(models: list[TrainedModel | str | os.PathLike],
+          histogram: np.ndarray | ObservedHistogram | str | os.PathLike,
           n_samples: int = 10_000, seed: int = 0, nsub_draw: str = "mixture", ranks: int = 3
           ) -> xr.Dataset:
     """Posterior samples for one histogram from step-1 and step-2 model folders.
@@ -145,11 +240,33 @@ def infer(models: list[TrainedModel | str | os.PathLike], histogram: np.ndarray,
     ``n_sub_npe``), per-rank ``log10_mstar``, ``log10_mdm``, ``tau`` (sample, rank), and
     joint-mode ``<param>_<k>``. ``nsub_draw``: ``"mixture"`` (theta conditioned on each N_sub
     draw) or ``"mode"`` (on step 1's most probable N_sub).
+
+    ``histogram``: a 64x64 array, a file (read by ``read_input`` with the first model's edges)
+    or what ``read_input`` returned; what is known about it (N_obs, for an observation file
+    the table's checksum, the stars dropped and the [O/Fe] mapping) goes into the attributes.
     """
     if nsub_draw not in NSUB_DRAWS:
         raise ValueError(f"nsub_draw must be one of {NSUB_DRAWS}, not {nsub_draw!r}")
-    torch.manual_seed(seed)
+    n_samples, ranks = _positive_int(n_samples, "n_samples"), _positive_int(ranks, "ranks")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+    if not models:
+        raise ValueError("no model folder given")
     loaded = [as_model(m) for m in models]
+    for m in loaded[1:]:
+        if not all(np.array_equal(m.stats[k], loaded[0].stats[k])
+                   for k in ("feh_edges", "ofe_edges")):
+            raise ValueError(f"{m.path} and {loaded[0].path} were trained on other binnings; "
+                             "give models of one store's binning")
+    if isinstance(histogram, (str, os.PathLike)):
+        histogram = read_input(histogram, loaded[0])
+    if isinstance(histogram, ObservedHistogram):
+        observed = histogram.attrs
+        histogram = histogram.counts
+    else:
+        histogram = check_histogram(histogram, "the histogram given to infer")
+        observed = {"n_obs": float(histogram.sum())}
+    torch.manual_seed(seed)
     by_task = {}
     for m in loaded:
         other = by_task.setdefault(m.task, m)
@@ -187,7 +304,8 @@ def infer(models: list[TrainedModel | str | os.PathLike], histogram: np.ndarray,
     coords = {"rank": np.arange(1, ranks + 1)} if ranked else {}
     return xr.Dataset(data, coords=coords,
                       attrs={"models": json.dumps([str(m.path) for m in loaded]),
-                             "n_samples": n_samples, "seed": seed, "nsub_draw": nsub_draw})
+                             "n_samples": n_samples, "seed": seed, "nsub_draw": nsub_draw,
+                             **observed})
 
 
 def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray]:
@@ -200,6 +318,20 @@ def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray
         else:
             out[name] = var.values
     return out
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+_TOO_FEW_POINTS = _DropMessage("Too few points to create valid contours")
 
 
 def corner_plot(samples: xr.Dataset | dict, out: str | os.PathLike, truth: dict | None = None,
@@ -217,9 +349,14 @@ def corner_plot(samples: xr.Dataset | dict, out: str | os.PathLike, truth: dict 
     data = np.column_stack([flat[n] for n in names])
     data = data[np.isfinite(data).all(axis=1)]
     truths = [truth.get(n) for n in names] if truth else None
-    fig = corner.corner(data, labels=names, truths=truths, truth_color="C3",
-                        quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".2f",
-                        title_kwargs={"fontsize": 8}, label_kwargs={"fontsize": 8})
+    root = logging.getLogger()  # corner logs this on the root logger for narrow posteriors
+    root.addFilter(_TOO_FEW_POINTS)
+    try:
+        fig = corner.corner(data, labels=names, truths=truths, truth_color="C3",
+                            quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".2f",
+                            title_kwargs={"fontsize": 8}, label_kwargs={"fontsize": 8})
+    finally:
+        root.removeFilter(_TOO_FEW_POINTS)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)

@@ -11,6 +11,7 @@ a wrong value fails even from a catalog entry without ``allowed:`` lists.
 from __future__ import annotations
 
 import os
+import warnings
 
 import xarray as xr
 from intake.source.base import DataSource, NoEntry, Schema
@@ -19,6 +20,13 @@ from . import trainingsets
 from .schema import SPLITS
 from .store import open_store
 from .trainingsets import LATEST
+
+# intake 2.0.9 warns "Shell command not executed" for every string parameter value, shell() or
+# not (intake.catalog.utils.expand_defaults), on every entry call. Catalogs import this module
+# when they open (our drivers are entry points), so this one message of that one intake module
+# is silenced here; no other warning is touched.
+warnings.filterwarnings("ignore", message="Shell command not executed due to getshell=False",
+                        category=UserWarning, module=r"intake\.catalog\.utils")
 
 
 def _schema(ds: xr.Dataset) -> Schema:

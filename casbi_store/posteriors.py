@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -23,8 +25,24 @@ from .modelfolder import TrainedModel, as_model
 from .tasks.nsub_classifier import NsubPosterior
 
 __all__ = ["FlowSamples", "NsubPosterior", "OutsidePriorError", "box_bounds", "credible_set",
-           "load_posterior", "nsub_probabilities", "outside_fraction",
+           "load_posterior", "nsub_probabilities", "outside_fraction", "quiet_sampling",
            "sample_in_prior", "sample_nsub"]
+
+
+# what sbi, nflows and torch warn on every sampling call: the leakage outside the prior box is
+# measured (``outside_fraction``) or rejected here, batch capping and nflows' use of a deprecated
+# torch call are not the user's concern
+SAMPLING_NOISE = (r".*reject_outside_prior=False lie outside", "Capping max_sampling_batch_size",
+                  "torch.triangular_solve is deprecated", "To copy construct from a tensor")
+
+
+@contextmanager
+def quiet_sampling() -> Iterator[None]:
+    """Silence ``SAMPLING_NOISE`` (only those warnings, only inside the block)."""
+    with warnings.catch_warnings():
+        for message in SAMPLING_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 class OutsidePriorError(ValueError):
@@ -46,7 +64,7 @@ def sample_in_prior(posterior, model: TrainedModel, n: int, x: torch.Tensor,
     kept, have, drawn = [], 0, 0
     while have < n:
         batch = max(2 * (n - have), 1000)
-        with torch.no_grad():
+        with torch.no_grad(), quiet_sampling():
             s = posterior.sample((batch,), x=x, reject_outside_prior=False,
                                  show_progress_bars=False)
         inside = s[((s >= low) & (s <= high)).all(dim=-1)]
@@ -73,8 +91,7 @@ class FlowSamples:
 
     def sample_batched(self, sample_shape, x: torch.Tensor, **kwargs) -> torch.Tensor:
         kwargs.update(reject_outside_prior=False, show_progress_bars=False)
-        with torch.no_grad(), warnings.catch_warnings():  # the leakage is measured, not warned
-            warnings.filterwarnings("ignore", message=r".*reject_outside_prior=False lie outside")
+        with torch.no_grad(), quiet_sampling():  # the leakage is measured, not warned
             return self.posterior.sample_batched(sample_shape, x=x, **kwargs)
 
     def __getattr__(self, name: str):

@@ -180,6 +180,7 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
                                         shuffle=split == "train", storage_options=storage_options)
                for split in ("train", "val")}
     meta, stats = _prepare(store, name, version, task, out, cfg, streams, storage_options)
+    F.start_training(out)  # ensemble.json, written last, marks the folder complete
     sources = ({k: _InMemory(s) for k, s in streams.items()} if cfg.in_memory else streams)
     histories, best = [], []
     for k in range(cfg.ensemble):
