@@ -28,19 +28,16 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
                ranks: int = 3, seed: int = 0) -> int:
     """Sample the posterior of one halo (a histogram file or a star table) with the model
     folders ``models``; write the samples (NetCDF) and a corner plot, print the summary."""
-    from ..infer import corner_plot, infer, read_histogram, read_star_table
+    from ..infer import corner_plot, infer, read_input
     from ..modelfolder import load_model
 
-    loaded = [load_model(m) for m in models]
     if bool(histogram) == bool(stars):
-        raise ValueError("give exactly one of --histogram (.npy/.nc) or --stars (.csv)")
-    if stars:
-        x, summary = read_star_table(stars, loaded[0].stats["feh_edges"],
-                                     loaded[0].stats["ofe_edges"])
-        print(f"{stars}: {summary['binned']} of {summary['stars']} stars binned "
-              f"({summary['outside']} outside the store's binning or not finite)")
-    else:
-        x = read_histogram(histogram)
+        raise ValueError("give exactly one of --histogram (.npy/.nc) or --stars (.csv/.fits)")
+    loaded = [load_model(m) for m in models]
+    # an observation file is checked against the model's bin edges; a star table is read as
+    # `observe --binning MODEL` reads it (dex check, cuts, drops counted)
+    x = read_input(histogram or stars, loaded[0])
+    print(x.summary)
     start = time.perf_counter()
     drawn = infer(loaded, x, n_samples=samples, seed=seed, nsub_draw=nsub_draw, ranks=ranks)
     seconds = time.perf_counter() - start
