@@ -125,14 +125,6 @@ class Staging:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def dask_client(scheduler: str | None = None, n_workers: int | None = None):
-    """A client of the cluster at ``scheduler``, or of a new LocalCluster (one thread per worker):
-    ``cluster.cluster_client`` of the CLI's ``--scheduler`` / ``--workers``."""
-    with cluster_client(ClusterSpec.from_options(scheduler, n_workers)) as client:
-        yield client
-
-
 def extract_suite(
     suite: str | os.PathLike,
     store: str | os.PathLike,
