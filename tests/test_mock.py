@@ -127,7 +127,8 @@ def test_nihao_preset_is_nihao_sized():
     stars = np.array([m.n_star_final for m in draw_simulations(spec)])
     assert len(stars) == 100 and stars.max() == 1_000_000
     assert (stars >= 500_000).sum() >= 5  # several galaxies of ~1e6 stars, not one outlier
-    assert 1e7 < stars.sum() < 3e7 and stars.min() < 1000  # dwarfs too: the whole mass range
+    assert round(stars.sum() / 1e6, 1) == 15.3  # README: 15.3 M star particles at z = 0
+    assert stars.min() < 1000  # dwarfs too: the whole mass range
 
 
 def test_particle_counts_match_the_written_files(tiny_suite):
