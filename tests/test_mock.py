@@ -113,3 +113,35 @@ def test_reader_agrees_with_file_sizes(tiny_suite):
     snap = next(r for r in find_snapshots(tiny_suite) if r.simulation == "g1.18e10").path(tiny_suite)
     got = main_halo_stars(str(snap))
     assert got["n_star"] == len(got["star_mass_msun"]) > 0
+
+
+def test_nihao_preset_is_nihao_sized():
+    """The `nihao` preset as README.md and bench/README.md describe it (nothing generated):
+    100 simulations x 64 snapshots every 16 steps, the largest galaxies ~1e6 star particles."""
+    from casbi_store.mock.suite import PRESETS
+
+    spec = preset("nihao")
+    assert spec is not PRESETS["nihao"] and spec == PRESETS["nihao"]
+    assert spec.n_simulations == 100
+    assert spec.steps == tuple(range(16, 1025, 16)) and len(spec.steps) == 64
+    stars = np.array([m.n_star_final for m in draw_simulations(spec)])
+    assert len(stars) == 100 and stars.max() == 1_000_000
+    assert (stars >= 500_000).sum() >= 5  # several galaxies of ~1e6 stars, not one outlier
+    assert round(stars.sum() / 1e6, 1) == 15.3  # README: 15.3 M star particles at z = 0
+    assert stars.min() < 1000  # dwarfs too: the whole mass range
+
+
+def test_particle_counts_match_the_written_files(tiny_suite):
+    """``particle_counts`` (what the scale bench models a suite with) gives every snapshot's
+    tipsy header counts without writing it: checked against the tiny suite's files."""
+    from casbi_store.mock.suite import particle_counts
+
+    spec = preset("tiny", seed=1, defects=True)
+    checked = 0
+    for model in draw_simulations(spec):
+        for row in particle_counts(model, spec):
+            header = read_header(str(tiny_suite / model.name / f"{model.name}.{row['step']:05d}"))
+            assert (header["n"], header["nstar"], header["ndark"], header["ngas"]) == (
+                row["n_particles"], row["n_star_file"], row["n_dm"], row["n_gas"]), row
+            checked += 1
+    assert checked == 21  # 5 simulations x 4 snapshots + one before star formation

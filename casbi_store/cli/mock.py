@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..mock import Physics, SuiteSpec
+from ..mock import PRESETS, Physics, SuiteSpec
 
 # option (dest) -> mock.Physics field
 PHYSICS_OPTIONS = {"ia_delay": "ia_min_delay", "dtd_slope": "dtd_slope", "yield_o_cc": "y_o_cc",
@@ -15,7 +15,7 @@ PHYSICS_OPTIONS = {"ia_delay": "ia_min_delay", "dtd_slope": "dtd_slope", "yield_
 def add_parser(sub) -> None:
     m = sub.add_parser("mock", help="generate a mock NIHAO suite (tipsy + AHF files)")
     m.add_argument("out", help="empty folder to write the suite into")
-    m.add_argument("--preset", choices=["tiny", "demo"], default="demo")
+    m.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--defects", action="store_true",
                    help="add broken inputs (truncated file, no stars, missing FeMassFrac, "

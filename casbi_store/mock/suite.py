@@ -69,6 +69,11 @@ PRESETS: dict[str, SuiteSpec] = {
                       n_star_max=1500, n_star_min=60, n_gas=40),
     "demo": SuiteSpec(n_simulations=48, steps=tuple(range(64, 1025, 64)), n_dm_final=3000,
                       n_star_max=100_000, n_gas=300),
+    # NIHAO's size: ~100 zoom simulations x 64 outputs (every 16 steps), halo masses 10^9.5-10^12
+    # Msun; the star-particle relation gives the largest galaxies ~1e6 star particles at z = 0.
+    "nihao": SuiteSpec(n_simulations=100, steps=tuple(range(16, 1025, 16)),
+                       log_mhalo_range=(9.5, 12.0), n_dm_final=100_000,
+                       n_star_max=1_000_000, n_star_min=150, n_gas=10_000),
 }
 
 
@@ -241,13 +246,18 @@ def mass_loss_fraction(age_gyr: np.ndarray) -> np.ndarray:
     return np.minimum(0.05 * np.log1p(np.maximum(age_gyr, 0) / 0.005), 0.4)
 
 
-def build_simulation(model: SimulationModel, spec: SuiteSpec, out: Path) -> list[Path]:
-    """Write one simulation folder; return the snapshot paths written."""
-    rng = np.random.default_rng(model.seed)
-    sim_dir = out / model.name
-    sim_dir.mkdir(parents=True, exist_ok=True)
-    (sim_dir / f"{model.name}.param").write_text(param_text(model.name))
+@dataclass(frozen=True)
+class StarDraws:
+    """The random star population of one simulation (every snapshot shows its stars born by then)."""
 
+    history: object  # chemical_evolution.History
+    m_dm: float  # dark-matter particle mass (Msun)
+    stars: tuple  # (tform, x_fe, x_o, massform, offsets) of the main galaxy
+    neighbour: tuple  # (tform, x_fe, x_o, metals, massform) of the neighbour's stars
+
+
+def draw_stars(model: SimulationModel, spec: SuiteSpec, rng: np.random.Generator) -> StarDraws:
+    """Draw a simulation's stars (formation times, abundances, masses, offsets) from ``rng``."""
     history = evolve(model.chemistry, t_end=age_today(), physics=spec.physics)
     formed = history.formed_mass()
     formed = formed + np.arange(formed.size) * 1e-12 * max(formed[-1], 1e-30)  # strictly rising
@@ -272,17 +282,50 @@ def build_simulation(model: SimulationModel, spec: SuiteSpec, out: Path) -> list
     nb_fe, nb_o, nb_z = _mass_fractions(rng.normal(-2.3, 0.3, n_nb_star),
                                         rng.normal(0.35, 0.08, n_nb_star))
     nb_massform = np.full(n_nb_star, m_dm * 0.02)
+    return StarDraws(history, m_dm, (tform, x_fe, x_o, massform, star_offsets),
+                     (nb_tform, nb_fe, nb_o, nb_z, nb_massform))
 
+
+def dark_matter_counts(model: SimulationModel, spec: SuiteSpec, step: int) -> dict[str, int]:
+    """Dark-matter particles of a snapshot: main halo (with its subhalo), neighbour, background."""
+    z = 1 / expansion_factor(snapshot_time(step)) - 1
+    mhalo = 10**model.log_mhalo * math.exp(-model.growth_beta * z)
+    n_dm = max(50, round(spec.n_dm_final * mhalo / 10**model.log_mhalo))
+    return {"main": n_dm, "sub": max(10, n_dm // 50), "neighbour": max(20, n_dm // 4),
+            "background": max(50, n_dm // 10)}
+
+
+def particle_counts(model: SimulationModel, spec: SuiteSpec) -> list[dict[str, int]]:
+    """Particles of each of a simulation's snapshots, as ``build_simulation`` would write them
+    (the same draws, nothing written): ``step``, ``n_star`` (main galaxy), ``n_star_file``,
+    ``n_dm``, ``n_gas``, ``n_particles``."""
+    draws = draw_stars(model, spec, np.random.default_rng(model.seed))
+    tform, nb_tform = draws.stars[0], draws.neighbour[0]
+    rows = []
+    for step in model.steps:
+        t = snapshot_time(step)
+        n_main = int(np.count_nonzero(tform <= t))
+        n_star = n_main + int(np.count_nonzero(nb_tform <= t))
+        dm = dark_matter_counts(model, spec, step)
+        n_dm = dm["main"] + dm["neighbour"] + dm["background"]
+        rows.append({"step": step, "n_star": n_main, "n_star_file": n_star, "n_dm": n_dm,
+                     "n_gas": spec.n_gas, "n_particles": n_star + n_dm + spec.n_gas})
+    return rows
+
+
+def build_simulation(model: SimulationModel, spec: SuiteSpec, out: Path) -> list[Path]:
+    """Write one simulation folder; return the snapshot paths written."""
+    rng = np.random.default_rng(model.seed)
+    sim_dir = out / model.name
+    sim_dir.mkdir(parents=True, exist_ok=True)
+    (sim_dir / f"{model.name}.param").write_text(param_text(model.name))
+    draws = draw_stars(model, spec, rng)
     written = []
     for step in model.steps:
         path = sim_dir / f"{model.name}.{step:05d}"
         snap_rng = np.random.default_rng([model.seed, step])
-        _write_one_snapshot(
-            path, step, model, spec, snap_rng, m_dm,
-            stars=(tform, x_fe, x_o, massform, star_offsets),
-            neighbour=(nb_tform, nb_fe, nb_o, nb_z, nb_massform),
-            history=history,
-        )
+        _write_one_snapshot(path, step, model, spec, snap_rng, draws.m_dm, stars=draws.stars,
+                            neighbour=draws.neighbour, history=draws.history)
         written.append(path)
     _apply_defect(model, written)
     return written
@@ -294,7 +337,9 @@ def _write_one_snapshot(path, step, model, spec, rng, m_dm, stars, neighbour, hi
     z = 1 / a - 1
     mhalo = 10**model.log_mhalo * math.exp(-model.growth_beta * z)
     rvir = _virial_radius(mhalo, a)
-    n_dm = max(50, round(spec.n_dm_final * mhalo / 10**model.log_mhalo))
+    dm_counts = dark_matter_counts(model, spec, step)
+    n_dm, n_sub = dm_counts["main"], dm_counts["sub"]
+    n_nb_dm, n_bg = dm_counts["neighbour"], dm_counts["background"]
     centre = np.array([100.0, -50.0, 30.0]) * a
     sigma = math.sqrt(4.30091e-6 * mhalo / rvir / 3)  # km/s
 
@@ -310,9 +355,6 @@ def _write_one_snapshot(path, step, model, spec, rng, m_dm, stars, neighbour, hi
     n_nb_star = int(nb_born.sum())
 
     # Dark matter: main halo (the last few of which form a subhalo), neighbour, background.
-    n_sub = max(10, n_dm // 50)
-    n_nb_dm = max(20, n_dm // 4)
-    n_bg = max(50, n_dm // 10)
     dm_pos = np.concatenate([
         centre + _sphere(rng, n_dm - n_sub, rvir / 8, "hernquist"),
         centre + np.array([0.5 * rvir, 0, 0]) + _sphere(rng, n_sub, rvir / 40, "hernquist"),
@@ -446,4 +488,4 @@ def generate_suite(out: Path, spec: SuiteSpec, workers: int = 1, progress: bool 
 
 
 __all__ = ["PRESETS", "Physics", "SuiteSpec", "generate_suite", "preset", "draw_simulations",
-           "snapshot_time", "ahf_basename"]
+           "particle_counts", "snapshot_time", "ahf_basename"]
