@@ -43,6 +43,9 @@ def _child_commit(suite: Path, store: Path, env: dict[str, str]) -> int:
     if pid == 0:  # child: never returns
         code = 0
         try:
+            # the parent's own writes (rolling a killed store forward when it reads it) are
+            # counted too; the child's count must start at 0 for "kill at N" to mean write N
+            commit._writes = 0
             os.environ.update(env)
             extract_suite(suite, store, staged_only=True, progress=False)
         except BaseException:
