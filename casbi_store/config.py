@@ -37,6 +37,15 @@ class MockStage:
     out: str = "suite"
     workers: int | None = None
     physics: Physics | None = None  # chemical-evolution physics (None: the fiducial)
+    n_simulations: int | None = None  # size overrides (None: the preset's)
+    n_star_max: int | None = None
+    n_dm: int | None = None
+    steps: tuple[int, ...] | None = None  # snapshot steps of 1024 (None: the preset's)
+
+    def sizes(self) -> dict:
+        """The size overrides ``cli.mock.suite_spec`` takes (None: the preset's)."""
+        return {"n_simulations": self.n_simulations, "n_star_max": self.n_star_max,
+                "n_dm_final": self.n_dm, "steps": tuple(self.steps) if self.steps else None}
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,17 @@ def _mock_stage(data, where: str) -> MockStage:
         raise ConfigError(f"{where}: preset must be one of {sorted(PRESETS)}, not {stage.preset!r}")
     if stage.physics is not None:
         stage = dataclasses.replace(stage, physics=_build(Physics, stage.physics, f"{where}: physics"))
+    for key in ("n_simulations", "n_star_max", "n_dm"):
+        value = getattr(stage, key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}")
+    if stage.steps is not None:
+        steps = stage.steps
+        if (not isinstance(steps, list | tuple) or not steps
+                or not all(isinstance(v, int) and 0 < v <= 1024 for v in steps)
+                or list(steps) != sorted(set(steps))):
+            raise ConfigError(f"{where}: steps must be increasing integers in 1..1024, not {steps!r}")
+        stage = dataclasses.replace(stage, steps=tuple(steps))
     return stage
 
 

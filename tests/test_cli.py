@@ -174,6 +174,28 @@ def test_pipeline_mock_physics_is_validated_at_load(tmp_path):
             load_pipeline(p)
 
 
+def test_pipeline_mock_sizes_reach_the_suite_spec(tmp_path):
+    from casbi_store.cli.mock import suite_spec
+
+    p = tmp_path / "p.yaml"
+    p.write_text("mock: {preset: demo, seed: 3, n_simulations: 12, n_star_max: 2000, n_dm: 500, "
+                 "steps: [256, 1024]}\n")
+    m = load_pipeline(p).mock
+    spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics, **m.sizes())
+    assert (spec.n_simulations, spec.n_star_max, spec.n_dm_final, spec.steps) == (12, 2000, 500,
+                                                                                  (256, 1024))
+    p.write_text("mock: {preset: demo}\n")
+    m = load_pipeline(p).mock
+    assert suite_spec(m.preset, **m.sizes()).steps == tuple(range(64, 1025, 64))  # the preset's
+    for mock, message in [("{n_simulations: 0}", "n_simulations must be a positive integer"),
+                          ("{n_star_max: 1.5}", "n_star_max must be a positive integer"),
+                          ("{steps: [512, 256]}", "steps must be increasing integers"),
+                          ("{steps: [2048]}", "steps must be increasing integers")]:
+        p.write_text(f"mock: {mock}\n")
+        with pytest.raises(ConfigError, match=rf"p.yaml: mock: {message}"):
+            load_pipeline(p)
+
+
 def test_evaluate_against_option_is_parsed():
     from casbi_store.cli.evaluate import parse_against
 

@@ -56,7 +56,7 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True) -> int:
         m = pipe.mock
         suite = pipe.path(m.out)
         log.info("stage mock: preset %s, seed %s -> %s", m.preset, m.seed, suite)
-        spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics)
+        spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics, **m.sizes())
         log.info(make_suite(suite, spec, workers=m.workers, progress=progress))
     with _stage_client(pipe) as client:
         if pipe.extract:
