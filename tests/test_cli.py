@@ -196,6 +196,35 @@ def test_pipeline_mock_sizes_reach_the_suite_spec(tmp_path):
             load_pipeline(p)
 
 
+def test_pipeline_tune_stage_and_device_override(tmp_path):
+    from casbi_store.cli.run import on_device
+
+    seed = load_pipeline(Path(__file__).parent.parent / "pipelines" / "seed.yaml")
+    assert [(s.model.task, s.trials, s.search) for s in seed.tune.studies] == [
+        ("nsub_classifier", 20, ("learning_rate", "batch_size")),
+        ("theta", 20, ("learning_rate", "batch_size"))]
+    assert [(m.tuned, m.config.ensemble, m.config.num_transforms, m.config.hidden_features,
+             m.config.embedding_dim) for m in seed.train.models] == [
+        ("tune/nsub_classifier", 4, 10, 100, 128), ("tune/theta", 4, 10, 100, 128)]
+    moved = on_device(seed, "cpu")  # the CPU path still works where CUDA is refused
+    assert {m.config.device for m in moved.train.models} == {"cpu"}
+    assert {s.model.config.device for s in moved.tune.studies} == {"cpu"}
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
+            on_device(seed, "cuda")
+    p = tmp_path / "p.yaml"
+    base = "extract: {suite: s}\ntune: {studies: [{task: theta, set: 's:v1', out: t, "
+    for study, message in [("trials: 0}]}", r"studies\[0\]: trials must be an integer >= 1"),
+                           ("trials: 2, search: [depth]}]}", r"studies\[0\]: search: depth not "
+                                                             r"tuned for task 'theta'"),
+                           ("trials: 2, epochs: 0}]}", r"studies\[0\]: epochs, batch_size")]:
+        p.write_text(base + study + "\n")
+        with pytest.raises(ConfigError, match=rf"p.yaml: tune: {message}"):
+            load_pipeline(p)
+
+
 def test_evaluate_against_option_is_parsed():
     from casbi_store.cli.evaluate import parse_against
 
