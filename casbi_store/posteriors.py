@@ -159,11 +159,12 @@ class BatchedFlowSampler:
                   if len(self.flows) > 1 else torch.zeros(rows, dtype=torch.long))
         noise = torch.randn(rows, self.dims, generator=generator)
         out = torch.empty(rows, self.dims)
-        for k, flow in enumerate(self.flows):
-            sel = torch.nonzero(member == k)[:, 0]
-            if len(sel):
-                out[sel] = flow._transform.inverse(noise[sel],
-                                                   context=contexts[k][context_of[sel]])[0]
+        with quiet_sampling():  # nflows' LU inverse calls a deprecated torch solver
+            for k, flow in enumerate(self.flows):
+                sel = torch.nonzero(member == k)[:, 0]
+                if len(sel):
+                    out[sel] = flow._transform.inverse(noise[sel],
+                                                       context=contexts[k][context_of[sel]])[0]
         return out
 
     def sample_in_box(self, contexts: list[torch.Tensor], context_of: torch.Tensor,

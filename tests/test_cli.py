@@ -184,6 +184,12 @@ def test_pipeline_mock_sizes_reach_the_suite_spec(tmp_path):
     spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics, **m.sizes())
     assert (spec.n_simulations, spec.n_star_max, spec.n_dm_final, spec.steps) == (12, 2000, 500,
                                                                                   (256, 1024))
+    curve = Path(__file__).parent.parent / "pipelines" / "learning_curve"
+    pipes = {f.stem: load_pipeline(f) for f in sorted(curve.glob("*.yaml"))}
+    assert {k: v.mock.n_simulations for k, v in pipes.items()} == {
+        "external": 48, "sims012": 12, "sims024": 24, "sims048": 48, "sims096": 96, "sims192": 192}
+    assert {v.evaluate.against for k, v in pipes.items() if k != "external"} == {
+        "../external/store.zarr:lc_external:v1"}  # every size judged on the same suite
     p.write_text("mock: {preset: demo}\n")
     m = load_pipeline(p).mock
     assert suite_spec(m.preset, **m.sizes()).steps == tuple(range(64, 1025, 64))  # the preset's
