@@ -26,15 +26,18 @@ Per parameter (N_sub, theta of ranks 1..3): 68%/95% central-interval coverage, S
 against the prior (``casbi_store.calibration``); the joint TARP over theta pools the (halo,
 rank) rows. ``TARGETS`` are issue 8's; ``meets`` judges them per condition.
 
-Posterior samples are the flows' own: a (halo, N_sub, rank) condition takes its samples inside
-the prior box first (as ``infer`` does by rejection) and falls back on samples outside only if
-too few land inside (one halo of an unseen simulation would otherwise stall rejection for
-hours); the fraction used from outside is ``outside_prior_fraction``.
+Posterior samples are the flows' own, drawn by ``posteriors.BatchedFlowSampler``: one flow
+pass per up to ``ROWS_PER_PASS`` samples across halos, each condition embedded once (the CNN once
+per halo for the per-rank task), an ensemble's member drawn per sample. In the two-step mixture
+a sample outside the prior box is redrawn up to 10 times (as ``infer`` keeps its samples inside;
+one halo of an unseen simulation would stall unbounded rejection for hours); the fraction left
+outside is ``outside_prior_fraction``. Step 2 on the true N_sub measures the flow's raw leakage.
 
-Same seed, same numbers: every random draw (N_sub draws, flow samples, PIT tie-breaks, TARP
-references) comes from ``seed``, halos are read in a fixed order, and timings are kept apart
-from the metrics (``timings``). The figures can still differ in the last digits between
-machines or torch thread counts (float reductions), never between two runs of one machine.
+Same seed, same numbers: every random draw (N_sub draws, flow samples from a
+``torch.Generator`` per pass, PIT tie-breaks, TARP references) comes from ``seed``, halos are
+read in a fixed order, and timings are kept apart from the metrics (``timings``). The figures
+can still differ in the last digits between machines or torch thread counts (float
+reductions), never between two runs of one machine.
 """
 
 from __future__ import annotations
