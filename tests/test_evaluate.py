@@ -144,8 +144,7 @@ def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
     shifted = copy.deepcopy(single)  # a second member whose samples lie 10 above the first's
     affine = shifted.posterior_estimator.net._transform._transforms[0]  # sbi's z-score of theta
     affine._shift = affine._shift - 10 * affine._scale
-    sampler = BatchedFlowSampler(EnsemblePosterior([single, shifted],
-                                                   weights=torch.tensor([0.25, 0.75])))
+    sampler = BatchedFlowSampler(EnsemblePosterior([single, shifted], weights=[0.25, 0.75]))
     data = read_split(store, "t", "v1", "test", max_halos=2)
     cond = model.task_spec.condition(torch.as_tensor(data.x[:2]).reshape(2, -1),
                                      torch.tensor([5.0, 5.0]), torch.tensor([1.0, 2.0]))
@@ -159,10 +158,11 @@ def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
         assert abs(float(second[context_of == c].float().mean()) - 0.75) < 0.05
     again = sampler.sample(contexts, context_of, torch.Generator().manual_seed(0))
     assert torch.equal(s, again)  # the generator is the only randomness
+    before = float((~((s >= low) & (s <= high)).all(dim=-1)).float().mean())  # >= 0.75
     s, outside = sampler.sample_in_box(contexts, context_of, low, high,
                                        torch.Generator().manual_seed(1), rounds=10)
     assert torch.equal(outside, ~((s >= low) & (s <= high)).all(dim=-1))
-    assert float(outside.float().mean()) < 0.1  # 0.75 outside at first, ~0.75**11 after 10 redraws
+    assert before >= 0.7 and float(outside.float().mean()) < before / 3  # ~before**11 left
 
 
 def test_external_store_is_a_third_condition_and_other_bin_edges_are_refused(
