@@ -37,6 +37,15 @@ class MockStage:
     out: str = "suite"
     workers: int | None = None
     physics: Physics | None = None  # chemical-evolution physics (None: the fiducial)
+    n_simulations: int | None = None  # size overrides (None: the preset's)
+    n_star_max: int | None = None
+    n_dm: int | None = None
+    steps: tuple[int, ...] | None = None  # snapshot steps of 1024 (None: the preset's)
+
+    def sizes(self) -> dict:
+        """The size overrides ``cli.mock.suite_spec`` takes (None: the preset's)."""
+        return {"n_simulations": self.n_simulations, "n_star_max": self.n_star_max,
+                "n_dm_final": self.n_dm, "steps": tuple(self.steps) if self.steps else None}
 
 
 @dataclass(frozen=True)
@@ -82,13 +91,50 @@ class ComposeStage:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model the train stage fits: a task on a published set, into a model folder."""
+    """One model the train stage fits: a task on a published set, into a model folder
+    (``tuned``: a tune folder whose best trial's options replace the config's, read when the
+    stage runs)."""
 
     task: str
     set: str
     version: str
     out: str
     config: object  # trainer.TrainConfig
+    tuned: str | None = None
+
+
+def _model_specs(data: dict, where: str, extra: tuple[str, ...] = ()) -> list[tuple[dict, ModelSpec]]:
+    """The ``models``/``studies`` list of a train or tune stage: each item's own keys
+    (``extra``, e.g. ``trials``) and its ModelSpec with ``defaults`` under its options."""
+    from .tasks import get_task
+    from .trainer import TrainConfig
+
+    key = "studies" if "trials" in extra else "models"
+    if not isinstance(data, dict) or set(data) - {"defaults", key}:
+        raise ConfigError(f"{where}: expected keys 'defaults' (training options for every "
+                          f"{key[:-1] if key == 'models' else 'study'}) and '{key}' (a list)")
+    defaults = data.get("defaults") or {}
+    out = []
+    for i, item in enumerate(data.get(key) or []):
+        here = f"{where}: {key}[{i}]"
+        if not isinstance(item, dict) or not {"task", "set", "out"} <= set(item):
+            raise ConfigError(f"{here}: needs 'task', 'set' (NAME:VERSION) and 'out'")
+        own = ("task", "set", "out", "tuned", *extra)
+        options = {k: v for k, v in item.items() if k not in own}
+        name, _, version = str(item["set"]).partition(":")
+        try:
+            get_task(item["task"])
+            if not version:
+                raise ValueError(f"set must be NAME:VERSION, not {item['set']!r}")
+            cfg = TrainConfig.from_dict({**defaults, **options})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{here}: {exc}") from exc
+        tuned = item.get("tuned")
+        if tuned is not None and not isinstance(tuned, str):
+            raise ConfigError(f"{here}: tuned must be a tune folder (a path), not {tuned!r}")
+        out.append(({k: item[k] for k in extra if k in item},
+                    ModelSpec(item["task"], name, version, str(item["out"]), cfg, tuned)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,29 +143,40 @@ class TrainStage:
 
     @classmethod
     def parse(cls, data: dict, where: str) -> TrainStage:
-        from .tasks import get_task
-        from .trainer import TrainConfig
+        return cls(models=tuple(spec for _, spec in _model_specs(data, where)))
 
-        if not isinstance(data, dict) or set(data) - {"defaults", "models"}:
-            raise ConfigError(f"{where}: expected keys 'defaults' (training options for every "
-                              "model) and 'models' (a list)")
-        defaults = data.get("defaults") or {}
-        models = []
-        for i, item in enumerate(data.get("models") or []):
-            here = f"{where}: models[{i}]"
-            if not isinstance(item, dict) or not {"task", "set", "out"} <= set(item):
-                raise ConfigError(f"{here}: needs 'task', 'set' (NAME:VERSION) and 'out'")
-            options = {k: v for k, v in item.items() if k not in ("task", "set", "out")}
-            name, _, version = str(item["set"]).partition(":")
+
+@dataclass(frozen=True)
+class Study:
+    """One optuna study of the tune stage: ``model`` the task, set, tune folder and base
+    options; ``trials`` complete trials to reach; ``search`` the options searched."""
+
+    model: ModelSpec
+    trials: int
+    search: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TuneStage:
+    studies: tuple = ()  # Study objects
+
+    @classmethod
+    def parse(cls, data: dict, where: str) -> TuneStage:
+        from .tune import tuned_parameters
+
+        studies = []
+        for i, (own, spec) in enumerate(_model_specs(data, where, extra=("trials", "search"))):
+            trials, search = own.get("trials"), own.get("search")
+            if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+                raise ConfigError(f"{where}: studies[{i}]: trials must be an integer >= 1, "
+                                  f"not {trials!r}")
             try:
-                get_task(item["task"])
-                if not version:
-                    raise ValueError(f"set must be NAME:VERSION, not {item['set']!r}")
-                cfg = TrainConfig.from_dict({**defaults, **options})
+                search = tuple(search) if search is not None else None
+                tuned_parameters(spec.task, search)
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{here}: {exc}") from exc
-            models.append(ModelSpec(item["task"], name, version, str(item["out"]), cfg))
-        return cls(models=tuple(models))
+                raise ConfigError(f"{where}: studies[{i}]: {exc}") from exc
+            studies.append(Study(spec, trials, search))
+        return cls(studies=tuple(studies))
 
 
 @dataclass(frozen=True)
@@ -141,6 +198,7 @@ class Pipeline:
     source: Path
     compose: ComposeStage | None = None
     train: TrainStage | None = None
+    tune: TuneStage | None = None
     evaluate: EvaluateStage | None = None
     cluster: ClusterSpec | None = None  # where extract and compose run (default: LocalCluster)
 
@@ -168,6 +226,17 @@ def _mock_stage(data, where: str) -> MockStage:
         raise ConfigError(f"{where}: preset must be one of {sorted(PRESETS)}, not {stage.preset!r}")
     if stage.physics is not None:
         stage = dataclasses.replace(stage, physics=_build(Physics, stage.physics, f"{where}: physics"))
+    for key in ("n_simulations", "n_star_max", "n_dm"):
+        value = getattr(stage, key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}")
+    if stage.steps is not None:
+        steps = stage.steps
+        if (not isinstance(steps, list | tuple) or not steps
+                or not all(isinstance(v, int) and 0 < v <= 1024 for v in steps)
+                or list(steps) != sorted(set(steps))):
+            raise ConfigError(f"{where}: steps must be increasing integers in 1..1024, not {steps!r}")
+        stage = dataclasses.replace(stage, steps=tuple(steps))
     return stage
 
 
@@ -178,7 +247,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
-    allowed = {"workdir", "mock", "extract", "compose", "train", "evaluate", "cluster"}
+    allowed = {"workdir", "mock", "extract", "compose", "tune", "train", "evaluate", "cluster"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
     mock = _mock_stage(data["mock"], f"{path}: mock") if "mock" in data else None
@@ -201,6 +270,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
     train = TrainStage.parse(data["train"], f"{path}: train") if "train" in data else None
     if train is not None and extract is None:
         raise ConfigError(f"{path}: train needs the extract stage's store")
+    tune = TuneStage.parse(data["tune"], f"{path}: tune") if "tune" in data else None
+    if tune is not None and extract is None:
+        raise ConfigError(f"{path}: tune needs the extract stage's store")
     evaluate = None
     if "evaluate" in data:
         evaluate = _build(EvaluateStage, {**data["evaluate"], "models": tuple(
@@ -210,4 +282,5 @@ def load_pipeline(path: str | Path) -> Pipeline:
             raise ConfigError(f"{path}: evaluate: no models (list them, or add a train stage)")
     workdir = Path(os.path.expandvars(os.path.expanduser(str(data.get("workdir", ".")))))
     return Pipeline(workdir=workdir, mock=mock, extract=extract,
-                    source=path, compose=compose, train=train, evaluate=evaluate, cluster=cluster)
+                    source=path, compose=compose, train=train, tune=tune, evaluate=evaluate,
+                    cluster=cluster)

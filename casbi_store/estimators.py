@@ -63,8 +63,13 @@ class RankedEmbedding(nn.Module):
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         image = condition[:, :N_PIXELS].reshape(-1, 1, S.N_BINS, S.N_BINS)
         n_sub, rank = condition[:, N_PIXELS:N_PIXELS + 1], condition[:, N_PIXELS + 1:N_PIXELS + 2]
-        return torch.cat([self.image_net(image), torch.log10(n_sub), torch.log10(rank),
-                          rank / n_sub], dim=1)
+        return self.combine(self.image_net(image), n_sub, rank)
+
+    @staticmethod
+    def combine(features: torch.Tensor, n_sub: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """The embedding from the image's CNN ``features`` (rows, dim) and (rows, 1) N_sub and
+        rank: one image's features serve every (N_sub, rank) asked of it (batched sampling)."""
+        return torch.cat([features, torch.log10(n_sub), torch.log10(rank), rank / n_sub], dim=1)
 
 
 def build_npe(mean: np.ndarray, std: np.ndarray, theta_example: np.ndarray,

@@ -26,15 +26,18 @@ Per parameter (N_sub, theta of ranks 1..3): 68%/95% central-interval coverage, S
 against the prior (``casbi_store.calibration``); the joint TARP over theta pools the (halo,
 rank) rows. ``TARGETS`` are issue 8's; ``meets`` judges them per condition.
 
-Posterior samples are the flows' own: a (halo, N_sub, rank) condition takes its samples inside
-the prior box first (as ``infer`` does by rejection) and falls back on samples outside only if
-too few land inside (one halo of an unseen simulation would otherwise stall rejection for
-hours); the fraction used from outside is ``outside_prior_fraction``.
+Posterior samples are the flows' own, drawn by ``posteriors.BatchedFlowSampler``: one flow
+pass per up to ``ROWS_PER_PASS`` samples across halos, each condition embedded once (the CNN once
+per halo for the per-rank task), an ensemble's member drawn per sample. In the two-step mixture
+a sample outside the prior box is redrawn up to 10 times (as ``infer`` keeps its samples inside;
+one halo of an unseen simulation would stall unbounded rejection for hours); the fraction left
+outside is ``outside_prior_fraction``. Step 2 on the true N_sub measures the flow's raw leakage.
 
-Same seed, same numbers: every random draw (N_sub draws, flow samples, PIT tie-breaks, TARP
-references) comes from ``seed``, halos are read in a fixed order, and timings are kept apart
-from the metrics (``timings``). The figures can still differ in the last digits between
-machines or torch thread counts (float reductions), never between two runs of one machine.
+Same seed, same numbers: every random draw (N_sub draws, flow samples from a
+``torch.Generator`` per pass, PIT tie-breaks, TARP references) comes from ``seed``, halos are
+read in a fixed order, and timings are kept apart from the metrics (``timings``). The figures
+can still differ in the last digits between machines or torch thread counts (float
+reductions), never between two runs of one machine.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from . import calibration as cal
 from . import schema as S
 from . import trainingsets
 from .modelfolder import TrainedModel, load_model
-from .posteriors import FlowSamples, NsubPosterior, box_bounds, credible_set, load_posterior
+from .posteriors import BatchedFlowSampler, NsubPosterior, box_bounds, credible_set, load_posterior
 from .tasks import block_parameters, by_preference
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,7 @@ CONDITION_TARGETS: dict[str, dict[str, tuple[str, float | tuple[float, float]]]]
     "external": {"skill_log10_mstar_1": (">=", 0.8)},
 }
 CONDITIONS = ("in_distribution", "held_out", "external")
-CHUNK = 256  # conditions per batched flow call
+ROWS_PER_PASS = 2**17  # samples per batched flow pass (memory: ~0.5 GB at the seed's size)
 
 
 class BinningMismatch(ValueError):
@@ -189,8 +192,7 @@ def nsub_draws(model: TrainedModel, x: torch.Tensor, n_samples: int, seed: int
         u = _rng(seed, 1).random((len(x), n_samples))
         idx = np.stack([np.searchsorted(c, row, side="right") for c, row in zip(cdf, u, strict=True)])
         return values, probs, values[np.clip(idx, 0, len(values) - 1)].T
-    torch.manual_seed(seed)
-    draws = _flow_samples(posterior, x, n_samples)[..., 0].numpy()
+    draws = _flow_samples(posterior, x, n_samples, seed)[..., 0].numpy()
     draws = np.clip(np.rint(draws), n_min, n_max).astype(int)
     probs = np.stack([np.bincount(d - n_min, minlength=len(values)) for d in draws.T]) / n_samples
     return values, probs, draws
@@ -228,17 +230,25 @@ def evaluate_nsub(model: TrainedModel, data: SplitData, n_samples: int = 500, se
             "confusion": confusion, "draws": draws}
 
 
-def _sample(posterior, n: int, cond: torch.Tensor) -> torch.Tensor:
-    """``(n, rows, dims)`` flow samples (sbi's note that it caps its batch size silenced)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Capping max_sampling_batch_size")
-        return FlowSamples(posterior).sample_batched((n,), x=cond)
+def _generator(seed: int, *tags: int) -> torch.Generator:
+    """A torch generator of its own for each batched flow pass (as ``_rng``)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *tags])
+                                             .generate_state(1, np.uint64)[0] >> 1))
 
 
-def _flow_samples(posterior, cond: torch.Tensor, n: int) -> torch.Tensor:
-    """``(n, rows, dims)`` flow samples for many conditions, ``CHUNK`` conditions per call."""
-    return torch.cat([_sample(posterior, n, cond[i:i + CHUNK]) for i in range(0, len(cond), CHUNK)],
-                     dim=1)
+def _flow_samples(posterior, cond: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``(n, rows, dims)`` flow samples (outside the prior box too: the leakage is measured) for
+    many conditions, each embedded once, ``ROWS_PER_PASS`` samples per pass."""
+    sampler = BatchedFlowSampler(posterior)
+    per_pass = max(1, ROWS_PER_PASS // n)
+    out = []
+    for start in range(0, len(cond), per_pass):
+        part = cond[start:start + per_pass]
+        contexts = sampler.contexts(part)
+        context_of = torch.arange(len(part)).repeat(n)  # sample-major
+        s = sampler.sample(contexts, context_of, _generator(seed, 20, start))
+        out.append(s.reshape(n, len(part), -1))
+    return torch.cat(out, dim=1)
 
 
 def _prior_variances(model: TrainedModel) -> np.ndarray:
@@ -271,9 +281,8 @@ def evaluate_theta(model: TrainedModel, data: SplitData, n_samples: int = 200, r
         _x(data), torch.as_tensor(data.theta), ranks=ranks, joint_n_sub=model.joint_n_sub)
     if len(theta) < 10:
         raise ValueError(f"{data.source}: only {len(theta)} halos usable by {model.path}")
-    torch.manual_seed(seed)
     start = time.perf_counter()
-    samples = _flow_samples(load_posterior(model), cond, n_samples)
+    samples = _flow_samples(load_posterior(model), cond, n_samples, seed)
     seconds = time.perf_counter() - start
     truth = theta.double().numpy()
     out = _theta_metrics(model, samples.double().numpy(), truth, rank_of, ranks, seed)
@@ -297,49 +306,40 @@ def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ran
     ``(samples, halos, ranks, parameters)``, NaN above the drawn N_sub; and the fraction of
     samples taken from outside the prior box.
 
-    Every (halo, N_sub value, rank) the draws need is one condition; conditions needing similar
-    sample counts share a batched flow call (``CHUNK`` at a time), each keeping its samples
-    inside the prior box first.
+    Batched across halos: every (draw, halo, rank) is one row of one flow pass (exactly one
+    sample each), conditioned on its (halo, N_sub, rank) embedding, computed once per distinct
+    condition from the halo's CNN features, computed once per halo. A row outside the prior box
+    is redrawn (``BatchedFlowSampler.sample_in_box``), as ``infer`` keeps its samples inside.
     """
     n_samples, n_halos = draws.shape
     out = np.full((n_samples, n_halos, ranks, len(model.parameters)), np.nan)
-    halo = np.repeat(np.arange(n_halos), n_samples)
-    flat = draws.T.reshape(-1)  # halo-major
-    keys, inverse, counts = np.unique(halo * (flat.max() + 1) + flat, return_inverse=True,
-                                      return_counts=True)
-    members = np.argsort(inverse, kind="stable")  # positions of each (halo, N) pair, contiguous
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    pair_halo, pair_n = keys // (flat.max() + 1), keys % (flat.max() + 1)
-    jobs = np.array([(p, r) for p in range(len(keys)) for r in range(1, min(pair_n[p], ranks) + 1)],
-                    dtype=np.int64).reshape(-1, 2)
-    need = counts[jobs[:, 0]]
-    order = np.lexsort((jobs[:, 1], jobs[:, 0], np.ceil(np.log2(need))))
+    sampler = BatchedFlowSampler(load_posterior(model))
     low, high = (torch.as_tensor(b) for b in box_bounds(model))
-    posterior = load_posterior(model)
-    xflat = x.reshape(len(x), -1)
-    torch.manual_seed(seed)
+    n_top = int(draws.max()) + 1
+    per_pass = max(1, ROWS_PER_PASS // (n_samples * ranks))
     used_outside = used = 0
-    buckets = np.ceil(np.log2(need[order]))
-    for b in np.unique(buckets):
-        in_bucket = order[buckets == b]
-        for i in range(0, len(in_bucket), CHUNK):
-            chunk = in_bucket[i:i + CHUNK]
-            pairs, rank = jobs[chunk, 0], jobs[chunk, 1]
-            cond = model.task_spec.condition(xflat[pair_halo[pairs]],
-                                             torch.as_tensor(pair_n[pairs], dtype=torch.float32),
-                                             torch.as_tensor(rank, dtype=torch.float32))
-            m = int(1.1 * need[chunk].max()) + 5
-            s = _sample(posterior, m, cond)  # (m, jobs, dims)
-            inside = ((s >= low) & (s <= high)).all(dim=-1)
-            first = torch.argsort((~inside).to(torch.int8), dim=0, stable=True)
-            s = torch.take_along_dim(s, first[..., None], dim=0).double().numpy()
-            inside = torch.take_along_dim(inside, first, dim=0).numpy()
-            for col, (p, r) in enumerate(zip(pairs, rank, strict=True)):
-                c = counts[p]
-                pos = members[starts[p]:starts[p] + c]
-                out[pos % n_samples, pair_halo[p], r - 1] = s[:c, col]
-                used_outside += int(c - inside[:c, col].sum())
-                used += int(c)
+    for start in range(0, n_halos, per_pass):
+        halos = np.arange(start, min(start + per_pass, n_halos))
+        d = draws[:, halos]
+        s_i, h_i, r_i = np.meshgrid(np.arange(n_samples), np.arange(len(halos)),
+                                    np.arange(1, ranks + 1), indexing="ij")
+        keep = r_i <= d[..., None]
+        s_i, h_i, r_i = s_i[keep], h_i[keep], r_i[keep]
+        n_i = d[s_i, h_i]
+        keys, context_of = np.unique((h_i * n_top + n_i) * (ranks + 1) + r_i, return_inverse=True)
+        job_h, job_n, job_r = keys // ((ranks + 1) * n_top), (keys // (ranks + 1)) % n_top, keys % (ranks + 1)
+        if sampler.ranked:
+            contexts = sampler.ranked_contexts(x[halos], job_h, torch.as_tensor(job_n),
+                                               torch.as_tensor(job_r))
+        else:
+            contexts = sampler.contexts(model.task_spec.condition(
+                x[halos][job_h].reshape(len(job_h), -1), torch.as_tensor(job_n, dtype=torch.float32),
+                torch.as_tensor(job_r, dtype=torch.float32)))
+        samples, outside = sampler.sample_in_box(contexts, torch.as_tensor(context_of), low, high,
+                                                 _generator(seed, 21, start))
+        out[s_i, halos[h_i], r_i - 1] = samples.double().numpy()
+        used_outside += int(outside.sum())
+        used += len(context_of)
     return out, used_outside / max(used, 1)
 
 

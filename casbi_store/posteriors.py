@@ -24,8 +24,8 @@ import torch
 from .modelfolder import TrainedModel, as_model
 from .tasks.nsub_classifier import NsubPosterior
 
-__all__ = ["FlowSamples", "NsubPosterior", "OutsidePriorError", "box_bounds", "credible_set",
-           "load_posterior", "nsub_probabilities", "outside_fraction", "quiet_sampling",
+__all__ = ["BatchedFlowSampler", "FlowSamples", "NsubPosterior", "OutsidePriorError", "box_bounds",
+           "credible_set", "load_posterior", "nsub_probabilities", "outside_fraction", "quiet_sampling",
            "sample_in_prior", "sample_nsub"]
 
 
@@ -96,6 +96,93 @@ class FlowSamples:
 
     def __getattr__(self, name: str):
         return getattr(self.posterior, name)
+
+
+class BatchedFlowSampler:
+    """Exactly as many samples as each row asks of an sbi NSF posterior (a ``DirectPosterior``
+    or an ``EnsemblePosterior`` of them), for many conditions at once: the evaluation's sampler.
+
+    sbi's ``sample_batched`` draws the same number of samples for every condition of a call, so a
+    mixture over N_sub draws (a few samples for each of many (halo, N_sub, rank) conditions) paid
+    for padding, and its embedding runs the CNN once per condition. Here each condition is
+    embedded once (per-rank conditions: the image's CNN features once per image,
+    ``RankedEmbedding.combine`` for each (N_sub, rank)), then one flow pass maps one normal draw
+    per row through the flow's inverse with its condition's embedding. Ensembles draw the member
+    of every row from the weights (sbi's ``sample_batched`` gives every condition the same member
+    counts, in member order). Randomness comes from a ``torch.Generator`` only.
+    """
+
+    def __init__(self, posterior):
+        from sbi.inference import EnsemblePosterior
+
+        parts = posterior.posteriors if isinstance(posterior, EnsemblePosterior) else [posterior]
+        self.flows = [p.posterior_estimator.net for p in parts]
+        weights = (posterior.weights if isinstance(posterior, EnsemblePosterior)
+                   else torch.ones(1))
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.weights = self.weights / self.weights.sum()
+        self.dims = int(parts[0].posterior_estimator.input_shape[0])
+
+    @property
+    def ranked(self) -> bool:
+        """Whether every member embeds per-rank conditions (``RankedEmbedding``)."""
+        from .estimators import RankedEmbedding
+
+        return all(isinstance(f._embedding_net, RankedEmbedding) for f in self.flows)
+
+    @torch.no_grad()
+    def contexts(self, condition: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's embedding of the ``condition`` rows."""
+        return [flow._embedding_net(condition) for flow in self.flows]
+
+    @torch.no_grad()
+    def ranked_contexts(self, images: torch.Tensor, image_of: np.ndarray, n_sub: torch.Tensor,
+                        rank: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's embedding of the per-rank conditions (``images[image_of]``, ``n_sub``,
+        ``rank``), each image's CNN run once (members with ``RankedEmbedding`` only)."""
+        rows = (len(image_of), 1)
+        out = []
+        for flow in self.flows:
+            net = flow._embedding_net
+            features = net.image_net(images.reshape(len(images), 1, *images.shape[-2:]))
+            out.append(net.combine(features[torch.as_tensor(image_of)],
+                                   n_sub.reshape(rows).float(), rank.reshape(rows).float()))
+        return out
+
+    @torch.no_grad()
+    def sample(self, contexts: list[torch.Tensor], context_of: torch.Tensor,
+               generator: torch.Generator) -> torch.Tensor:
+        """One sample for each row, ``(rows, dims)``; row i conditioned on context
+        ``context_of[i]``."""
+        rows = len(context_of)
+        member = (torch.multinomial(self.weights, rows, replacement=True, generator=generator)
+                  if len(self.flows) > 1 else torch.zeros(rows, dtype=torch.long))
+        noise = torch.randn(rows, self.dims, generator=generator)
+        out = torch.empty(rows, self.dims)
+        with quiet_sampling():  # nflows' LU inverse calls a deprecated torch solver
+            for k, flow in enumerate(self.flows):
+                sel = torch.nonzero(member == k)[:, 0]
+                if len(sel):
+                    out[sel] = flow._transform.inverse(noise[sel],
+                                                       context=contexts[k][context_of[sel]])[0]
+        return out
+
+    def sample_in_box(self, contexts: list[torch.Tensor], context_of: torch.Tensor,
+                      low: torch.Tensor, high: torch.Tensor, generator: torch.Generator,
+                      rounds: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample per row inside the box [low, high], by redrawing the rows outside up to
+        ``rounds`` times (a bounded rejection: a row still outside keeps its last draw, the
+        flow's leakage); returns the samples and a mask of the rows outside."""
+        out = self.sample(contexts, context_of, generator)
+        outside = ~((out >= low) & (out <= high)).all(dim=-1)
+        for _ in range(rounds):
+            redo = torch.nonzero(outside)[:, 0]
+            if not len(redo):
+                break
+            again = self.sample(contexts, context_of[redo], generator)
+            out[redo] = again
+            outside[redo] = ~((again >= low) & (again <= high)).all(dim=-1)
+        return out, outside
 
 
 def outside_fraction(model: TrainedModel, samples: torch.Tensor) -> float:

@@ -46,14 +46,20 @@ SEARCHED = ("learning_rate", "batch_size", "hidden_features", "num_transforms", 
 UNCHECKED = ("device",)  # base options a resumed tune may change
 
 
-def tuned_parameters(task: str) -> tuple[str, ...]:
-    """The TrainConfig fields a tune of ``task`` samples (its task's ``tuned``), in the order
-    they are drawn."""
+def tuned_parameters(task: str, search: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The TrainConfig fields a tune of ``task`` samples (its task's ``tuned``, or the ``search``
+    among them, the rest kept at the base config's values), in the order they are drawn."""
     tuned = get_task(task).tuned
+    if search is not None:
+        wrong = sorted(set(search) - set(tuned)) or ([] if search else ["(none)"])
+        if wrong:
+            raise ValueError(f"search: {', '.join(wrong)} not tuned for task {task!r}; "
+                             f"choose among {', '.join(k for k in SEARCHED if k in tuned)}")
+        tuned = tuple(search)
     return tuple(k for k in SEARCHED if k in tuned)
 
 
-def suggest(trial: Trial, task: str) -> dict:
+def suggest(trial: Trial, task: str, search: tuple[str, ...] | None = None) -> dict:
     """One trial's TrainConfig changes, drawn from the search space."""
     space = {
         "learning_rate": lambda: trial.suggest_float("learning_rate", *LEARNING_RATE, log=True),
@@ -63,7 +69,7 @@ def suggest(trial: Trial, task: str) -> dict:
         "num_transforms": lambda: trial.suggest_int("num_transforms", *NUM_TRANSFORMS),
         "embedding_dim": lambda: trial.suggest_categorical("embedding_dim", EMBEDDING_DIMS),
     }
-    return {k: space[k]() for k in tuned_parameters(task)}
+    return {k: space[k]() for k in tuned_parameters(task, search)}
 
 
 def study_name(name: str, version: str, task: str) -> str:
@@ -87,12 +93,18 @@ def _json_base(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def _check_study(study: optuna.Study, out: Path, base: TrainConfig, task: str) -> None:
-    """A maximised study, with the base config its trials were trained with, owning every
-    trial folder."""
+def _check_study(study: optuna.Study, out: Path, base: TrainConfig, task: str,
+                 search: tuple[str, ...] | None = None) -> None:
+    """A maximised study, with the base config and searched options its trials were trained
+    with, owning every trial folder."""
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ValueError(f"{out}/optuna.db: study {study.study_name} does not maximise")
-    skip = set(UNCHECKED) | set(tuned_parameters(task))
+    searched = list(tuned_parameters(task, search))
+    if study.user_attrs.get("search", searched) != searched:
+        raise ValueError(f"{out}: its trials searched {', '.join(study.user_attrs['search'])}, "
+                         f"not {', '.join(searched)}; choose another out")
+    study.set_user_attr("search", searched)
+    skip = set(UNCHECKED) | set(searched)
     wanted = {k: v for k, v in _json_base(base).items() if k not in skip}
     stored = study.user_attrs.get("base")
     if stored is None:
@@ -132,8 +144,9 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _summary(study: optuna.Study, out: Path, base: TrainConfig, task: str) -> dict:
-    columns = tuned_parameters(task)
+def _summary(study: optuna.Study, out: Path, base: TrainConfig, task: str,
+             search: tuple[str, ...] | None = None) -> dict:
+    columns = tuned_parameters(task, search)
     trials = study.get_trials(deepcopy=False)
     table = [{"trial": t.number, "state": t.state.name, "value": _finite(t.value),
               **{k: t.params.get(k) for k in columns},
@@ -155,7 +168,7 @@ def _summary(study: optuna.Study, out: Path, base: TrainConfig, task: str) -> di
 
 def tune(store: str | os.PathLike, name: str, version: str, task: str, out: str | os.PathLike,
          n_trials: int, base: TrainConfig, seed: int = 0,
-         storage_options: dict | None = None) -> dict:
+         storage_options: dict | None = None, search: tuple[str, ...] | None = None) -> dict:
     """Run (or resume) a study until ``n_trials`` trials are COMPLETE; write ``out/best.json``.
 
     Each trial trains ``out/trial-N`` with ``base`` changed by the sampled parameters (TPE,
@@ -163,11 +176,14 @@ def tune(store: str | os.PathLike, name: str, version: str, task: str, out: str 
     repeat the first trials' random draws). Trials a kill (RUNNING) or an exception (FAIL) cut
     short are retried first, once each, with their parameters, resuming their training from the
     checkpoints in their folder; a base config other than the study's is an error (the values
-    would not compare). One process per ``out`` (a lock). Returns what ``best.json`` holds.
+    would not compare). ``search`` restricts the searched options (e.g. learning rate and batch
+    size at a fixed network). One process per ``out`` (a lock). Returns what ``best.json`` holds.
     """
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be an integer >= 1, not {n_trials!r}")
     spec = get_task(task)
+    search = tuple(search) if search is not None else None
+    tuned_parameters(task, search)  # a wrong search fails before the folder is made
     if not isinstance(base, TrainConfig):
         raise ValueError(f"base must be a TrainConfig, not {type(base).__name__}")
     spec.parameters(base.joint_n_sub)  # theta_joint without joint_n_sub fails here
@@ -187,15 +203,16 @@ def tune(store: str | os.PathLike, name: str, version: str, task: str, out: str 
                                  f"out for {wanted}")
             study = optuna.create_study(storage=storage, study_name=wanted, direction="maximize",
                                         load_if_exists=True)
-            _check_study(study, out, base, task)
+            _check_study(study, out, base, task, search)
             missing = n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             if missing > 0:
                 _retry_interrupted(study, storage)
                 study.sampler = optuna.samplers.TPESampler(
                     seed=seed + len(study.get_trials(deepcopy=False)))
-                study.optimize(_objective(store, name, version, task, out, base, storage_options),
+                study.optimize(_objective(store, name, version, task, out, base, storage_options,
+                                          search),
                                n_trials=missing, callbacks=[_log_trial(n_trials)])
-            summary = _summary(study, out, base, task)
+            summary = _summary(study, out, base, task, search)
         finally:
             storage.engine.dispose()
     tmp = out / "best.json.tmp"
@@ -208,9 +225,9 @@ def tune(store: str | os.PathLike, name: str, version: str, task: str, out: str 
 
 
 def _objective(store, name: str, version: str, task: str, out: Path, base: TrainConfig,
-               storage_options: dict | None):
+               storage_options: dict | None, search: tuple[str, ...] | None = None):
     def objective(trial: Trial) -> float:
-        params = suggest(trial, task)
+        params = suggest(trial, task, search)
         folder = out / f"trial-{trial.number}"
         retry_of = trial.user_attrs.get("retry_of")
         previous = out / f"trial-{retry_of}"

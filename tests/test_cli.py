@@ -174,6 +174,63 @@ def test_pipeline_mock_physics_is_validated_at_load(tmp_path):
             load_pipeline(p)
 
 
+def test_pipeline_mock_sizes_reach_the_suite_spec(tmp_path):
+    from casbi_store.cli.mock import suite_spec
+
+    p = tmp_path / "p.yaml"
+    p.write_text("mock: {preset: demo, seed: 3, n_simulations: 12, n_star_max: 2000, n_dm: 500, "
+                 "steps: [256, 1024]}\n")
+    m = load_pipeline(p).mock
+    spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics, **m.sizes())
+    assert (spec.n_simulations, spec.n_star_max, spec.n_dm_final, spec.steps) == (12, 2000, 500,
+                                                                                  (256, 1024))
+    curve = Path(__file__).parent.parent / "pipelines" / "learning_curve"
+    pipes = {f.stem: load_pipeline(f) for f in sorted(curve.glob("*.yaml"))}
+    assert {k: v.mock.n_simulations for k, v in pipes.items()} == {
+        "external": 48, "sims012": 12, "sims024": 24, "sims048": 48, "sims096": 96, "sims192": 192}
+    assert {v.evaluate.against for k, v in pipes.items() if k != "external"} == {
+        "../external/store.zarr:lc_external:v1"}  # every size judged on the same suite
+    p.write_text("mock: {preset: demo}\n")
+    m = load_pipeline(p).mock
+    assert suite_spec(m.preset, **m.sizes()).steps == tuple(range(64, 1025, 64))  # the preset's
+    for mock, message in [("{n_simulations: 0}", "n_simulations must be a positive integer"),
+                          ("{n_star_max: 1.5}", "n_star_max must be a positive integer"),
+                          ("{steps: [512, 256]}", "steps must be increasing integers"),
+                          ("{steps: [2048]}", "steps must be increasing integers")]:
+        p.write_text(f"mock: {mock}\n")
+        with pytest.raises(ConfigError, match=rf"p.yaml: mock: {message}"):
+            load_pipeline(p)
+
+
+def test_pipeline_tune_stage_and_device_override(tmp_path):
+    from casbi_store.cli.run import on_device
+
+    seed = load_pipeline(Path(__file__).parent.parent / "pipelines" / "seed.yaml")
+    assert [(s.model.task, s.trials, s.search) for s in seed.tune.studies] == [
+        ("nsub_classifier", 20, ("learning_rate", "batch_size")),
+        ("theta", 20, ("learning_rate", "batch_size"))]
+    assert [(m.tuned, m.config.ensemble, m.config.num_transforms, m.config.hidden_features,
+             m.config.embedding_dim) for m in seed.train.models] == [
+        ("tune/nsub_classifier", 4, 10, 100, 128), ("tune/theta", 4, 10, 100, 128)]
+    moved = on_device(seed, "cpu")  # the CPU path still works where CUDA is refused
+    assert {m.config.device for m in moved.train.models} == {"cpu"}
+    assert {s.model.config.device for s in moved.tune.studies} == {"cpu"}
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
+            on_device(seed, "cuda")
+    p = tmp_path / "p.yaml"
+    base = "extract: {suite: s}\ntune: {studies: [{task: theta, set: 's:v1', out: t, "
+    for study, message in [("trials: 0}]}", r"studies\[0\]: trials must be an integer >= 1"),
+                           ("trials: 2, search: [depth]}]}", r"studies\[0\]: search: depth not "
+                                                             r"tuned for task 'theta'"),
+                           ("trials: 2, epochs: 0}]}", r"studies\[0\]: epochs, batch_size")]:
+        p.write_text(base + study + "\n")
+        with pytest.raises(ConfigError, match=rf"p.yaml: tune: {message}"):
+            load_pipeline(p)
+
+
 def test_evaluate_against_option_is_parsed():
     from casbi_store.cli.evaluate import parse_against
 

@@ -127,6 +127,44 @@ def test_two_step_mixture_conditions_each_draw_on_its_n_sub(models):
     assert np.isfinite(samples[:, 1]).all()
 
 
+def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
+    """An ensemble's member is drawn per sample (sbi's sample_batched orders samples by member),
+    and rows outside the prior box are redrawn."""
+    import copy
+
+    from sbi.inference import EnsemblePosterior
+
+    from casbi_store.evaluate import read_split
+    from casbi_store.modelfolder import load_model
+    from casbi_store.posteriors import BatchedFlowSampler, box_bounds, load_posterior
+
+    store, paths = models
+    model = load_model(paths["theta"])
+    single = load_posterior(model)
+    shifted = copy.deepcopy(single)  # a second member whose samples lie 10 above the first's
+    affine = shifted.posterior_estimator.net._transform._transforms[0]  # sbi's z-score of theta
+    affine._shift = affine._shift - 10 * affine._scale
+    sampler = BatchedFlowSampler(EnsemblePosterior([single, shifted], weights=[0.25, 0.75]))
+    data = read_split(store, "t", "v1", "test", max_halos=2)
+    cond = model.task_spec.condition(torch.as_tensor(data.x[:2]).reshape(2, -1),
+                                     torch.tensor([5.0, 5.0]), torch.tensor([1.0, 2.0]))
+    low, high = (torch.as_tensor(b) for b in box_bounds(model))
+    assert float(high[0] - low[0]) < 10  # log M*: the two members' samples do not overlap
+    contexts = sampler.contexts(cond)
+    context_of = torch.arange(2).repeat(2000)
+    s = sampler.sample(contexts, context_of, torch.Generator().manual_seed(0))
+    second = s[:, 0] > (low[0] + high[0]) / 2 + 5
+    for c in (0, 1):  # within each condition, 3 of 4 samples from the second member
+        assert abs(float(second[context_of == c].float().mean()) - 0.75) < 0.05
+    again = sampler.sample(contexts, context_of, torch.Generator().manual_seed(0))
+    assert torch.equal(s, again)  # the generator is the only randomness
+    before = float((~((s >= low) & (s <= high)).all(dim=-1)).float().mean())  # >= 0.75
+    s, outside = sampler.sample_in_box(contexts, context_of, low, high,
+                                       torch.Generator().manual_seed(1), rounds=10)
+    assert torch.equal(outside, ~((s >= low) & (s <= high)).all(dim=-1))
+    assert before >= 0.7 and float(outside.float().mean()) < before / 3  # ~before**11 left
+
+
 def test_external_store_is_a_third_condition_and_other_bin_edges_are_refused(
         models, tiny_suite, tiny_store, tmp_path):
     from casbi_store.binning import BinningSpec

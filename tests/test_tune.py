@@ -108,3 +108,22 @@ def test_the_classifier_tunes_no_flow_and_bad_arguments_fail_early(store, tmp_pa
     with pytest.raises(KeyError, match="no training-set split"):
         tune(store, "t", "v9", "nsub", tmp_path / "x", 1, TINY)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_search_of_some_options_keeps_the_others_and_feeds_training(store, tmp_path):
+    from casbi_store.cli.tune import tuned_config
+
+    out = tmp_path / "lr"
+    result = tune(store, "t", "v1", "nsub_classifier", out, 1, TINY,
+                  search=("batch_size", "learning_rate"))
+    assert set(result["params"]) == {"learning_rate", "batch_size"}
+    assert result["config"]["embedding_dim"] == TINY.embedding_dim  # not searched
+    assert tuned_config(out, TINY) == replace(TINY, **result["params"])
+    with pytest.raises(ValueError, match="searched learning_rate, batch_size, not learning_rate;"):
+        tune(store, "t", "v1", "nsub_classifier", out, 2, TINY, search=("learning_rate",))
+    with pytest.raises(ValueError, match="hidden_features not tuned for task 'nsub_classifier'"):
+        tune(store, "t", "v1", "nsub_classifier", tmp_path / "y", 1, TINY,
+             search=("hidden_features",))
+    assert not (tmp_path / "y").exists()
+    with pytest.raises(ValueError, match=r"y/best.json: no readable tune summary"):
+        tuned_config(tmp_path / "y", TINY)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from .ls import list_store
 from .mock import make_suite, suite_spec
 from .plot import plot_store
 from .train import train_model
+from .tune import tune_task, tuned_config
 
 log = logging.getLogger("casbi_store")
 
@@ -31,6 +33,8 @@ def add_parser(sub) -> None:
     r = sub.add_parser("run", help="run a declarative pipeline (pipelines/*.yaml)")
     r.add_argument("pipeline", help="pipeline YAML file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--device", choices=["cpu", "cuda"],
+                   help="train and tune on this device, whatever the file says (cuda: a GPU)")
     r.set_defaults(func=run)
 
 
@@ -48,15 +52,35 @@ def _stage_client(pipe: Pipeline) -> Iterator:
         yield client
 
 
-def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True) -> int:
-    """Validate the pipeline file, then run its stages in order."""
+def on_device(pipe: Pipeline, device: str) -> Pipeline:
+    """The pipeline with every tune and train config on ``device`` (validated: 'cuda' without a
+    GPU is a ValueError)."""
+    from ..trainer import TrainConfig
+
+    TrainConfig(device=device)
+    move = lambda m: dataclasses.replace(m, config=dataclasses.replace(m.config, device=device))  # noqa: E731
+    if pipe.train:
+        pipe = dataclasses.replace(pipe, train=dataclasses.replace(
+            pipe.train, models=tuple(move(m) for m in pipe.train.models)))
+    if pipe.tune:
+        pipe = dataclasses.replace(pipe, tune=dataclasses.replace(pipe.tune, studies=tuple(
+            dataclasses.replace(s, model=move(s.model)) for s in pipe.tune.studies)))
+    return pipe
+
+
+def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
+                 device: str | None = None) -> int:
+    """Validate the pipeline file, then run its stages in order (``device``: every tune and
+    train on it)."""
     pipe = load_pipeline(pipeline)
+    if device:
+        pipe = on_device(pipe, device)
     suite = None
     if pipe.mock:
         m = pipe.mock
         suite = pipe.path(m.out)
         log.info("stage mock: preset %s, seed %s -> %s", m.preset, m.seed, suite)
-        spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics)
+        spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics, **m.sizes())
         log.info(make_suite(suite, spec, workers=m.workers, progress=progress))
     with _stage_client(pipe) as client:
         if pipe.extract:
@@ -66,11 +90,25 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True) -> int:
             for spec in pipe.compose.sets:
                 compose_and_register(pipe.path(pipe.extract.store), spec, catalog,
                                      progress=progress)
+    if pipe.tune:
+        from ..tune import tuned_parameters  # optuna: only when a pipeline tunes
+
+        for study in pipe.tune.studies:
+            m = study.model
+            log.info("stage tune: %s on %s:%s, %d trials of %s -> %s", m.task, m.set, m.version,
+                     study.trials, ", ".join(tuned_parameters(m.task, study.search)),
+                     pipe.path(m.out))
+            tune_task(pipe.path(pipe.extract.store), m.set, m.version, m.task, pipe.path(m.out),
+                      study.trials, m.config, search=study.search)
     if pipe.train:
         for m in pipe.train.models:
+            config = m.config
+            if m.tuned:
+                config = tuned_config(pipe.path(m.tuned), config)
+                log.info("stage train: %s with the options of %s", m.task, pipe.path(m.tuned))
             log.info("stage train: %s on %s:%s -> %s", m.task, m.set, m.version, pipe.path(m.out))
             train_model(pipe.path(pipe.extract.store), m.set, m.version, m.task, pipe.path(m.out),
-                        m.config, per_member=False)
+                        config, per_member=False)
     if pipe.evaluate:
         ev = pipe.evaluate
         against = parse_against(str(pipe.path(ev.against))) if ev.against else None
@@ -100,4 +138,4 @@ def _extract_stage(pipe: Pipeline, suite, client, progress: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_pipeline(args.pipeline, progress=not args.quiet)
+    return run_pipeline(args.pipeline, progress=not args.quiet, device=args.device)

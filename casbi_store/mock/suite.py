@@ -16,6 +16,7 @@ The fiducial physics writes the same files, byte for byte, as before these optio
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import shutil
@@ -321,12 +322,19 @@ def build_simulation(model: SimulationModel, spec: SuiteSpec, out: Path) -> list
     (sim_dir / f"{model.name}.param").write_text(param_text(model.name))
     draws = draw_stars(model, spec, rng)
     written = []
-    for step in model.steps:
-        path = sim_dir / f"{model.name}.{step:05d}"
-        snap_rng = np.random.default_rng([model.seed, step])
-        _write_one_snapshot(path, step, model, spec, snap_rng, draws.m_dm, stars=draws.stars,
-                            neighbour=draws.neighbour, history=draws.history)
-        written.append(path)
+    # pynbody runs gc.collect() at every family-array promotion (3 per snapshot): with the
+    # imports' objects frozen out of the collector's view that is ~1 ms, not ~0.2 s (58% of a
+    # suite's CPU time under cProfile). Freezing changes no byte written.
+    gc.freeze()
+    try:
+        for step in model.steps:
+            path = sim_dir / f"{model.name}.{step:05d}"
+            snap_rng = np.random.default_rng([model.seed, step])
+            _write_one_snapshot(path, step, model, spec, snap_rng, draws.m_dm, stars=draws.stars,
+                                neighbour=draws.neighbour, history=draws.history)
+            written.append(path)
+    finally:
+        gc.unfreeze()
     _apply_defect(model, written)
     return written
 
