@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import schema as S
 from ..estimators import build_npe
-from .common import UNITS
+from .common import UNITS, input_options
 
 _REGISTRY: dict[str, Task] = {}
 FLOW_TUNED = ("learning_rate", "batch_size", "hidden_features", "num_transforms", "embedding_dim")
@@ -109,7 +109,7 @@ class FlowTask(Task):
                          num_transforms=int(config["num_transforms"]),
                          embedding_dim=int(config["embedding_dim"]),
                          conv_channels=tuple(int(c) for c in config["conv_channels"]), seed=seed,
-                         wrap=self.wrap_embedding)
+                         wrap=self.wrap_embedding, **input_options(stats, config))
 
     def prior(self, theta_example: np.ndarray):
         """sbi's ``BoxUniform`` over ``box_bounds``."""

@@ -9,7 +9,7 @@ import torch
 
 from ..estimators import NsubClassifier
 from .base import Task, register
-from .common import NsubParameter
+from .common import NsubParameter, input_options
 
 
 class NsubPosterior:
@@ -46,9 +46,15 @@ class NsubClassifierTask(NsubParameter, Task):
 
     def build(self, stats, config, n_sub_range, seed):
         n_min, n_max = n_sub_range
+        options = input_options(stats, config)
+        if options["embedding"] != "cnn":
+            raise ValueError(f"the N_sub classifier has its own ResNet embedding; embedding "
+                             f"{options['embedding']!r} applies to the flows only")
         return NsubClassifier(stats["mean"], stats["std"], n_min, n_max,
                               channels=tuple(int(c) for c in config["conv_channels"]),
-                              width=int(config["embedding_dim"]), seed=seed)
+                              width=int(config["embedding_dim"]), seed=seed,
+                              representation=options["representation"],
+                              extra_stats=options["extra_stats"])
 
     def posterior(self, model) -> NsubPosterior:
         return NsubPosterior(model)
