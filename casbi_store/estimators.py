@@ -1,11 +1,11 @@
 """The networks: sbi's neural spline flows with our CNN embedding, and the N_sub classifier.
 
 Every estimator here has ``loss(theta, condition)`` (per-row negative log-likelihood), so one
-training loop serves them all. The input transform (``representations``; by default ``Log1pStandardize``:
-log1p of the counts, then per-pixel standardisation with statistics from one streamed pass over
-the training split) is the first layer of each embedding, so its statistics are saved in the ``state_dict``; sbi's
-own ``z_score_x`` is not used (see the trainer issue). Which network a task uses is the task's
-choice (``casbi_store.tasks``); the builders here know nothing of tasks.
+training loop serves them all. The input transform (``casbi_store.representations``; by default
+``Log1pStandardize``: log1p of the counts, then per-pixel standardisation with statistics from
+one streamed pass over the training split) is the first layer of each embedding, so its
+statistics are saved in the ``state_dict``; sbi's own ``z_score_x`` is not used. Which network
+a task uses is the task's choice (``casbi_store.tasks``); the builders here know nothing of tasks.
 """
 
 from __future__ import annotations
