@@ -13,8 +13,8 @@ Results are appended per variant to ``--out`` (JSON), so an interrupted run keep
 a variant already in the file is skipped. CPU seconds (``time.process_time``) are recorded
 beside wall seconds: the machine is shared.
 
-    python bench/bench_ablation.py --store /work/power_bench/store.zarr --set abl:v1 \\
-        --big-set abl_big:v1 --work /work/power_bench/models --out bench/results/ablation.json
+    python bench/bench_ablation.py --store /work/power_bench/store.zarr --set abl_small:v1 \\
+        --big-set abl:v1 --work /work/power_bench/models --out bench/results/ablation.json
 """
 
 from __future__ import annotations
@@ -31,21 +31,21 @@ import numpy as np
 # demo.yaml's training settings (10 epochs, patience 3, lr 1e-3, batch 128), the seed's network
 BASE = dict(epochs=10, patience=3, batch_size=128, learning_rate=1e-3, seed=0)
 VARIANTS: dict[str, tuple[str, dict, str]] = {
-    # name: (task, TrainConfig options over BASE, which set)
+    # name: (task, TrainConfig options over BASE, which set), in the order they run
     "theta/log1p+cnn (default)": ("theta", {}, "set"),
     "theta/log1p_marginals+cnn": ("theta", {"representation": "log1p_marginals"}, "set"),
-    "theta/normalised+cnn": ("theta", {"representation": "normalised"}, "set"),
     "theta/log1p_marginals+mlp": ("theta", {"representation": "log1p_marginals",
                                             "embedding": "mlp"}, "set"),
-    "theta/log1p+pooled": ("theta", {"embedding": "pooled"}, "set"),
-    "theta/log1p+cnn, flow 5x50": ("theta", {"num_transforms": 5, "hidden_features": 50}, "set"),
-    "theta/log1p+cnn, 25 epochs": ("theta", {"epochs": 25, "patience": 5}, "set"),
-    "theta/log1p+cnn, 2.5x data": ("theta", {}, "big"),
     "nsub_classifier/log1p (default)": ("nsub_classifier", {}, "set"),
+    "nsub/log1p (NPE)": ("nsub", {}, "set"),
+    "theta/normalised+cnn": ("theta", {"representation": "normalised"}, "set"),
+    "theta/log1p+cnn, 2.5x data": ("theta", {}, "big"),
+    "theta/log1p+cnn, flow 5x50": ("theta", {"num_transforms": 5, "hidden_features": 50}, "set"),
     "nsub_classifier/log1p_marginals": ("nsub_classifier", {"representation": "log1p_marginals"},
                                         "set"),
+    "theta/log1p+cnn, 25 epochs": ("theta", {"epochs": 25, "patience": 5}, "set"),
+    "theta/log1p+pooled": ("theta", {"embedding": "pooled"}, "set"),
     "nsub_classifier/normalised": ("nsub_classifier", {"representation": "normalised"}, "set"),
-    "nsub/log1p (NPE)": ("nsub", {}, "set"),
 }
 THETA_COLUMNS = ("log10_mstar_1", "tau_1", "log10_mdm_1")
 
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--big-set", required=True, help="NAME:VERSION, the same scheme with more halos")
     p.add_argument("--work", required=True, help="folder for the model folders")
     p.add_argument("--out", default="bench/results/ablation.json")
-    p.add_argument("--halos", type=int, default=300)
-    p.add_argument("--samples", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--halos", type=int, default=200)
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="*", help="variant names (default: all)")
     p.add_argument("--smoke", action="store_true", help="1 epoch of tiny networks: does it run?")
     args = p.parse_args(argv)

@@ -195,6 +195,12 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     log_lik = -np.asarray(best)
     weights = np.exp(log_lik - log_lik.max())
     weights /= weights.sum()
+    calibration = spec.calibrate(
+        [F.load_member(F.member_dir(out, k) / F.MODEL, meta, stats, cfg.seed + k, cfg.device)
+         for k in range(cfg.ensemble)], weights, _pairs(sources["val"], spec, cfg, 0, cfg.seed))
+    F.write_calibration(out, calibration)
+    if calibration:
+        log.info("%s: calibration %s", out, calibration)
     ensemble = {"best_val_loss": best, "weights": weights.tolist()}
     F.write_ensemble(out, ensemble)
     return {"members": histories, **ensemble}

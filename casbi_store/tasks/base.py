@@ -93,6 +93,12 @@ class Task:
         """The posterior of a loaded model folder (``modelfolder.TrainedModel``)."""
         raise NotImplementedError
 
+    def calibrate(self, members: list[nn.Module], weights: np.ndarray, pairs) -> dict | None:
+        """A calibration fitted after training on the validation ``pairs`` (an iterable of
+        (theta, condition) batches) and the trained members, stored in the model folder and
+        applied by the task's posterior; ``None``: the task has none."""
+        return None
+
 
 class FlowTask(Task):
     """A task learnt by sbi's NSF (NPE): a ``DirectPosterior`` (``EnsemblePosterior`` for
