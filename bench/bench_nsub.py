@@ -88,7 +88,7 @@ def figures(results: dict, data: dict, out: Path) -> None:
         x = data[cond].x.reshape(len(data[cond].x), -1).sum(axis=1)
         axes[2].scatter(data[cond].n_sub, np.log10(np.maximum(x, 1)), s=4, color=color,
                         alpha=0.5, label=cond)
-        for label, ls in (("T=1", ":"), ("T=fitted", "-")):
+        for label in ("T=1", "T=fitted"):
             c = results["classifier"][cond][label]
             axes[1].bar(f"{cond[:8]}\n{label}", c["coverage_68"], color=color,
                         alpha=0.5 if label == "T=1" else 0.9)
