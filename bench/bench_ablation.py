@@ -63,8 +63,6 @@ def _row(metrics: dict, parameter: str, ridge: dict) -> dict:
 
 
 def run_variant(name: str, args, sets: dict, test, ridge: dict) -> dict:
-    from casbi_store import evaluate as ev
-    from casbi_store.modelfolder import load_model
     from casbi_store.trainer import TrainConfig, train
 
     task, options, which = VARIANTS[name]
@@ -76,21 +74,31 @@ def run_variant(name: str, args, sets: dict, test, ridge: dict) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     trained = train(args.store, set_name, version, task, folder, cfg)
     train_wall, train_cpu = time.perf_counter() - wall, time.process_time() - cpu
-    model = load_model(folder)
-    wall, cpu = time.perf_counter(), time.process_time()
-    if task == "theta":
-        result = ev.evaluate_theta(model, test, n_samples=args.samples, seed=0)
-        columns = THETA_COLUMNS
-    else:
-        result = ev.evaluate_nsub(model, test, n_samples=max(args.samples, 500), seed=0)
-        result["metrics"] = {f"{k}_n_sub": v for k, v in result["metrics"].items()}
-        columns = ("n_sub",)
-    metrics = result["metrics"]
     row = {"task": task, "options": options, "set": f"{set_name}:{version}",
            "epochs": [len(h) for h in trained["members"]],
            "best_val_loss": trained["best_val_loss"],
-           "train_seconds": train_wall, "train_cpu_seconds": train_cpu,
-           "eval_seconds": time.perf_counter() - wall, "eval_cpu_seconds": time.process_time() - cpu,
+           "train_seconds": train_wall, "train_cpu_seconds": train_cpu}
+    row.update(judge(name, args, test, ridge))
+    return row
+
+
+def judge(name: str, args, data, ridge: dict) -> dict:
+    """A trained variant's per-parameter figures on ``data``."""
+    from casbi_store import evaluate as ev
+    from casbi_store.modelfolder import load_model
+
+    task = VARIANTS[name][0]
+    model = load_model(Path(args.work) / _slug(name))
+    wall, cpu = time.perf_counter(), time.process_time()
+    if task == "theta":
+        result = ev.evaluate_theta(model, data, n_samples=args.samples, seed=0)
+        columns = THETA_COLUMNS
+    else:
+        result = ev.evaluate_nsub(model, data, n_samples=max(args.samples, 500), seed=0)
+        result["metrics"] = {f"{k}_n_sub": v for k, v in result["metrics"].items()}
+        columns = ("n_sub",)
+    metrics = result["metrics"]
+    row = {"eval_seconds": time.perf_counter() - wall, "eval_cpu_seconds": time.process_time() - cpu,
            "load_average": os.getloadavg()[0],
            "parameters": {p: _row(metrics, p, ridge) for p in columns}}
     if task != "theta":
@@ -112,7 +120,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="*", help="variant names (default: all)")
     p.add_argument("--smoke", action="store_true", help="1 epoch of tiny networks: does it run?")
+    p.add_argument("--table-only", action="store_true", help="print the table of --out and stop")
+    p.add_argument("--in-distribution", action="store_true",
+                   help="judge the trained variants of --out on the validation split too "
+                        "(new combinations of the training galaxies) and stop")
     args = p.parse_args(argv)
+    if args.table_only:
+        results = json.loads(Path(args.out).read_text())
+        print(table(results))
+        return results
 
     import torch
 
@@ -135,6 +151,17 @@ def main(argv: list[str] | None = None) -> dict:
     scores = baselines.score(fitted, test.x, test.n_sub, test.theta, ranks=1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"variants": {}}
+    if args.in_distribution:
+        val = ev.read_split(args.store, *sets["set"], "val", args.halos)
+        val_scores = baselines.score(fitted, val.x, val.n_sub, val.theta, ranks=1)
+        results["baselines_in_distribution"] = val_scores
+        for name, row in results["variants"].items():
+            if "in_distribution" not in row:
+                print(f"{time.strftime('%H:%M:%S')} {name} (in distribution) ...", flush=True)
+                row["in_distribution"] = judge(name, args, val, val_scores["ridge"])
+                out.write_text(json.dumps(results, indent=1, default=float))
+        print(table(results, "in_distribution"))
+        return results
     results.update(store=os.fspath(args.store), set=args.set, big_set=args.big_set,
                    halos=len(test.x), samples=args.samples, threads=args.threads,
                    base=BASE, baselines=scores)
@@ -154,22 +181,28 @@ def _fmt(v, digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def table(results: dict) -> str:
-    """The Markdown table of bench/README.md."""
-    lines = ["| variant | param | cov 68 | cov 95 | skill | RMSE | RMSE / ridge | epochs | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, row in results["variants"].items():
+def table(results: dict, condition: str = "held_out") -> str:
+    """The Markdown table of bench/README.md (RMSE over both baselines' RMSE on the same halos)
+    in one condition (``held_out``, or ``in_distribution`` once judged there)."""
+    held = condition == "held_out"
+    base = results["baselines" if held else "baselines_in_distribution"]
+    lines = ["| variant | param | cov 68 | cov 95 | skill | RMSE | / ridge | / GBR | epochs "
+             "| train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, variant in results["variants"].items():
+        row = variant if held else variant.get("in_distribution")
+        if row is None:
+            continue
         for param, m in row["parameters"].items():
+            gbr = base["gbr"].get(param, {}).get("rmse")
             lines.append(f"| {name} | {param} | {_fmt(m['coverage_68'])} | "
                          f"{_fmt(m['coverage_95'])} | {_fmt(m['skill'])} | {_fmt(m['rmse'], 3)} | "
-                         f"{_fmt(m['rmse_over_ridge'])} | {row['epochs'][0]} | "
-                         f"{row['train_seconds']:.0f} |")
-    for kind, per in results["baselines"].items():
+                         f"{_fmt(m['rmse_over_ridge'])} | {_fmt(m['rmse'] / gbr if gbr else None)} "
+                         f"| {variant['epochs'][0]} | {variant['train_seconds']:.0f} |")
+    for kind, per in base.items():
         for param in ("n_sub", *THETA_COLUMNS):
             if param in per:
-                lines.append(f"| {kind} baseline | {param} | | | | "
-                             f"{_fmt(per[param]['rmse'], 3)} | {_fmt(1.0) if kind == 'ridge' else ''} "
-                             f"| | |")
+                lines.append(f"| {kind} baseline | {param} | | | | {_fmt(per[param]['rmse'], 3)} "
+                             f"| | | | |")
     return "\n".join(lines)
 
 
