@@ -11,7 +11,9 @@ galaxies; ``held_out``: the test split, simulations never trained on):
   stored in its folder (fitted on the validation split, so the held-out figures are the honest
   ones);
 - the log10 total star count against N_sub in both conditions (does N_sub extrapolate from the
-  count?).
+  count?), and the NPE's posterior mean / truth against the share of distinct simulations among
+  a halo's blocks (blocks are snapshots: several snapshots of one simulation share most stars;
+  a held-out pool of few simulations makes halos of repeated galaxies).
 
 Figures (PNG) and numbers (JSON) go to ``--out``.
 
@@ -74,13 +76,25 @@ def classifier_diagnostics(model, data, seed: int) -> dict:
     return out
 
 
+def distinct_share(store, name: str, version: str, split: str, rows: np.ndarray) -> np.ndarray:
+    """Distinct simulations / N_sub of each halo (``members`` -> the galaxies' simulation)."""
+    import xarray as xr
+
+    from casbi_store import trainingsets
+
+    sims = xr.open_zarr(store, group="galaxies", consolidated=True).simulation.values
+    sims = np.array([str(v) for v in sims], dtype=object)
+    members = trainingsets.open_split_group(store, name, version, split, None)["members"][:][rows]
+    return np.array([len(set(sims[m[m >= 0]])) / max((m >= 0).sum(), 1) for m in members])
+
+
 def figures(results: dict, data: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for cond, color in (("in_distribution", "C0"), ("held_out", "C3")):
         d = results["npe"][cond]
         axes[0].errorbar(d["_truth"], d["_mean"], yerr=d["_std"], fmt=".", color=color, alpha=0.5,
@@ -88,6 +102,8 @@ def figures(results: dict, data: dict, out: Path) -> None:
         x = data[cond].x.reshape(len(data[cond].x), -1).sum(axis=1)
         axes[2].scatter(data[cond].n_sub, np.log10(np.maximum(x, 1)), s=4, color=color,
                         alpha=0.5, label=cond)
+        axes[3].scatter(results["distinct"][cond], d["_mean"] / d["_truth"], s=5, color=color,
+                        alpha=0.6, label=cond)
         for label in ("T=1", "T=fitted"):
             c = results["classifier"][cond][label]
             axes[1].bar(f"{cond[:8]}\n{label}", c["coverage_68"], color=color,
@@ -102,6 +118,10 @@ def figures(results: dict, data: dict, out: Path) -> None:
                 title=f"classifier, T = {results['classifier']['held_out']['temperature']:.2f}")
     axes[2].set(xlabel="true N_sub", ylabel="log10 total star count", title="the count vs N_sub")
     axes[2].legend(fontsize=8)
+    axes[3].axhline(1, color="k", lw=0.8)
+    axes[3].set(xlabel="distinct simulations / N_sub of the halo", ylabel="NPE mean / true N_sub",
+                title="repeated galaxies", xscale="log")
+    axes[3].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "nsub_diagnostics.png", dpi=90)
     plt.close(fig)
@@ -130,14 +150,21 @@ def main(argv: list[str] | None = None) -> dict:
             "held_out": ev.read_split(args.store, name, version, "test", args.halos)}
     npe, classifier = load_model(args.npe), load_model(args.classifier)
     results = {"set": args.set, "halos": args.halos, "samples": args.samples,
-               "n_sub_range": npe.meta["n_sub_range"], "npe": {}, "classifier": {}}
-    for cond, d in data.items():
+               "n_sub_range": npe.meta["n_sub_range"], "npe": {}, "classifier": {},
+               "distinct": {}, "distinct_share_by_n_sub": {}}
+    for (cond, d), split in zip(data.items(), ("val", "test"), strict=True):
         results["npe"][cond] = npe_diagnostics(npe, d, args.samples, 0)
         results["classifier"][cond] = classifier_diagnostics(classifier, d, 0)
+        share = distinct_share(args.store, name, version, split, d.rows)
+        results["distinct"][cond] = share
+        results["distinct_share_by_n_sub"][cond] = {
+            f"{lo}-{hi}": float(np.median(share[(d.n_sub >= lo) & (d.n_sub <= hi)]))
+            for lo, hi in ((2, 10), (11, 30), (31, 60), (61, 100))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figures(results, data, out)
-    public = json.loads(json.dumps(results, default=lambda v: None))
+    public = json.loads(json.dumps({k: v for k, v in results.items() if k != "distinct"},
+                                   default=lambda v: None))
     for cond in data:
         public["npe"][cond] = {k: v for k, v in results["npe"][cond].items()
                                if not k.startswith("_")}
