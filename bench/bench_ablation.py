@@ -45,6 +45,7 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
                                         "set"),
     "theta/log1p+cnn, 25 epochs": ("theta", {"epochs": 25, "patience": 5}, "set"),
     "theta/log1p+pooled": ("theta", {"embedding": "pooled"}, "set"),
+    "theta/log1p+cnn, batch 32": ("theta", {"batch_size": 32}, "set"),  # 4x the steps
     "nsub_classifier/normalised": ("nsub_classifier", {"representation": "normalised"}, "set"),
 }
 THETA_COLUMNS = ("log10_mstar_1", "tau_1", "log10_mdm_1")
