@@ -1,11 +1,11 @@
 """The networks: sbi's neural spline flows with our CNN embedding, and the N_sub classifier.
 
 Every estimator here has ``loss(theta, condition)`` (per-row negative log-likelihood), so one
-training loop serves them all. The input transform (``Log1pStandardize``: log1p of the counts,
-then per-pixel standardisation with statistics from one streamed pass over the training split)
-is the first layer of each embedding, so its statistics are saved in the ``state_dict``; sbi's
-own ``z_score_x`` is not used (see the trainer issue). Which network a task uses is the task's
-choice (``casbi_store.tasks``); the builders here know nothing of tasks.
+training loop serves them all. The input transform (``casbi_store.representations``; by default
+``Log1pStandardize``: log1p of the counts, then per-pixel standardisation with statistics from
+one streamed pass over the training split) is the first layer of each embedding, so its
+statistics are saved in the ``state_dict``; sbi's own ``z_score_x`` is not used. Which network
+a task uses is the task's choice (``casbi_store.tasks``); the builders here know nothing of tasks.
 """
 
 from __future__ import annotations
@@ -17,39 +17,25 @@ import torch
 from torch import nn
 
 from . import schema as S
+from .representations import (
+    DEFAULT_EMBEDDING,
+    DEFAULT_REPRESENTATION,
+    Log1pStandardize,
+    plane_embedding,
+    representation_module,
+)
 
 N_PIXELS = S.N_BINS * S.N_BINS
 
 
-class Log1pStandardize(nn.Module):
-    """x -> (log1p(x) - mean) / max(std, floor); mean and std are saved buffers.
-
-    The floor matters: ~60% of the demo set's pixels are empty in every training halo (std 0),
-    and halos of held-out simulations do put stars there. With a floor of 0.5 one such star
-    becomes ~1.4, not ~70 (floor 1e-2) or ~1e7 (sbi's 1e-7), so such halos stay in range.
-    """
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray, floor: float = 0.5):
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32)[None, None])
-        self.register_buffer("std", torch.as_tensor(np.maximum(std, floor),
-                                                    dtype=torch.float32)[None, None])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.log1p(x) - self.mean) / self.std
-
-
 def image_embedding(mean: np.ndarray, std: np.ndarray, conv_channels: tuple[int, ...],
-                    embedding_dim: int) -> nn.Module:
-    """log1p + standardisation, then sbi's CNN: 64x64 -> ``embedding_dim`` features."""
-    from sbi.neural_nets.embedding_nets import CNNEmbedding
-
-    return nn.Sequential(
-        Log1pStandardize(mean, std),
-        CNNEmbedding(input_shape=(S.N_BINS, S.N_BINS), in_channels=1,
-                     out_channels_per_layer=list(conv_channels), num_conv_layers=len(conv_channels),
-                     num_linear_layers=2, num_linear_units=embedding_dim, output_dim=embedding_dim),
-    )
+                    embedding_dim: int, representation: str = DEFAULT_REPRESENTATION,
+                    embedding: str = DEFAULT_EMBEDDING, extra_stats: dict | None = None
+                    ) -> nn.Module:
+    """The image's embedding (``representations.plane_embedding``): by default log1p +
+    standardisation, then sbi's CNN: 64x64 -> ``embedding_dim`` features."""
+    stats = {"mean": mean, "std": std, **(extra_stats or {})}
+    return plane_embedding(stats, representation, embedding, conv_channels, embedding_dim)
 
 
 class RankedEmbedding(nn.Module):
@@ -75,18 +61,22 @@ class RankedEmbedding(nn.Module):
 def build_npe(mean: np.ndarray, std: np.ndarray, theta_example: np.ndarray,
               condition_shape: tuple[int, ...], *, hidden_features: int, num_transforms: int,
               embedding_dim: int, conv_channels: tuple[int, ...], seed: int,
-              wrap: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
+              wrap: Callable[[nn.Module], nn.Module] | None = None,
+              representation: str = DEFAULT_REPRESENTATION, embedding: str = DEFAULT_EMBEDDING,
+              extra_stats: dict | None = None) -> nn.Module:
     """sbi's NSF (``posterior_nn``) with our embedding (``wrap``ped, e.g. by ``RankedEmbedding``,
     for conditions other than the image); ``theta_example`` sets the flow's standardisation of
-    theta. ``z_score_x="none"``: our transform standardises the image."""
+    theta. ``z_score_x="none"``: our transform standardises the image. ``representation`` and
+    ``embedding`` choose the input (``casbi_store.representations``; ``extra_stats``: the
+    statistics of its extra features)."""
     from sbi.neural_nets import posterior_nn
 
     torch.manual_seed(seed)
-    embedding = image_embedding(mean, std, conv_channels, embedding_dim)
-    if wrap is not None:
-        embedding = wrap(embedding)
+    net = image_embedding(mean, std, conv_channels, embedding_dim, representation, embedding,
+                          extra_stats)
+    embedding_net = wrap(net) if wrap is not None else net
     build = posterior_nn("nsf", z_score_x="none", z_score_theta="independent",
-                         embedding_net=embedding, hidden_features=hidden_features,
+                         embedding_net=embedding_net, hidden_features=hidden_features,
                          num_transforms=num_transforms)
     # a strided subset spanning the whole range: the flow's z-score comes from it (a sorted
     # head would put most of theta beyond the spline's bounds, where the loss has no gradient)
@@ -120,23 +110,34 @@ class NsubClassifier(nn.Module):
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, n_min: int, n_max: int,
-                 channels: tuple[int, ...] = (8, 16, 32), width: int = 128, seed: int = 0):
+                 channels: tuple[int, ...] = (8, 16, 32), width: int = 128, seed: int = 0,
+                 representation: str = DEFAULT_REPRESENTATION, extra_stats: dict | None = None):
         super().__init__()
         if n_max <= n_min:
             raise ValueError(f"N_sub range [{n_min}, {n_max}] has fewer than two values")
         torch.manual_seed(seed)
         self.n_min, self.n_max = int(n_min), int(n_max)
         # stem at 64x64, then one residual block per stage at 32, 16 and 8 pixels
-        layers: list[nn.Module] = [Log1pStandardize(mean, std),
-                                   nn.Conv2d(1, channels[0], 3, padding=1), nn.ReLU(),
-                                   nn.AvgPool2d(2)]
+        # the seed's input (log1p) is the net's first layer, as in older model folders; other
+        # representations are applied before it, their extras joined to the pooled features
+        default = representation == DEFAULT_REPRESENTATION
+        self.representation = (None if default else representation_module(
+            {"mean": mean, "std": std, **(extra_stats or {})}, representation))
+        layers: list[nn.Module] = [Log1pStandardize(mean, std)] if default else []
+        layers += [nn.Conv2d(1, channels[0], 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)]
         c_in = channels[0]
         for c in channels:
             layers += [ResidualBlock(c_in, c), nn.AvgPool2d(2)]
             c_in = c
-        layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c_in * 16, width), nn.ReLU(),
-                   nn.Linear(width, self.n_max - self.n_min + 1)]
-        self.net = nn.Sequential(*layers)
+        layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten()]
+        head = [nn.Linear(c_in * 16, width), nn.ReLU(), nn.Linear(width, self.n_max - self.n_min + 1)]
+        if default:
+            self.net = nn.Sequential(*layers, *head)
+        else:
+            self.net = nn.Sequential(*layers)
+            n_extra = self.representation.extra_mean.numel()
+            head[0] = nn.Linear(c_in * 16 + n_extra, width)
+            self.head = nn.Sequential(*head)
 
     @property
     def values(self) -> torch.Tensor:
@@ -144,7 +145,11 @@ class NsubClassifier(nn.Module):
         return torch.arange(self.n_min, self.n_max + 1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if self.representation is None:
+            return self.net(x)
+        image, extra = self.representation(x)
+        features = self.net(image)
+        return self.head(features if extra is None else torch.cat([features, extra], dim=1))
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_classes) posterior probabilities; rows sum to 1."""

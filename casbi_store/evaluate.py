@@ -377,7 +377,8 @@ def training_summary(model: TrainedModel) -> dict:
             "train_seconds": float(sum(r["seconds"] for h in model.histories for r in h)),
             "best_val_loss": [min((r["val_loss"] for r in h), default=float("nan"))
                               for h in model.histories],
-            "weights": model.weights.tolist()}
+            "weights": model.weights.tolist(),
+            "temperature": model.calibration.get("temperature")}
 
 
 def sampling_speed(model: TrainedModel, data: SplitData, n: int = 10_000) -> float:

@@ -5,6 +5,7 @@ A model folder holds::
     config.json        task, parameters, training set, TrainConfig, N_sub range, package versions
     transform.npz      input-transform statistics, example parameters (prior box), bin edges
     member-K/          model.pt (best validation loss), checkpoint.pt, history.json
+    calibration.json   what the task fitted after training (the classifier's temperature), if any
     ensemble.json      the members, each one's best validation loss and its weight
 
 ``ensemble.json`` is written last, atomically, once every member is trained (the trainer removes
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 from .tasks import Task, get_task
 
 CONFIG, TRANSFORM, ENSEMBLE = "config.json", "transform.npz", "ensemble.json"
+CALIBRATION = "calibration.json"
 MODEL, CHECKPOINT, HISTORY = "model.pt", "checkpoint.pt", "history.json"
 RENAMED = {"n_sub": "joint_n_sub"}  # old TrainConfig keys of config.json -> their names now
 META_KEYS = ("task", "parameters", "config", "n_sub_range")
@@ -141,6 +143,28 @@ def write_history(member: Path, history: list[dict]) -> None:
     (member / HISTORY).write_text(json.dumps(history, indent=2))
 
 
+def write_calibration(out: Path, calibration: dict | None) -> None:
+    """``calibration.json`` (removed when the task fits none)."""
+    path = Path(out) / CALIBRATION
+    if calibration is None:
+        path.unlink(missing_ok=True)
+    else:
+        _write_json_atomic(path, calibration)
+
+
+def read_calibration(out: Path) -> dict:
+    """``calibration.json``, ``{}`` if absent (T = 1); refused if its temperature is not a
+    positive finite number."""
+    path = Path(out) / CALIBRATION
+    if not path.exists():
+        return {}
+    calibration = _read_json(path)
+    t = calibration.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < float("inf")):
+        raise ModelFolderError(f"{path}: temperature {t!r} is not a positive number")
+    return calibration
+
+
 def start_training(out: Path) -> None:
     """Mark a folder as being trained: ``ensemble.json`` goes until every member is done."""
     (Path(out) / ENSEMBLE).unlink(missing_ok=True)
@@ -242,6 +266,7 @@ class TrainedModel:
     members: list[torch.nn.Module]
     weights: np.ndarray
     histories: list[list[dict]]
+    calibration: dict = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -277,7 +302,8 @@ def load_model(out: str | os.PathLike, device: str = "cpu") -> TrainedModel:
         members.append(load_member(out / name / MODEL, meta, stats, seed + k, device))
         history = out / name / HISTORY
         histories.append(_read_json_list(history) if history.exists() else [])
-    return TrainedModel(out, meta, stats, members, weights / weights.sum(), histories)
+    return TrainedModel(out, meta, stats, members, weights / weights.sum(), histories,
+                        read_calibration(out))
 
 
 def _read_json_list(path: Path) -> list:

@@ -197,7 +197,8 @@ def _metrics_table(results: dict) -> str:
                                  for c in names) + "</tr>" for k in keys)
         t = r["training"]
         training = (f"{t['members']} member(s), epochs {t['epochs']}, {t['train_seconds']:.0f} s, "
-                    "weights " + ", ".join(f"{w:.2f}" for w in t["weights"]))
+                    "weights " + ", ".join(f"{w:.2f}" for w in t["weights"])
+                    + (f", temperature {t['temperature']:.3f}" if t.get("temperature") else ""))
         out.append(f"<h3>{html.escape(_title(r['task']))} <small>{html.escape(path)}</small></h3>"
                    f"<p>training: {html.escape(training)}</p>"
                    f"<table><tr><th>metric</th>{head}</tr>{body}</table>")

@@ -95,17 +95,22 @@ class TrainingSetStream(torch.utils.data.IterableDataset):
                 yield (*row, int(index[i])) if self.return_index else row
 
 
+def x_chunks(stream: TrainingSetStream) -> Iterator[np.ndarray]:
+    """The split's histograms as float64 blocks of one Zarr chunk each, in order."""
+    x_arr = stream._open()[S.X.name]
+    for start in range(0, x_arr.shape[0], stream.chunk_rows):
+        yield x_arr[start:start + stream.chunk_rows].astype(np.float64)
+
+
 def streamed_moments(stream: TrainingSetStream) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel mean and standard deviation of log1p(x), in one pass over the split's chunks."""
-    group = stream._open()
-    x_arr = group[S.X.name]
-    total = np.zeros(x_arr.shape[1:], dtype=np.float64)
-    total_sq = np.zeros_like(total)
-    for start in range(0, x_arr.shape[0], stream.chunk_rows):
-        block = np.log1p(x_arr[start:start + stream.chunk_rows].astype(np.float64))
+    total = total_sq = 0.0
+    n = 0
+    for chunk in x_chunks(stream):
+        block = np.log1p(chunk)
         total += block.sum(axis=0)
         total_sq += (block**2).sum(axis=0)
-    n = x_arr.shape[0]
+        n += len(block)
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
     return mean, std

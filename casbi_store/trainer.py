@@ -25,21 +25,23 @@ import torch
 from . import modelfolder as F
 from . import schema as S
 from .provenance import package_versions, utc_now
-from .streaming import TrainingSetStream, streamed_moments
+from .representations import DEFAULT_EMBEDDING, DEFAULT_REPRESENTATION, check_choice, chunk_statistics
+from .streaming import TrainingSetStream, x_chunks
 from .tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
 # options that shape the network or its data: a resumed model folder must keep them
 SHAPING = ("hidden_features", "num_transforms", "embedding_dim", "conv_channels", "max_rank",
-           "joint_n_sub", "seed")
+           "joint_n_sub", "seed", "representation", "embedding")
 EXAMPLE_ROWS = 4096  # training rows that set the prior box and the flow's theta standardisation
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters (the seed's NSF: 10 transforms, 100 hidden features); ``joint_n_sub``
-    is the fixed N_sub of the ``theta_joint`` task."""
+    is the fixed N_sub of the ``theta_joint`` task; ``representation`` and ``embedding`` choose
+    what the network sees of the plane (``casbi_store.representations``)."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -57,9 +59,12 @@ class TrainConfig:
     in_memory: bool = False
     seed: int = 0
     device: str = "cpu"
+    representation: str = DEFAULT_REPRESENTATION
+    embedding: str = DEFAULT_EMBEDDING
 
     def __post_init__(self):
         object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
+        check_choice(self.representation, self.embedding)
         if min(self.epochs, self.batch_size, self.ensemble, self.hidden_features,
                self.num_transforms, self.embedding_dim) < 1 or self.learning_rate <= 0:
             raise ValueError("epochs, batch_size, ensemble, network sizes and learning_rate "
@@ -144,7 +149,7 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
     else:
         from . import trainingsets
 
-        mean, std = streamed_moments(streams["train"])
+        inputs = chunk_statistics(x_chunks(streams["train"]), cfg.representation)
         group = streams["train"]._open()
         n_sub = np.asarray(group[S.N_SUB.name][:])
         target = group[spec.target]
@@ -156,7 +161,7 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
             raise ValueError(f"{name}:{version} has fewer than two training halos for task {task}"
                              + (f" with joint_n_sub={cfg.joint_n_sub}" if cfg.joint_n_sub else ""))
         binning = trainingsets.binning(store, name, version, storage_options)  # the set's own
-        stats = {"mean": mean, "std": std, "theta_example": theta,
+        stats = {**inputs, "theta_example": theta,
                  "feh_edges": binning.feh_edges, "ofe_edges": binning.ofe_edges}
         meta = _model_meta(store, name, version, task, cfg, (int(n_sub.min()), int(n_sub.max())))
         F.write_transform(out, stats)
@@ -190,6 +195,12 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     log_lik = -np.asarray(best)
     weights = np.exp(log_lik - log_lik.max())
     weights /= weights.sum()
+    calibration = spec.calibrate(
+        [F.load_member(F.member_dir(out, k) / F.MODEL, meta, stats, cfg.seed + k, cfg.device)
+         for k in range(cfg.ensemble)], weights, _pairs(sources["val"], spec, cfg, 0, cfg.seed))
+    F.write_calibration(out, calibration)
+    if calibration:
+        log.info("%s: calibration %s", out, calibration)
     ensemble = {"best_val_loss": best, "weights": weights.tolist()}
     F.write_ensemble(out, ensemble)
     return {"members": histories, **ensemble}

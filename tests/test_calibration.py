@@ -84,3 +84,20 @@ def test_rows_without_samples_are_skipped():
     draws = np.array([[1.0, np.nan], [2.0, np.nan], [3.0, np.nan]])
     m = cal.parameter_metrics(draws, np.array([2.5, 1.0]), 1.0, np.random.default_rng(0))
     assert m["rows"] == 1 and m["rmse"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("scale", [3.0, 0.4])
+def test_temperature_scaling_recovers_the_temperature_of_a_miscalibrated_posterior(scale):
+    """Labels drawn from softmax(z); a network reporting z * scale (over-confident for scale > 1,
+    under-confident below) is recalibrated by T = scale, within the sampling noise."""
+    rng = np.random.default_rng(3)
+    z = 2.0 * rng.standard_normal((4_000, 8))
+    p = cal.tempered_probabilities(z, 1.0)
+    labels = (p.cumsum(axis=1) > rng.random((len(z), 1))).argmax(axis=1)
+    fit = cal.fit_temperature(z * scale, labels)
+    assert fit["temperature"] == pytest.approx(scale, rel=0.1)
+    assert fit["nll_after"] < fit["nll_before"]
+    # the true posterior is already calibrated: T stays near 1; an ensemble of one member twice
+    assert cal.fit_temperature(z, labels)["temperature"] == pytest.approx(1.0, rel=0.1)
+    assert cal.fit_temperature(np.stack([z, z]) * scale, labels, weights=np.array([0.3, 0.7]))[
+        "temperature"] == pytest.approx(fit["temperature"], rel=1e-3)

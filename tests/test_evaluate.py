@@ -48,8 +48,11 @@ def test_nsub_metrics_match_a_direct_computation(models):
     data = read_split(store, "t", "v1", "test", max_halos=1000)
     assert len(data.x) == len(np.unique(data.rows)) and set(np.unique(data.n_sub)) <= set(range(3, 9))
     result = evaluate_nsub(model, data)
-    with torch.no_grad():  # independent: the single member's softmax, by hand
-        probs = torch.softmax(model.members[0].logits(torch.as_tensor(data.x)[:, None]), 1).numpy()
+    # independent: the single member's softmax at the temperature training stored, by hand
+    temperature = json.loads((paths["nsub_classifier"] / "calibration.json").read_text())["temperature"]
+    with torch.no_grad():
+        logits = model.members[0].logits(torch.as_tensor(data.x)[:, None])
+        probs = torch.softmax(logits / temperature, 1).numpy()
     np.testing.assert_allclose(result["probs"], probs, rtol=1e-5, atol=1e-7)
     mode = np.argmax(probs, axis=1) + 3
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean(mode == data.n_sub))

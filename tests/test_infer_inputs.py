@@ -312,3 +312,29 @@ def test_the_python_api_is_as_quiet_as_the_cli(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "samples 300"
     assert "Warning" not in proc.stderr and proc.stderr.strip() == "", proc.stderr
+
+
+def test_the_classifier_temperature_is_fitted_stored_and_applied_by_infer(trained, tmp_path):
+    """Training stores a temperature fitted on the validation split (its NLL no worse than at
+    T = 1); infer's N_sub draws follow softmax(logits / T) of the stored T: near uniform when
+    hot, the mode when cold; a damaged temperature is refused naming the file."""
+    import torch
+
+    fitted = json.loads((trained["step1"] / "calibration.json").read_text())
+    assert fitted["temperature"] > 0 and fitted["rows"] > 0
+    assert fitted["nll_after"] <= fitted["nll_before"] + 1e-9
+    folder = tmp_path / "classifier"
+    shutil.copytree(trained["step1"], folder)
+    net = load_model(folder).members[0]
+    with torch.no_grad():
+        logits = net.logits(torch.as_tensor(trained["x"], dtype=torch.float32)[None, None])[0]
+    for temperature in (1e4, 1e-4):
+        (folder / "calibration.json").write_text(json.dumps({"temperature": temperature}))
+        n_sub = infer([folder], trained["x"], n_samples=4000, seed=2).n_sub.values
+        if temperature > 1:  # 4 values (3..6), each ~1/4 of the draws
+            assert np.allclose(np.bincount(n_sub - 3, minlength=4) / 4000, 0.25, atol=0.04)
+        else:
+            assert (n_sub == 3 + int(logits.argmax())).all()
+    (folder / "calibration.json").write_text(json.dumps({"temperature": -1}))
+    with pytest.raises(ModelFolderError, match="calibration.json.*temperature"):
+        load_model(folder)

@@ -9,7 +9,7 @@ import warnings
 TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transforms", "embedding_dim")
 TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
                  "num_transforms", "embedding_dim", "ensemble", "max_rank", "joint_n_sub",
-                 "in_memory", "seed", "device")
+                 "in_memory", "seed", "device", "representation", "embedding")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -71,6 +71,12 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="load the split into memory instead of streaming chunks")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
+    from ..representations import EMBEDDINGS, REPRESENTATIONS
+
+    p.add_argument("--representation", choices=sorted(REPRESENTATIONS),
+                   help="what the network sees of the plane (default log1p)")
+    p.add_argument("--embedding", choices=EMBEDDINGS,
+                   help="the flows' plane embedding (default cnn, the seed's CNN)")
     if tuned:
         p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import schema as S
 from ..estimators import build_npe
-from .common import UNITS
+from .common import UNITS, input_options
 
 _REGISTRY: dict[str, Task] = {}
 FLOW_TUNED = ("learning_rate", "batch_size", "hidden_features", "num_transforms", "embedding_dim")
@@ -93,6 +93,12 @@ class Task:
         """The posterior of a loaded model folder (``modelfolder.TrainedModel``)."""
         raise NotImplementedError
 
+    def calibrate(self, members: list[nn.Module], weights: np.ndarray, pairs) -> dict | None:
+        """A calibration fitted after training on the validation ``pairs`` (an iterable of
+        (theta, condition) batches) and the trained members, stored in the model folder and
+        applied by the task's posterior; ``None``: the task has none."""
+        return None
+
 
 class FlowTask(Task):
     """A task learnt by sbi's NSF (NPE): a ``DirectPosterior`` (``EnsemblePosterior`` for
@@ -109,7 +115,7 @@ class FlowTask(Task):
                          num_transforms=int(config["num_transforms"]),
                          embedding_dim=int(config["embedding_dim"]),
                          conv_channels=tuple(int(c) for c in config["conv_channels"]), seed=seed,
-                         wrap=self.wrap_embedding)
+                         wrap=self.wrap_embedding, **input_options(stats, config))
 
     def prior(self, theta_example: np.ndarray):
         """sbi's ``BoxUniform`` over ``box_bounds``."""

@@ -14,7 +14,17 @@ UNITS = {"n_sub": "", "log10_mstar": "log10 Msol", "log10_mdm": "log10 Msol", "t
          "rank": ""}
 
 __all__ = ["BLOCK_PARAMETERS", "N_PIXELS", "UNITS", "NsubParameter", "block_parameters",
-           "count_blocks", "joint_pair", "rank_pair", "ranked_condition"]
+           "count_blocks", "input_options", "joint_pair", "rank_pair", "ranked_condition"]
+
+
+def input_options(stats: dict, config: dict) -> dict:
+    """The input representation and embedding of a model's config (the seed's, log1p + cnn, for
+    folders written before these options existed) and the statistics of its extra features."""
+    from ..representations import DEFAULT_EMBEDDING, DEFAULT_REPRESENTATION
+
+    extra = {k: stats[k] for k in ("extra_mean", "extra_std") if k in stats}
+    return {"representation": config.get("representation") or DEFAULT_REPRESENTATION,
+            "embedding": config.get("embedding") or DEFAULT_EMBEDDING, "extra_stats": extra}
 
 
 def block_parameters(theta: torch.Tensor) -> torch.Tensor:
