@@ -141,7 +141,7 @@ def test_observation_counts_are_n_obs_less_the_stars_outside(store):
         assert np.all(n_obs == np.minimum(n_obs, have)) and np.all(n_obs <= 200)
         assert np.all((n_obs >= 20) | (n_obs == have))
         # replay the chunk's observed stars, bin them independently with numpy
-        observed = list(halo_stars(m, out.theta.values, data, [spec.seed, k, 0]))
+        observed = list(halo_stars(m, None, data, [spec.seed, k, 0]))
         edges = data.binning.feh_edges, data.binning.ofe_edges
         for i, (feh, ofe, _) in enumerate(observed):
             assert len(feh) == n_obs[i]
@@ -164,7 +164,7 @@ def test_observation_errors_widen_marginals_by_sigma_squared(store):
                                                  ofe_err=median, ofe_err_spread=spread))
     data, stars, _ = _block_data(store, spec)
     members = np.array([[big, -1]])
-    (feh, ofe, _), = halo_stars(members, np.full((1, 2, 3), np.nan), data, [1, 2, 3])
+    (feh, ofe, _), = halo_stars(members, None, data, [1, 2, 3])
     lo, n = gal.star_offset.values[big], gal.n_star.values[big]
     assert len(feh) == n  # N_obs capped at the halo's stars: every star once
     expected = median**2 * np.exp(2 * spread**2)  # E[sigma^2] of the log-normal errors
@@ -182,7 +182,7 @@ def test_observation_selection_and_mass_weighting(store):
     members = np.array([[big]])
     spec = ComposeSpec(**SMALL, observation=dict(n_obs=50, feh_min=cut))
     data = BlockData(data.hist_csr, data.binning, spec, data.stars, data.offsets, data.n_star)
-    (feh, _, _), = halo_stars(members, np.full((1, 1, 3), np.nan), data, [0])
+    (feh, _, _), = halo_stars(members, None, data, [0])
     assert len(feh) == 50 and feh.min() >= cut
     # one block of 1000 stars, half of mass 1, half of mass 99: a mass-weighted draw of 100
     # takes about 99% heavy stars (without replacement: a little less), a number draw about 50%
@@ -192,7 +192,7 @@ def test_observation_selection_and_mass_weighting(store):
     for weight in ("mass", "number"):
         spec = ComposeSpec(**SMALL, observation=dict(n_obs=100, weight=weight))
         toy_data = BlockData(data.hist_csr, data.binning, spec, toy, np.array([0]), np.array([1000]))
-        (_, _, mass), = halo_stars(np.array([[0]]), np.full((1, 1, 3), np.nan), toy_data, [0])
+        (_, _, mass), = halo_stars(np.array([[0]]), None, toy_data, [0])
         assert len(mass) == 100
         share[weight] = (mass == 99.0).mean()
     assert share["mass"] > 0.95 and 0.35 < share["number"] < 0.65
