@@ -116,6 +116,31 @@ def test_mixed_set_has_the_fraction_and_the_real_sums(store, model):
     assert validate_store(store) == []
 
 
+def test_a_set_larger_than_the_library_reuses_its_entries(store, model):
+    """40 surrogate blocks from a library of 5: every halo sums distinct entries, each entry's
+    plane is the one the library samples on its own (the same seed), and the entry counts."""
+    from casbi_store.sources.library import BlockLibrary
+    from casbi_store.surrogate import load_surrogate
+
+    spec = ComposeSpec(**SMALL, source="surrogate", surrogate=str(model), surrogate_library=5)
+    entry = compose(store, spec, progress=False)
+    assert entry["source"]["library"]["size"] == 5 and entry["source"]["library"]["sampled"] == 5
+    binning = Binning.from_dict(store_attrs(str(store))["binning"])
+    library = BlockLibrary.draw(load_surrogate(model), 5, spec.seed)
+    library.sample(np.arange(5), binning)
+    planes = library.counts.toarray().reshape(5, 64, 64)
+    used = set()
+    for part in ("train", "val", "test"):
+        ds = split(store, "s", part)
+        for members, theta, x in zip(ds.members.values, ds.theta.values, ds.x.values, strict=True):
+            rows = theta[members == SYNTHETIC]
+            k = [int(np.flatnonzero((library.theta == r).all(axis=1))[0]) for r in rows]
+            assert len(set(k)) == len(k)  # distinct entries within a halo
+            np.testing.assert_array_equal(x, planes[k].sum(axis=0))
+            used.update(k)
+    assert used == set(range(5))
+
+
 OBSERVATION = dict(n_obs_min=20, n_obs_max=200, feh_err=0.05, feh_err_spread=0.3, ofe_err=0.03,
                    ofe_err_spread=0.3)
 
@@ -232,6 +257,10 @@ def test_mixed_with_observation_is_deterministic(store, model, tmp_path):
     ("source: surrogate\nsurrogate: /nowhere/model",
      "surrogate: no surrogate model folder at /nowhere/model"),
     ("source: sky", "source must be one of"),
+    ("source: surrogate\nsurrogate: MODEL\nn_sub_max: 50\nsurrogate_library: 20",
+     "surrogate_library (20) must be >= n_sub_max (50)"),
+    ("source: mixed\nsurrogate: MODEL\nsurrogate_library: 0", "surrogate_library must be >= 1"),
+    ("surrogate_library: 10", "surrogate_library applies to sources surrogate and mixed"),
 ])
 def test_spec_errors_name_the_file_and_key(tmp_path, model, text, message):
     path = tmp_path / "spec.yaml"
