@@ -137,6 +137,7 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.5, help="mixed: share of surrogate blocks")
     p.add_argument("--library", type=int, default=2000, help="surrogate_library")
     p.add_argument("--surrogate-epochs", type=int, default=8)
+    p.add_argument("--surrogate-stars", type=int, default=512, help="stars per galaxy per epoch")
     p.add_argument("--epochs", type=int, default=8, help="estimator epochs")
     p.add_argument("--halos", type=int, default=300, help="test halos judged per condition")
     p.add_argument("--samples", type=int, default=200)
@@ -165,6 +166,7 @@ def main() -> None:
     start = time.perf_counter()
     surrogate = args.work / "surrogate"
     train_surrogate(store, surrogate, SurrogateConfig(epochs=args.surrogate_epochs, seed=args.seed,
+                                                      stars_per_galaxy=args.surrogate_stars,
                                                       holdout_simulations=tuple(held)))
     timings["surrogate_train"] = time.perf_counter() - start
     timings["compose"] = compose_sets(store, external, surrogate, base, args.fraction, args.library)
