@@ -92,6 +92,19 @@ def judge(model_dir: Path, task: str, conditions: dict, samples: int, seed: int)
     return out
 
 
+def _train_one(job: tuple) -> float:
+    """One estimator in its own process (one torch thread): ``(store, set, task, folder, cfg)``."""
+    import torch
+
+    from casbi_store.trainer import train
+
+    torch.set_num_threads(1)
+    store, name, task, folder, cfg = job
+    start = time.perf_counter()
+    train(store, name, "v1", task, folder, cfg)
+    return time.perf_counter() - start
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -142,13 +155,14 @@ def main() -> None:
     p.add_argument("--halos", type=int, default=300, help="test halos judged per condition")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="estimators trained at once (processes)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     from casbi_store.compose import ComposeSpec, compose
     from casbi_store.surrogate import SurrogateConfig, train_surrogate
-    from casbi_store.trainer import TrainConfig, train
+    from casbi_store.trainer import TrainConfig
 
     args.work.mkdir(parents=True, exist_ok=True)
     store, external = args.work / "store.zarr", args.work / "external.zarr"
@@ -174,15 +188,20 @@ def main() -> None:
                       hidden_features=32, num_transforms=3, embedding_dim=32, conv_channels=(8, 16),
                       seed=args.seed, in_memory=True)
     conditions = {"held_out": (store, args.halos), "external": (external, args.halos)}
-    results: dict = {}
-    for source in SOURCES:
-        results[source] = {}
-        for task in ("nsub_classifier", "theta"):
-            folder = args.work / "models" / source / task
-            start = time.perf_counter()
-            train(store, f"aug_{source}", "v1", task, folder, cfg)
-            timings[f"train_{source}_{task}"] = time.perf_counter() - start
-            results[source][task] = judge(folder, task, conditions, args.samples, args.seed)
+    jobs = {(source, task): (store, f"aug_{source}", task, args.work / "models" / source / task, cfg)
+            for source in SOURCES for task in ("nsub_classifier", "theta")}
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            seconds = dict(zip(jobs, pool.map(_train_one, jobs.values()), strict=True))
+    else:
+        seconds = {key: _train_one(job) for key, job in jobs.items()}
+    results: dict = {source: {} for source in SOURCES}
+    for (source, task), job in jobs.items():
+        timings[f"train_{source}_{task}"] = seconds[(source, task)]
+        results[source][task] = judge(job[3], task, conditions, args.samples, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"options": vars(args) | {"store": str(args.store), "external": str(args.external),
                                        "work": str(args.work), "out": str(args.out)},
