@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.2, help="mixed: share of surrogate blocks")
     p.add_argument("--observation", action="store_true", help="also the survey observation model")
     p.add_argument("--variant-per-n", type=int, default=2, help="halos per N_sub of the variants")
+    p.add_argument("--library", type=int, default=2000,
+                   help="surrogate and mixed: surrogate_library (distinct surrogate blocks)")
     args = p.parse_args()
 
     import xarray as xr
@@ -87,9 +89,10 @@ def main() -> None:
     }
     variants: dict[str, dict] = {"real": {}}  # the same small size: fixed costs alike
     if args.surrogate:
-        variants["surrogate"] = {"source": "surrogate", "surrogate": str(args.surrogate)}
+        variants["surrogate"] = {"source": "surrogate", "surrogate": str(args.surrogate),
+                                 "surrogate_library": args.library}
         variants["mixed"] = {"source": "mixed", "surrogate": str(args.surrogate),
-                             "surrogate_fraction": args.fraction}
+                             "surrogate_fraction": args.fraction, "surrogate_library": args.library}
     if args.observation:
         variants["observation"] = {"observation": {"n_obs_min": 100, "n_obs_max": 10_000,
                                                    "feh_err": 0.05, "feh_err_spread": 0.3,
@@ -97,10 +100,14 @@ def main() -> None:
     for i, (label, extra) in enumerate(variants.items()):
         variant = ComposeSpec(name="bench", version=f"v{i + 2}", seed=1, train_per_n=args.variant_per_n,
                               test_per_n=1, n_sub_max=args.n_sub_max, **extra)
-        start = time.perf_counter()
-        counts = compose(work, variant, progress=False)["counts"]
+        start, cpu = time.perf_counter(), time.process_time()
+        done = compose(work, variant, progress=False)
+        counts = done["counts"]
+        cpu = time.process_time() - cpu
         rate = sum(counts.values()) / (time.perf_counter() - start)
-        result.setdefault("variants", {})[label] = {"halos": sum(counts.values()), "halos_per_s": rate}
+        result.setdefault("variants", {})[label] = {
+            "halos": sum(counts.values()), "halos_per_s": rate, "cpu_seconds": cpu,
+            "library": done.get("source", {}).get("library")}
     for row in result.get("variants", {}).values():
         row["ratio_to_real"] = row["halos_per_s"] / result["variants"]["real"]["halos_per_s"]
     (args.out / "compose.json").write_text(json.dumps(result, indent=2))

@@ -180,6 +180,40 @@ class TuneStage:
 
 
 @dataclass(frozen=True)
+class SurrogateStage:
+    """Train a surrogate on the extract stage's store and validate it on its held-out
+    simulations; the evaluate stage's report shows the validation (issue 9)."""
+
+    out: str = "models/surrogate"  # model folder
+    validation: str = "surrogate"  # validation.json and figures
+    options: dict = field(default_factory=dict)  # casbi_store.surrogate.SurrogateConfig fields
+    density_stars: int = 10_000
+    figures: int = 4
+    seed: int = 0
+
+    def config(self):
+        """The validated ``SurrogateConfig`` (raises ValueError naming the option)."""
+        from .surrogate.model import SurrogateConfig
+
+        return SurrogateConfig.from_dict(dict(self.options))
+
+    @classmethod
+    def parse(cls, data, where: str) -> SurrogateStage:
+        stage = _build(cls, data, where)
+        if not isinstance(stage.options, dict):
+            raise ConfigError(f"{where}: options must be a mapping of SurrogateConfig fields")
+        try:
+            stage.config()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: options: {exc}") from exc
+        for key in ("density_stars", "figures"):
+            value = getattr(stage, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}: {key} must be a positive integer, not {value!r}")
+        return stage
+
+
+@dataclass(frozen=True)
 class EvaluateStage:
     models: tuple = ()  # model folders; default: every model of the train stage
     split: str = "test"
@@ -201,6 +235,7 @@ class Pipeline:
     tune: TuneStage | None = None
     evaluate: EvaluateStage | None = None
     cluster: ClusterSpec | None = None  # where extract and compose run (default: LocalCluster)
+    surrogate: SurrogateStage | None = None  # after extract, before compose (sets may use it)
 
     def path(self, p: str) -> Path:
         return self.workdir / p
@@ -247,7 +282,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
-    allowed = {"workdir", "mock", "extract", "compose", "tune", "train", "evaluate", "cluster"}
+    allowed = {"workdir", "mock", "extract", "compose", "tune", "train", "evaluate", "cluster",
+               "surrogate"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
     mock = _mock_stage(data["mock"], f"{path}: mock") if "mock" in data else None
@@ -267,6 +303,10 @@ def load_pipeline(path: str | Path) -> Pipeline:
     compose = ComposeStage.parse(data["compose"], f"{path}: compose") if "compose" in data else None
     if compose is not None and extract is None:
         raise ConfigError(f"{path}: compose needs the extract stage's store")
+    surrogate = (SurrogateStage.parse(data["surrogate"], f"{path}: surrogate")
+                 if "surrogate" in data else None)
+    if surrogate is not None and extract is None:
+        raise ConfigError(f"{path}: surrogate needs the extract stage's store")
     train = TrainStage.parse(data["train"], f"{path}: train") if "train" in data else None
     if train is not None and extract is None:
         raise ConfigError(f"{path}: train needs the extract stage's store")
@@ -283,4 +323,4 @@ def load_pipeline(path: str | Path) -> Pipeline:
     workdir = Path(os.path.expandvars(os.path.expanduser(str(data.get("workdir", ".")))))
     return Pipeline(workdir=workdir, mock=mock, extract=extract,
                     source=path, compose=compose, train=train, tune=tune, evaluate=evaluate,
-                    cluster=cluster)
+                    cluster=cluster, surrogate=surrogate)

@@ -339,8 +339,49 @@ def _timings(results: dict) -> dict:
                      for c, cond in results["conditions"].items() if "two_step" in cond})
 
 
-def write_report(results: dict, out: str | os.PathLike, corner: Path | None = None) -> Path:
-    """Figures, ``metrics.json`` and ``report.html`` in ``out``; returns the page's path."""
+SURROGATE_DISTANCES = {"jsd": "JSD of the normalised planes", "w1_feh": "W1 of the [Fe/H] marginal (dex)",
+                       "w1_ofe": "W1 of the [O/Fe] marginal (dex)",
+                       "abs_d_median_feh": "|Δ median [Fe/H]| (dex)",
+                       "abs_d_knee_feh": "|Δ knee [Fe/H]| (dex)"}
+SURROGATE_FIGURES = {
+    "planes": "true / surrogate (stars from its M*) / surrogate density / nearest-θ baseline planes "
+              "of held-out galaxies",
+    "strip": "interpolation strip: θ walked across a gap of the suite (JSD between neighbours)",
+    "physics": "mass–metallicity relation and [O/Fe] knee of true, surrogate and baseline planes"}
+
+
+def surrogate_section(folder: str | os.PathLike) -> tuple[str, list[str]]:
+    """The surrogate's validation (``casbi-store surrogate validate`` output in ``folder``): the
+    median distances to the held-out planes against the nearest-θ baseline, the classifier
+    two-sample AUCs and the validation figures."""
+    from .surrogate.validation import figure_paths
+
+    folder = Path(folder)
+    result = json.loads((folder / "validation.json").read_text())
+    kinds = ("surrogate", "surrogate_density", "baseline")
+    rows = []
+    for metric, label in SURROGATE_DISTANCES.items():
+        s = result["summary"].get(metric, {})
+        cells = "".join(f"<td>{_fmt(s.get(f'median_{k}'))}</td>" for k in kinds)
+        rows.append(f"<tr><td>{html.escape(label)}</td>{cells}"
+                    f"<td>{_fmt(s.get('win_fraction_surrogate'))}</td></tr>")
+    aucs = ", ".join(f"{html.escape(name)} {_fmt(t.get('auc'))}"
+                     for name, t in result.get("classifier_two_sample", {}).items())
+    parts = [f"<p>{result['n_heldout_snapshots']} snapshots of "
+             f"{len(result['holdout_simulations'])} simulations held out of the surrogate's "
+             f"training; medians over them (wins: share of snapshots where the surrogate is closer "
+             f"than the baseline). Classifier two-sample AUC (0.5: indistinguishable): {aucs}.</p>",
+             "<table><tr><th>median distance</th><th>surrogate</th><th>surrogate density</th>"
+             "<th>nearest-θ baseline</th><th>wins</th></tr>" + "".join(rows) + "</table>"]
+    figures = figure_paths(folder)
+    parts += [_img(figures[k], caption) for k, caption in SURROGATE_FIGURES.items() if k in figures]
+    return "Surrogate simulator: validation on held-out simulations", parts
+
+
+def write_report(results: dict, out: str | os.PathLike, corner: Path | None = None,
+                 surrogate: str | os.PathLike | None = None) -> Path:
+    """Figures, ``metrics.json`` and ``report.html`` in ``out``; returns the page's path.
+    ``surrogate``: a surrogate validation folder, shown in its own section."""
     out = Path(out)
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
@@ -369,6 +410,8 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
     if corner is not None:
         sections.append(("One test halo", [_img(corner, "two-step posterior (N_sub mixture), "
                                                         "truth in red")]))
+    if surrogate is not None:
+        sections.append(surrogate_section(surrogate))
     (out / "metrics.json").write_text(json.dumps(_jsonable(results), indent=2))
     (out / "timings.json").write_text(json.dumps(_timings(results), indent=2))
     body = "\n".join(f"<h2>{html.escape(title)}</h2>\n" + "\n".join(parts)

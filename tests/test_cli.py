@@ -75,6 +75,15 @@ def test_pipeline_validation_names_file_and_key(tmp_path):
     bad.write_text("evaluate: {out: r}\n")
     with pytest.raises(ConfigError, match="evaluate: no models"):
         load_pipeline(bad)
+    bad.write_text("extract: {store: s.zarr, suite: x}\nsurrogate: {options: {epochz: 3}}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: surrogate: options: unknown surrogate option"):
+        load_pipeline(bad)
+    bad.write_text("extract: {store: s.zarr, suite: x}\nsurrogate: {figures: 0}\n")
+    with pytest.raises(ConfigError, match="bad.yaml: surrogate: figures must be a positive integer"):
+        load_pipeline(bad)
+    bad.write_text("surrogate: {out: m}\n")
+    with pytest.raises(ConfigError, match="surrogate needs the extract stage's store"):
+        load_pipeline(bad)
     repo = Path(__file__).resolve().parents[1]
     for shipped in (repo / "pipelines").glob("*.yaml"):
         load_pipeline(shipped)  # the shipped pipelines validate
@@ -88,8 +97,15 @@ def test_run_tiny_pipeline(tmp_path):
     assert (tmp_path / "tiny-run" / "plots" / "trends.png").exists()
     assert "model theta" in out and "report" in out
     assert (tmp_path / "tiny-run" / "report" / "report.html").stat().st_size > 50_000
+    page = (tmp_path / "tiny-run" / "report" / "report.html").read_text()
+    assert "Surrogate simulator: validation on held-out simulations" in page
+    assert page.split("Surrogate simulator")[1].count("data:image/png") >= 2  # planes, strip, ...
+    assert "median JSD surrogate" in out  # the surrogate stage's one-line summary
+    kept = [tmp_path / "tiny-run" / p for p in ("models/surrogate/model.pt", "surrogate/validation.json")]
+    stamps = [p.stat().st_mtime_ns for p in kept]
     again = run("run", repo / "pipelines" / "tiny.yaml", "-q", cwd=tmp_path).stdout
     assert "0 ok, 0 excluded, 0 failed" in again  # resumable: nothing new to do
+    assert [p.stat().st_mtime_ns for p in kept] == stamps  # the surrogate and its validation kept
 
 
 def test_every_command_module_registers(capsys):

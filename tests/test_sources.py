@@ -116,6 +116,31 @@ def test_mixed_set_has_the_fraction_and_the_real_sums(store, model):
     assert validate_store(store) == []
 
 
+def test_a_set_larger_than_the_library_reuses_its_entries(store, model):
+    """40 surrogate blocks from a library of 5: every halo sums distinct entries, each entry's
+    plane is the one the library samples on its own (the same seed), and the entry counts."""
+    from casbi_store.sources.library import BlockLibrary
+    from casbi_store.surrogate import load_surrogate
+
+    spec = ComposeSpec(**SMALL, source="surrogate", surrogate=str(model), surrogate_library=5)
+    entry = compose(store, spec, progress=False)
+    assert entry["source"]["library"]["size"] == 5 and entry["source"]["library"]["sampled"] == 5
+    binning = Binning.from_dict(store_attrs(str(store))["binning"])
+    library = BlockLibrary.draw(load_surrogate(model), 5, spec.seed)
+    library.sample(np.arange(5), binning)
+    planes = library.counts.toarray().reshape(5, 64, 64)
+    used = set()
+    for part in ("train", "val", "test"):
+        ds = split(store, "s", part)
+        for members, theta, x in zip(ds.members.values, ds.theta.values, ds.x.values, strict=True):
+            rows = theta[members == SYNTHETIC]
+            k = [int(np.flatnonzero((library.theta == r).all(axis=1))[0]) for r in rows]
+            assert len(set(k)) == len(k)  # distinct entries within a halo
+            np.testing.assert_array_equal(x, planes[k].sum(axis=0))
+            used.update(k)
+    assert used == set(range(5))
+
+
 OBSERVATION = dict(n_obs_min=20, n_obs_max=200, feh_err=0.05, feh_err_spread=0.3, ofe_err=0.03,
                    ofe_err_spread=0.3)
 
@@ -141,7 +166,7 @@ def test_observation_counts_are_n_obs_less_the_stars_outside(store):
         assert np.all(n_obs == np.minimum(n_obs, have)) and np.all(n_obs <= 200)
         assert np.all((n_obs >= 20) | (n_obs == have))
         # replay the chunk's observed stars, bin them independently with numpy
-        observed = list(halo_stars(m, out.theta.values, data, [spec.seed, k, 0]))
+        observed = list(halo_stars(m, None, data, [spec.seed, k, 0]))
         edges = data.binning.feh_edges, data.binning.ofe_edges
         for i, (feh, ofe, _) in enumerate(observed):
             assert len(feh) == n_obs[i]
@@ -164,7 +189,7 @@ def test_observation_errors_widen_marginals_by_sigma_squared(store):
                                                  ofe_err=median, ofe_err_spread=spread))
     data, stars, _ = _block_data(store, spec)
     members = np.array([[big, -1]])
-    (feh, ofe, _), = halo_stars(members, np.full((1, 2, 3), np.nan), data, [1, 2, 3])
+    (feh, ofe, _), = halo_stars(members, None, data, [1, 2, 3])
     lo, n = gal.star_offset.values[big], gal.n_star.values[big]
     assert len(feh) == n  # N_obs capped at the halo's stars: every star once
     expected = median**2 * np.exp(2 * spread**2)  # E[sigma^2] of the log-normal errors
@@ -182,7 +207,7 @@ def test_observation_selection_and_mass_weighting(store):
     members = np.array([[big]])
     spec = ComposeSpec(**SMALL, observation=dict(n_obs=50, feh_min=cut))
     data = BlockData(data.hist_csr, data.binning, spec, data.stars, data.offsets, data.n_star)
-    (feh, _, _), = halo_stars(members, np.full((1, 1, 3), np.nan), data, [0])
+    (feh, _, _), = halo_stars(members, None, data, [0])
     assert len(feh) == 50 and feh.min() >= cut
     # one block of 1000 stars, half of mass 1, half of mass 99: a mass-weighted draw of 100
     # takes about 99% heavy stars (without replacement: a little less), a number draw about 50%
@@ -192,7 +217,7 @@ def test_observation_selection_and_mass_weighting(store):
     for weight in ("mass", "number"):
         spec = ComposeSpec(**SMALL, observation=dict(n_obs=100, weight=weight))
         toy_data = BlockData(data.hist_csr, data.binning, spec, toy, np.array([0]), np.array([1000]))
-        (_, _, mass), = halo_stars(np.array([[0]]), np.full((1, 1, 3), np.nan), toy_data, [0])
+        (_, _, mass), = halo_stars(np.array([[0]]), None, toy_data, [0])
         assert len(mass) == 100
         share[weight] = (mass == 99.0).mean()
     assert share["mass"] > 0.95 and 0.35 < share["number"] < 0.65
@@ -232,6 +257,10 @@ def test_mixed_with_observation_is_deterministic(store, model, tmp_path):
     ("source: surrogate\nsurrogate: /nowhere/model",
      "surrogate: no surrogate model folder at /nowhere/model"),
     ("source: sky", "source must be one of"),
+    ("source: surrogate\nsurrogate: MODEL\nn_sub_max: 50\nsurrogate_library: 20",
+     "surrogate_library (20) must be >= n_sub_max (50)"),
+    ("source: mixed\nsurrogate: MODEL\nsurrogate_library: 0", "surrogate_library must be >= 1"),
+    ("surrogate_library: 10", "surrogate_library applies to sources surrogate and mixed"),
 ])
 def test_spec_errors_name_the_file_and_key(tmp_path, model, text, message):
     path = tmp_path / "spec.yaml"

@@ -85,6 +85,8 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
     with _stage_client(pipe) as client:
         if pipe.extract:
             _extract_stage(pipe, suite, client, progress)
+        if pipe.surrogate:
+            _surrogate_stage(pipe, progress)
         if pipe.compose:
             catalog = str(pipe.path(pipe.compose.catalog)) if pipe.compose.catalog else None
             for spec in pipe.compose.sets:
@@ -114,7 +116,8 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
         against = parse_against(str(pipe.path(ev.against))) if ev.against else None
         evaluate_models([str(pipe.path(m)) for m in ev.models], str(pipe.path(ev.out)),
                         split=ev.split, halos=ev.halos, samples=ev.samples, seed=ev.seed,
-                        against=against)
+                        against=against, surrogate_validation=(
+                            str(pipe.path(pipe.surrogate.validation)) if pipe.surrogate else None))
     return 0
 
 
@@ -135,6 +138,38 @@ def _extract_stage(pipe: Pipeline, suite, client, progress: bool) -> None:
     print(f"  store      {store}   (casbi_store.open_store({str(store)!r}))")
     print(f"  pictures   {planes}\n             {trends}")
     print(f"  listing    casbi-store ls {store}")
+
+
+def _surrogate_stage(pipe: Pipeline, progress: bool) -> None:
+    """Train (or resume; a finished model is kept) the surrogate on the store, then validate it
+    on its held-out simulations unless that validation is already there."""
+    import time
+
+    from ..surrogate import train_surrogate, validate_surrogate
+
+    st = pipe.surrogate
+    store, model, folder = pipe.path(pipe.extract.store), pipe.path(st.out), pipe.path(st.validation)
+    start = time.perf_counter()
+    log.info("stage surrogate: %s -> %s", store, model)
+    history = train_surrogate(store, model, st.config(), progress=progress)["history"]
+    trained = time.perf_counter() - start
+    if not (folder / "validation.json").exists():
+        validate_surrogate(model, folder, seed=st.seed, density_stars=st.density_stars,
+                           n_figure=st.figures)
+    summary = validation_summary(folder)
+    log.info("stage surrogate: %d epochs, %.0f s training, %.0f s in all; %s", len(history), trained,
+             time.perf_counter() - start, summary)
+    print(f"  surrogate  {model}   validation {folder / 'validation.json'}\n             {summary}")
+
+
+def validation_summary(folder) -> str:
+    """One line: the median JSD of surrogate and baseline planes on the held-out snapshots."""
+    import json
+
+    result = json.loads((folder / "validation.json").read_text())
+    jsd = result["summary"]["jsd"]
+    return (f"held-out snapshots {result['n_heldout_snapshots']}: median JSD surrogate "
+            f"{jsd['median_surrogate']:.3f}, nearest-theta baseline {jsd['median_baseline']:.3f}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 ``real``: halos of store galaxies (the seed's composition). ``surrogate``: every block generated
 by the surrogate simulator, θ drawn from its fitted prior. ``mixed``: a given fraction of the
-blocks of real halos replaced by surrogate blocks. ``observation`` is not a source: it turns any
+blocks of real halos replaced by surrogate blocks; surrogate blocks are entries of a
+``library`` sampled once per composition. ``observation`` is not a source: it turns any
 source's halos into what a survey would see (a training-set option).
 """
 

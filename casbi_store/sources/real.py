@@ -17,7 +17,7 @@ from .base import PAD, ComposeError, Galaxies, Halos, Source, register
 
 if TYPE_CHECKING:
     from ..compose import ComposeSpec
-    from ..surrogate import Surrogate
+    from .library import BlockLibrary
 
 
 # ---- drawing members ----------------------------------------------------------------------------
@@ -138,6 +138,6 @@ class RealSource(Source):
     help = "every block a store galaxy (the seed's composition)"
 
     def draw(self, spec: ComposeSpec, galaxies: Galaxies,
-             surrogate: Surrogate | None = None) -> dict[str, Halos]:
+             library: BlockLibrary | None = None) -> dict[str, Halos]:
         halos = draw_members(spec, galaxies.simulation, np.log10(galaxies.mstar))
         return {split: real_halos(members, galaxies) for split, members in halos.items()}

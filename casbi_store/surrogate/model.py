@@ -251,6 +251,8 @@ def _train(store: str, out: Path, cfg: SurrogateConfig, progress: bool) -> dict:
         state = json.loads(saved["state"])
         if state["epoch"] < cfg.epochs:
             log.info("resuming %s at epoch %d of %d", out, state["epoch"], cfg.epochs)
+    if state["epoch"] >= cfg.epochs and (out / "model.pt").exists():  # finished: nothing to redo
+        return {"history": state["history"], "out": str(out)}
     held = (_epoch_data(store, galaxies, held_rows, HELDOUT_STARS_PER_GALAXY,
                         np.random.default_rng([cfg.seed, 1_000_003])) if len(held_rows) else None)
     log.info("surrogate: %d training galaxies (%d simulations), %d held out (%d simulations); "
