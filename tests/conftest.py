@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import subprocess
 import sys
@@ -27,10 +28,28 @@ def tiny_suite(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_store(tiny_suite, tmp_path_factory) -> tuple[Path, object]:
-    """The tiny suite extracted with a 2-worker LocalCluster; returns (store path, summary)."""
+def dask_client():
+    """One real 2-worker LocalCluster (processes, as ``cluster_client`` starts it) shared by the
+    session's in-process extractions, so that each does not pay a cluster start-up. Not the
+    default client: composes and other dask work keep running on local threads."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    from casbi_store.cluster import DASK_SETTINGS, WORKER_ENV
+
+    with dask.config.set(DASK_SETTINGS):  # read when the scheduler and workers start
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR,
+                               env=dict(WORKER_ENV))
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_suite, dask_client, tmp_path_factory) -> tuple[Path, object]:
+    """The tiny suite extracted on the 2-worker LocalCluster; returns (store path, summary)."""
     store = tmp_path_factory.mktemp("store") / "tiny.zarr"
-    summary = extract_suite(tiny_suite, store, n_workers=2, progress=False)
+    summary = extract_suite(tiny_suite, store, client=dask_client, progress=False)
     return store, summary
 
 
