@@ -290,7 +290,7 @@ def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging:
     extractions: dict = {}
     outcomes: dict[str, dict] = {}
     bar = tqdm(total=len(refs), desc="extracting", unit="snap", disable=not progress)
-    queue = as_completed(scans)
+    queue = as_completed(scans, loop=client.loop)  # client need not be the default one
     for fut in queue:
         if fut in scans:
             for ref, fp in zip(scans[fut], fut.result(), strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
+import zarr
 
 from casbi_store.extraction_run import extract_suite
 from casbi_store.mock import generate_suite, preset
@@ -27,10 +28,28 @@ def tiny_suite(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_store(tiny_suite, tmp_path_factory) -> tuple[Path, object]:
-    """The tiny suite extracted with a 2-worker LocalCluster; returns (store path, summary)."""
+def dask_client():
+    """One real 2-worker LocalCluster (processes, as ``cluster_client`` starts it) shared by the
+    session's in-process extractions, so that each does not pay a cluster start-up. Not the
+    default client: composes and other dask work keep running on local threads."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    from casbi_store.cluster import DASK_SETTINGS, WORKER_ENV
+
+    with dask.config.set(DASK_SETTINGS):  # read when the scheduler and workers start
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR,
+                               env=dict(WORKER_ENV))
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_suite, dask_client, tmp_path_factory) -> tuple[Path, object]:
+    """The tiny suite extracted on the 2-worker LocalCluster; returns (store path, summary)."""
     store = tmp_path_factory.mktemp("store") / "tiny.zarr"
-    summary = extract_suite(tiny_suite, store, n_workers=2, progress=False)
+    summary = extract_suite(tiny_suite, store, client=dask_client, progress=False)
     return store, summary
 
 
@@ -40,12 +59,14 @@ def copy_suite(src: Path, dst: Path) -> Path:
 
 
 def store_arrays(store: Path) -> dict[str, np.ndarray]:
-    """Every array of every group, for equality checks (attributes like run times excluded)."""
+    """Every array of every group as readers see it (shapes from the consolidated metadata), for
+    equality checks (attributes like run times excluded). Read with zarr, not xarray: the same
+    arrays and values, three times faster (the kill harness reads a store twice per kill)."""
+    root = zarr.open_consolidated(store, mode="r", zarr_format=2)
     out = {}
     for group in ("galaxies", "stars", "histograms", "errors"):
-        ds = xr.open_zarr(store, group=group, consolidated=True, zarr_format=2)
-        for name, var in ds.variables.items():
-            values = var.values
+        for name, arr in root[group].arrays():
+            values = arr[...]
             if values.dtype.kind in "OTU":
                 values = np.asarray([str(v) for v in values.ravel()], dtype=object)
             out[f"{group}/{name}"] = values

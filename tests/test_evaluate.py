@@ -169,7 +169,7 @@ def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
 
 
 def test_external_store_is_a_third_condition_and_other_bin_edges_are_refused(
-        models, tiny_suite, tiny_store, tmp_path):
+        models, tiny_suite, tiny_store, dask_client, tmp_path):
     from casbi_store.binning import BinningSpec
     from casbi_store.compose import ComposeSpec, compose
     from casbi_store.evaluate import BinningMismatch, evaluate
@@ -199,7 +199,7 @@ def test_external_store_is_a_third_condition_and_other_bin_edges_are_refused(
     import shutil
 
     shutil.copytree(tiny_store[0], rebinned)
-    extract_suite(tiny_suite, rebinned, n_workers=1, progress=False,
+    extract_suite(tiny_suite, rebinned, client=dask_client, progress=False,
                   binning=BinningSpec(percentiles=(1.0, 99.0)))
     compose(rebinned, ComposeSpec(name="t", version="v1", n_sub_min=3, n_sub_max=8,
                                   train_per_n=20, test_per_n=10, seed=6), progress=False)

@@ -106,21 +106,22 @@ def test_defects_recorded_with_their_kind_and_nothing_lost(tiny_suite, tiny_stor
     assert any(g.startswith("g3.16e11") for g in galaxies)
 
 
-def test_extraction_never_writes_into_the_suite(tiny_suite, tiny_store):
+def test_extraction_never_writes_into_the_suite(tiny_suite, tiny_store, dask_client):
     def listing():
         return sorted((str(p.relative_to(tiny_suite)), p.stat().st_size, p.stat().st_mtime_ns)
                       for p in tiny_suite.rglob("*"))
     before = listing()
     store = tiny_store[0].parent / "again.zarr"
-    extract_suite(tiny_suite, store, n_workers=1, progress=False)
+    extract_suite(tiny_suite, store, client=dask_client, progress=False)
     assert listing() == before
     assert not list(tiny_suite.rglob("*fpos*"))
 
 
-def test_rerun_adds_nothing_and_one_worker_equals_two(tiny_suite, tiny_store, tmp_path):
+def test_rerun_adds_nothing_and_one_worker_equals_two(tiny_suite, tiny_store, dask_client,
+                                                     tmp_path):
     store, _ = tiny_store
     before = store_arrays(store)
-    summary = extract_suite(tiny_suite, store, n_workers=2, progress=False)
+    summary = extract_suite(tiny_suite, store, client=dask_client, progress=False)
     assert summary.ok == summary.failed == summary.excluded == 0
     assert summary.skipped == summary.n_snapshots
     assert_same_arrays(before, store_arrays(store))
@@ -129,17 +130,17 @@ def test_rerun_adds_nothing_and_one_worker_equals_two(tiny_suite, tiny_store, tm
     assert_same_arrays(before, store_arrays(one))
 
 
-def test_adding_a_simulation_appends_exactly_its_snapshots(tiny_suite, tmp_path):
+def test_adding_a_simulation_appends_exactly_its_snapshots(tiny_suite, dask_client, tmp_path):
     suite = copy_suite(tiny_suite, tmp_path / "suite")
     store = tmp_path / "grow.zarr"
-    extract_suite(suite, store, n_workers=2, progress=False)
+    extract_suite(suite, store, client=dask_client, progress=False)
     before = open_store(store).load()
     version_before = before.attrs["binning"]["version"]
     extra = tmp_path / "extra"
     generate_suite(extra, preset("tiny", seed=99, n_simulations=1), progress=False)
     (sim,) = [p for p in extra.iterdir() if p.is_dir()]
     shutil.copytree(sim, suite / sim.name)
-    summary = extract_suite(suite, store, n_workers=2, progress=False)
+    summary = extract_suite(suite, store, client=dask_client, progress=False)
     after = open_store(store).load()
     added = [str(n) for n in after.galaxy.values[before.sizes["galaxy"]:]]
     assert added == sorted(p.name for p in (suite / sim.name).iterdir()
@@ -149,14 +150,14 @@ def test_adding_a_simulation_appends_exactly_its_snapshots(tiny_suite, tmp_path)
     # ranges moved, so every histogram was rebuilt: equal to a fresh extraction, row by row
     assert after.attrs["binning"]["version"] == version_before + 1
     fresh = tmp_path / "fresh.zarr"
-    extract_suite(suite, fresh, n_workers=2, progress=False)
+    extract_suite(suite, fresh, client=dask_client, progress=False)
     ref = open_store(fresh).load()
     assert after.attrs["binning"]["feh_range"] == ref.attrs["binning"]["feh_range"]
     for name in ref.galaxy.values:
         assert np.array_equal(after.counts.sel(galaxy=name), ref.counts.sel(galaxy=name))
 
 
-def test_interrupted_commit_is_repaired(tiny_suite, tiny_store, tmp_path):
+def test_interrupted_commit_is_repaired(tiny_suite, tiny_store, dask_client, tmp_path):
     """What a writer killed mid-append leaves: galaxy columns of different lengths, stars past the
     last galaxy, a pending rebuild. Readers see the last commit; the next run rolls it back."""
     store = tmp_path / "torn.zarr"
@@ -172,14 +173,14 @@ def test_interrupted_commit_is_repaired(tiny_suite, tiny_store, tmp_path):
     root["histograms"]["counts"].resize((3, 64, 64))
     root["histograms"].attrs["binning_version"] = -1
     assert_same_arrays(reference, store_arrays(store))  # readers: the committed store
-    summary = extract_suite(tiny_suite, store, n_workers=1, progress=False)
+    summary = extract_suite(tiny_suite, store, client=dask_client, progress=False)
     assert summary.repaired and summary.ok == 0
     assert_same_arrays(reference, store_arrays(store))
     on_disk = zarr.open_group(store, mode="r", zarr_format=2, use_consolidated=False)
     assert on_disk["galaxies/name"].shape == on_disk["galaxies/mstar"].shape
 
 
-def test_staged_results_are_reused_after_a_kill(tiny_suite, tmp_path):
+def test_staged_results_are_reused_after_a_kill(tiny_suite, dask_client, tmp_path):
     from casbi_store.extraction_run import Staging
     from casbi_store.snapshots import fingerprint
 
@@ -191,7 +192,7 @@ def test_staged_results_are_reused_after_a_kill(tiny_suite, tmp_path):
     marked = refs[0]
     staging.put(marked.name, fingerprint(marked.path(tiny_suite)),
                 {"status": "failed", "kind": "unexpected", "message": "STAGED-MARKER"})
-    summary = extract_suite(tiny_suite, store, n_workers=1, progress=False)
+    summary = extract_suite(tiny_suite, store, client=dask_client, progress=False)
     errors = open_errors(store)
     messages = dict(zip(map(str, errors.name.values), map(str, errors.message.values), strict=True))
     assert messages[marked.name] == "STAGED-MARKER"
@@ -200,7 +201,7 @@ def test_staged_results_are_reused_after_a_kill(tiny_suite, tmp_path):
     # a staged outcome for an older version of a file is not reused
     staging.put(marked.name, "0" * 32, {"status": "failed", "kind": "unexpected",
                                          "message": "STALE"})
-    extract_suite(tiny_suite, tmp_path / "other.zarr", n_workers=1, progress=False)
+    extract_suite(tiny_suite, tmp_path / "other.zarr", client=dask_client, progress=False)
     assert "STALE" not in map(str, open_errors(tmp_path / "other.zarr").message.values)
 
 

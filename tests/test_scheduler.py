@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from casbi_store.extraction_run import extract_suite
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def external_cluster(tmp_path):
-    sched_file = tmp_path / "scheduler.json"
+@contextlib.contextmanager
+def _external_cluster(folder: Path):
+    """A `dask scheduler` and two `dask worker` processes on loopback; yields the address."""
+    sched_file = folder / "scheduler.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--dashboard-address", ":0", "--scheduler-file", sched_file],
@@ -48,15 +50,30 @@ def external_cluster(tmp_path):
             p.wait(timeout=30)
 
 
-def test_external_scheduler_gives_the_same_store(tiny_suite, tiny_store, external_cluster,
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """One external cluster for the tests that only need one to run on (start-ups are slow);
+    the killed-worker test uses it last, its nanny restarts the killed worker."""
+    with _external_cluster(tmp_path_factory.mktemp("scheduler")) as address:
+        yield address
+
+
+@pytest.fixture
+def external_cluster(tmp_path):
+    """A fresh external cluster: the pipeline test asks the scheduler which task kinds it ran."""
+    with _external_cluster(tmp_path) as address:
+        yield address
+
+
+def test_external_scheduler_gives_the_same_store(tiny_suite, tiny_store, shared_cluster,
                                                  tmp_path):
     store = tmp_path / "external.zarr"
-    summary = extract_suite(tiny_suite, store, scheduler=external_cluster, progress=False)
+    summary = extract_suite(tiny_suite, store, scheduler=shared_cluster, progress=False)
     assert summary.ok == tiny_store[1].ok
     assert_same_arrays(store_arrays(tiny_store[0]), store_arrays(store))
 
 
-def test_compose_on_external_cluster_gives_the_same_version(tiny_store, external_cluster, tmp_path):
+def test_compose_on_external_cluster_gives_the_same_version(tiny_store, shared_cluster, tmp_path):
     """compose's Dask graph runs on whatever client is active: real scheduler + worker processes."""
     from conftest import store_with_set
     from dask.distributed import Client
@@ -69,7 +86,7 @@ def test_compose_on_external_cluster_gives_the_same_version(tiny_store, external
 
     remote = tmp_path / "remote.zarr"
     shutil.copytree(tiny_store[0], remote)
-    with Client(external_cluster) as client:
+    with Client(shared_cluster) as client:
         entry = compose(remote, ComposeSpec(name="s", version="v1", n_sub_min=2, n_sub_max=3,
                                             train_per_n=20, test_per_n=5, seed=3), progress=False)
         assert client.run(os.getpid)  # the workers are separate processes
@@ -78,7 +95,7 @@ def test_compose_on_external_cluster_gives_the_same_version(tiny_store, external
     assert entry["checksum"] == registry(str(local), "s")["v1"]["checksum"]
 
 
-def test_a_worker_killed_mid_extraction_is_survived(tiny_suite, tiny_store, external_cluster, tmp_path):
+def test_a_worker_killed_mid_extraction_is_survived(tiny_suite, tiny_store, shared_cluster, tmp_path):
     """SIGKILL a worker process while it runs an extraction task (as a pre-empted SLURM job would
     be): its nanny restarts it, Dask re-runs the task, and the store is the clean run's."""
     import signal
@@ -89,9 +106,9 @@ def test_a_worker_killed_mid_extraction_is_survived(tiny_suite, tiny_store, exte
     store = tmp_path / "killed.zarr"
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(summary=extract_suite(
-        tiny_suite, store, scheduler=external_cluster, progress=False)))
+        tiny_suite, store, scheduler=shared_cluster, progress=False)))
     killed = None
-    with Client(external_cluster) as client:
+    with Client(shared_cluster) as client:
         pids = client.run(os.getpid)
         run.start()
         deadline = time.time() + 120

@@ -89,12 +89,12 @@ def test_kill_at_the_writes_of_a_commit_leaves_before_or_after(tiny_suite, tmp_p
 # ---- validate -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def clean_store(tmp_path_factory) -> Path:
+def clean_store(dask_client, tmp_path_factory) -> Path:
     """A store of a suite without defects: no failed snapshots, an empty error table."""
     work = tmp_path_factory.mktemp("clean")
     generate_suite(work / "suite", preset("tiny", seed=3), workers=2, progress=False)
     store = work / "clean.zarr"
-    summary = extract_suite(work / "suite", store, n_workers=2, progress=False)
+    summary = extract_suite(work / "suite", store, client=dask_client, progress=False)
     assert summary.failed == summary.excluded == 0
     return store
 

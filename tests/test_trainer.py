@@ -29,11 +29,26 @@ def store(tiny_store, tmp_path_factory):
                           n_sub_max=8, train_per_n=120, test_per_n=5, seed=3)
 
 
-def test_nsub_npe_learns_saves_and_reloads(store, tmp_path):
-    result = train(store, "t", "v1", "nsub", tmp_path / "m", TINY)
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    """Models trained with TINY, each on first use: trained(task) is (folder, train's result),
+    shared by the tests that only read them (tests that train more train their own). The
+    classifier gets 4 epochs: test_classifier_learns_on_the_training_set asserts over them."""
+    out, done = tmp_path_factory.mktemp("trained"), {}
+
+    def get(task: str):
+        if task not in done:
+            config = tiny(epochs=4) if task == "nsub_classifier" else TINY
+            done[task] = out / task, train(store, "t", "v1", task, out / task, config)
+        return done[task]
+    return get
+
+
+def test_nsub_npe_learns_saves_and_reloads(store, trained):
+    folder, result = trained("nsub")
     losses = [h["train_loss"] for h in result["members"][0]]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    first, again = load_model(tmp_path / "m"), load_model(tmp_path / "m")
+    first, again = load_model(folder), load_model(folder)
     x = torch.rand(5, 1, 64, 64) * 20
     theta = torch.full((5, 1), 5.0)
     with torch.no_grad():
@@ -72,11 +87,11 @@ def test_classifier_probabilities_sum_to_one_over_2_to_100():
         net.loss(torch.tensor([[101.0]]), x[:1])
 
 
-def test_classifier_learns_on_the_training_set(store, tmp_path):
-    result = train(store, "t", "v1", "nsub_classifier", tmp_path / "c", tiny(epochs=4))
+def test_classifier_learns_on_the_training_set(trained):
+    folder, result = trained("nsub_classifier")
     losses = [h["train_loss"] for h in result["members"][0]]
     assert losses[-1] < losses[0]
-    model = load_model(tmp_path / "c")
+    model = load_model(folder)
     assert model.members[0].values.tolist() == list(range(3, 9))
 
 
@@ -125,7 +140,7 @@ def test_ensemble_members_are_weighted_by_validation_likelihood(store, tmp_path)
     assert samples.shape == (200, 3) and torch.isfinite(samples).all()
 
 
-def test_two_step_inference_returns_samples_inside_the_prior(store, tmp_path):
+def test_two_step_inference_returns_samples_inside_the_prior(store, trained, tmp_path):
     import subprocess
     import sys
 
@@ -134,24 +149,23 @@ def test_two_step_inference_returns_samples_inside_the_prior(store, tmp_path):
     from casbi_store.infer import infer, read_star_table
     from casbi_store.posteriors import load_posterior
 
-    for task in ("nsub_classifier", "nsub", "theta"):
-        train(store, "t", "v1", task, tmp_path / task, TINY)
+    models = {task: trained(task)[0] for task in ("nsub_classifier", "nsub", "theta")}
     test = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True)
     x = test.x.values[0]
-    samples = infer([tmp_path / "nsub_classifier", tmp_path / "nsub", tmp_path / "theta"], x,
+    samples = infer([models["nsub_classifier"], models["nsub"], models["theta"]], x,
                     n_samples=400)
     assert samples.sizes == {"sample": 400, "rank": 3}
     assert set(np.unique(samples.n_sub)) <= set(range(3, 9))
     assert set(np.unique(samples.n_sub_npe)) <= set(range(3, 9))
-    low = load_posterior(tmp_path / "theta").prior.base_dist.low.numpy()
-    high = load_posterior(tmp_path / "theta").prior.base_dist.high.numpy()
+    low = load_posterior(models["theta"]).prior.base_dist.low.numpy()
+    high = load_posterior(models["theta"]).prior.base_dist.high.numpy()
     for k, name in enumerate(T.BLOCK_PARAMETERS):
         v = samples[name].values
         assert np.isfinite(v[:, 0]).all()  # rank 1 exists for every N_sub >= 3
         assert np.nanmin(v) >= low[k] and np.nanmax(v) <= high[k]
     assert samples["log10_mstar"].attrs["units"] == "log10 Msol"
     # the CLI, from a star table: stars at the bin centres of a test halo, plus 5 outside
-    model = load_model(tmp_path / "theta")
+    model = load_model(models["theta"])
     fe, of = model.stats["feh_edges"], model.stats["ofe_edges"]
     i, j = np.nonzero(x)
     counts = x[i, j].astype(int)
@@ -162,7 +176,7 @@ def test_two_step_inference_returns_samples_inside_the_prior(store, tmp_path):
     binned, summary = read_star_table(tmp_path / "stars.csv", fe, of)
     assert np.array_equal(binned, x) and summary["outside"] == 5
     proc = subprocess.run([sys.executable, "-m", "casbi_store.cli", "infer",
-                           str(tmp_path / "nsub_classifier"), str(tmp_path / "theta"),
+                           str(models["nsub_classifier"]), str(models["theta"]),
                            "--stars", str(tmp_path / "stars.csv"), "--out",
                            str(tmp_path / "post.nc"), "--samples", "300"],
                           capture_output=True, text=True, timeout=300)
