@@ -6,6 +6,15 @@ then per-pixel standardisation with statistics from one streamed pass over the t
 is the first layer of each embedding, so its statistics are saved in the ``state_dict``; sbi's
 own ``z_score_x`` is not used (see the trainer issue). Which network a task uses is the task's
 choice (``casbi_store.tasks``); the builders here know nothing of tasks.
+
+Input representations (``REPRESENTATIONS``, ``TrainConfig.representation``): ``counts`` (the
+seed's: the CNN sees log1p of the counts, so their total, which for simulated halos encodes the
+blocks' stellar mass through the particle resolution, is part of the image) and ``density``
+(for sets with an observation model): the input layer splits the histogram into its density
+(sum 1; the CNN sees log1p(density x 4096), a uniform plane being 1 per pixel) and its total
+N_obs, and log10 N_obs joins the CNN's features as a separate condition (``AppendLogCount``).
+The condition is still a histogram: an observation's N_obs is its total; a density given with
+another N_obs is passed as density x N_obs.
 """
 
 from __future__ import annotations
@@ -19,6 +28,21 @@ from torch import nn
 from . import schema as S
 
 N_PIXELS = S.N_BINS * S.N_BINS
+REPRESENTATIONS = ("counts", "density")
+
+
+def log_density(x: torch.Tensor) -> torch.Tensor:
+    """log1p of each plane normalised to a total of ``N_PIXELS`` (sum over the last two axes);
+    an empty plane stays 0."""
+    total = x.sum(dim=(-2, -1), keepdim=True)
+    return torch.log1p(x * (N_PIXELS / total.clamp(min=1e-20)))
+
+
+def pre_transform(representation: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the input layer applies before standardising: log1p of the counts or of the density."""
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"representation must be one of {REPRESENTATIONS}, not {representation!r}")
+    return torch.log1p if representation == "counts" else log_density
 
 
 class Log1pStandardize(nn.Module):
@@ -39,17 +63,47 @@ class Log1pStandardize(nn.Module):
         return (torch.log1p(x) - self.mean) / self.std
 
 
+class DensityStandardize(Log1pStandardize):
+    """x -> (log_density(x) - mean) / max(std, floor): the plane's total does not reach past it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (log_density(x) - self.mean) / self.std
+
+
+def input_layer(mean: np.ndarray, std: np.ndarray, representation: str = "counts") -> nn.Module:
+    """The standardising first layer of a representation (``pre_transform``'s statistics)."""
+    pre_transform(representation)  # validates the name
+    cls = Log1pStandardize if representation == "counts" else DensityStandardize
+    return cls(mean, std)
+
+
+class AppendLogCount(nn.Module):
+    """histogram -> ``body``'s features of it with log10 of its total count appended (then
+    ``head``, if given): N_obs as a condition separate from the density the body sees."""
+
+    def __init__(self, body: nn.Module, head: nn.Module | None = None):
+        super().__init__()
+        self.body, self.head = body, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = x.reshape(len(x), -1).sum(dim=1, keepdim=True)
+        features = torch.cat([self.body(x), torch.log10(total.clamp(min=1.0))], dim=1)
+        return features if self.head is None else self.head(features)
+
+
 def image_embedding(mean: np.ndarray, std: np.ndarray, conv_channels: tuple[int, ...],
-                    embedding_dim: int) -> nn.Module:
-    """log1p + standardisation, then sbi's CNN: 64x64 -> ``embedding_dim`` features."""
+                    embedding_dim: int, representation: str = "counts") -> nn.Module:
+    """The input layer, then sbi's CNN: 64x64 -> ``embedding_dim`` features (+ log10 N_obs for
+    the ``density`` representation)."""
     from sbi.neural_nets.embedding_nets import CNNEmbedding
 
-    return nn.Sequential(
-        Log1pStandardize(mean, std),
+    net = nn.Sequential(
+        input_layer(mean, std, representation),
         CNNEmbedding(input_shape=(S.N_BINS, S.N_BINS), in_channels=1,
                      out_channels_per_layer=list(conv_channels), num_conv_layers=len(conv_channels),
                      num_linear_layers=2, num_linear_units=embedding_dim, output_dim=embedding_dim),
     )
+    return net if representation == "counts" else AppendLogCount(net)
 
 
 class RankedEmbedding(nn.Module):
@@ -70,14 +124,15 @@ class RankedEmbedding(nn.Module):
 def build_npe(mean: np.ndarray, std: np.ndarray, theta_example: np.ndarray,
               condition_shape: tuple[int, ...], *, hidden_features: int, num_transforms: int,
               embedding_dim: int, conv_channels: tuple[int, ...], seed: int,
-              wrap: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
+              wrap: Callable[[nn.Module], nn.Module] | None = None,
+              representation: str = "counts") -> nn.Module:
     """sbi's NSF (``posterior_nn``) with our embedding (``wrap``ped, e.g. by ``RankedEmbedding``,
     for conditions other than the image); ``theta_example`` sets the flow's standardisation of
     theta. ``z_score_x="none"``: our transform standardises the image."""
     from sbi.neural_nets import posterior_nn
 
     torch.manual_seed(seed)
-    embedding = image_embedding(mean, std, conv_channels, embedding_dim)
+    embedding = image_embedding(mean, std, conv_channels, embedding_dim, representation)
     if wrap is not None:
         embedding = wrap(embedding)
     build = posterior_nn("nsf", z_score_x="none", z_score_theta="independent",
@@ -115,23 +170,28 @@ class NsubClassifier(nn.Module):
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, n_min: int, n_max: int,
-                 channels: tuple[int, ...] = (8, 16, 32), width: int = 128, seed: int = 0):
+                 channels: tuple[int, ...] = (8, 16, 32), width: int = 128, seed: int = 0,
+                 representation: str = "counts"):
         super().__init__()
         if n_max <= n_min:
             raise ValueError(f"N_sub range [{n_min}, {n_max}] has fewer than two values")
         torch.manual_seed(seed)
         self.n_min, self.n_max = int(n_min), int(n_max)
         # stem at 64x64, then one residual block per stage at 32, 16 and 8 pixels
-        layers: list[nn.Module] = [Log1pStandardize(mean, std),
+        layers: list[nn.Module] = [input_layer(mean, std, representation),
                                    nn.Conv2d(1, channels[0], 3, padding=1), nn.ReLU(),
                                    nn.AvgPool2d(2)]
         c_in = channels[0]
         for c in channels:
             layers += [ResidualBlock(c_in, c), nn.AvgPool2d(2)]
             c_in = c
-        layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c_in * 16, width), nn.ReLU(),
-                   nn.Linear(width, self.n_max - self.n_min + 1)]
-        self.net = nn.Sequential(*layers)
+        layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten()]
+        extra = 0 if representation == "counts" else 1  # log10 N_obs joins the features
+        head = [nn.Linear(c_in * 16 + extra, width), nn.ReLU(),
+                nn.Linear(width, self.n_max - self.n_min + 1)]
+        # counts: one Sequential, as the classifier always was (its saved weights' names)
+        self.net = (nn.Sequential(*layers, *head) if representation == "counts"
+                    else AppendLogCount(nn.Sequential(*layers), nn.Sequential(*head)))
 
     @property
     def values(self) -> torch.Tensor:

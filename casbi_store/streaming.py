@@ -13,7 +13,7 @@ a network layer) in one streamed pass over the training split.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -95,14 +95,18 @@ class TrainingSetStream(torch.utils.data.IterableDataset):
                 yield (*row, int(index[i])) if self.return_index else row
 
 
-def streamed_moments(stream: TrainingSetStream) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel mean and standard deviation of log1p(x), in one pass over the split's chunks."""
+def streamed_moments(stream: TrainingSetStream,
+                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and standard deviation of log1p(x), or of ``transform(x)`` (an input
+    representation's ``estimators.pre_transform``), in one pass over the split's chunks."""
     group = stream._open()
     x_arr = group[S.X.name]
     total = np.zeros(x_arr.shape[1:], dtype=np.float64)
     total_sq = np.zeros_like(total)
     for start in range(0, x_arr.shape[0], stream.chunk_rows):
-        block = np.log1p(x_arr[start:start + stream.chunk_rows].astype(np.float64))
+        block = x_arr[start:start + stream.chunk_rows].astype(np.float64)
+        block = np.log1p(block) if transform is None else transform(torch.from_numpy(block)).numpy()
         total += block.sum(axis=0)
         total_sq += (block**2).sum(axis=0)
     n = x_arr.shape[0]

@@ -24,6 +24,7 @@ import torch
 
 from . import modelfolder as F
 from . import schema as S
+from .estimators import REPRESENTATIONS, pre_transform
 from .provenance import package_versions, utc_now
 from .streaming import TrainingSetStream, streamed_moments
 from .tasks import Task, get_task
@@ -32,14 +33,16 @@ log = logging.getLogger(__name__)
 
 # options that shape the network or its data: a resumed model folder must keep them
 SHAPING = ("hidden_features", "num_transforms", "embedding_dim", "conv_channels", "max_rank",
-           "joint_n_sub", "seed")
+           "joint_n_sub", "seed", "representation")
 EXAMPLE_ROWS = 4096  # training rows that set the prior box and the flow's theta standardisation
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters (the seed's NSF: 10 transforms, 100 hidden features); ``joint_n_sub``
-    is the fixed N_sub of the ``theta_joint`` task."""
+    is the fixed N_sub of the ``theta_joint`` task; ``representation`` what the network sees of
+    a histogram (``estimators.REPRESENTATIONS``: ``counts``, or ``density`` with log10 N_obs as
+    a separate condition, for sets with an observation model)."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -57,6 +60,7 @@ class TrainConfig:
     in_memory: bool = False
     seed: int = 0
     device: str = "cpu"
+    representation: str = "counts"
 
     def __post_init__(self):
         object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
@@ -66,6 +70,9 @@ class TrainConfig:
                              "must be positive")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"representation must be one of {REPRESENTATIONS}, not "
+                             f"{self.representation!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
 
@@ -144,7 +151,8 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
     else:
         from . import trainingsets
 
-        mean, std = streamed_moments(streams["train"])
+        mean, std = streamed_moments(streams["train"], None if cfg.representation == "counts"
+                                     else pre_transform(cfg.representation))
         group = streams["train"]._open()
         n_sub = np.asarray(group[S.N_SUB.name][:])
         target = group[spec.target]

@@ -9,7 +9,7 @@ import warnings
 TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transforms", "embedding_dim")
 TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
                  "num_transforms", "embedding_dim", "ensemble", "max_rank", "joint_n_sub",
-                 "in_memory", "seed", "device")
+                 "in_memory", "seed", "device", "representation")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -71,6 +71,9 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="load the split into memory instead of streaming chunks")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--representation", choices=["counts", "density"],
+                   help="what the network sees: the counts (default) or, for sets with an "
+                        "observation model, the density with log10 N_obs as a separate condition")
     if tuned:
         p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
 

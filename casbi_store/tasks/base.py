@@ -109,7 +109,7 @@ class FlowTask(Task):
                          num_transforms=int(config["num_transforms"]),
                          embedding_dim=int(config["embedding_dim"]),
                          conv_channels=tuple(int(c) for c in config["conv_channels"]), seed=seed,
-                         wrap=self.wrap_embedding)
+                         wrap=self.wrap_embedding, representation=representation(config))
 
     def prior(self, theta_example: np.ndarray):
         """sbi's ``BoxUniform`` over ``box_bounds``."""
@@ -127,6 +127,12 @@ class FlowTask(Task):
             return posteriors[0]
         return EnsemblePosterior(posteriors,
                                  weights=torch.as_tensor(model.weights, dtype=torch.float32))
+
+
+def representation(config: dict[str, Any]) -> str:
+    """The input representation of a model folder's config (folders from before the option:
+    ``counts``)."""
+    return str(config.get("representation", "counts"))
 
 
 def register(cls: type[Task]) -> type[Task]:

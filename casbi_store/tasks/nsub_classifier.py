@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..estimators import NsubClassifier
-from .base import Task, register
+from .base import Task, register, representation
 from .common import NsubParameter
 
 
@@ -48,7 +48,8 @@ class NsubClassifierTask(NsubParameter, Task):
         n_min, n_max = n_sub_range
         return NsubClassifier(stats["mean"], stats["std"], n_min, n_max,
                               channels=tuple(int(c) for c in config["conv_channels"]),
-                              width=int(config["embedding_dim"]), seed=seed)
+                              width=int(config["embedding_dim"]), seed=seed,
+                              representation=representation(config))
 
     def posterior(self, model) -> NsubPosterior:
         return NsubPosterior(model)
