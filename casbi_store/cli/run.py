@@ -22,6 +22,7 @@ from .extract import extract
 from .ls import list_store
 from .mock import make_suite, suite_spec
 from .plot import plot_store
+from .survey import survey_check
 from .train import train_model
 
 log = logging.getLogger("casbi_store")
@@ -56,7 +57,8 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True) -> int:
         m = pipe.mock
         suite = pipe.path(m.out)
         log.info("stage mock: preset %s, seed %s -> %s", m.preset, m.seed, suite)
-        spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics)
+        spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics,
+                          n_simulations=m.n_simulations, n_star_max=m.n_star_max)
         log.info(make_suite(suite, spec, workers=m.workers, progress=progress))
     with _stage_client(pipe) as client:
         if pipe.extract:
@@ -77,6 +79,15 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True) -> int:
         evaluate_models([str(pipe.path(m)) for m in ev.models], str(pipe.path(ev.out)),
                         split=ev.split, halos=ev.halos, samples=ev.samples, seed=ev.seed,
                         against=against)
+    if pipe.survey:
+        sv = pipe.survey
+        name, _, version = sv.set.partition(":")
+        log.info("stage survey: %d tables of %s %s -> %s", sv.tables, sv.set, sv.split,
+                 pipe.path(sv.out))
+        survey_check(pipe.path(pipe.extract.store), name, version,
+                     [str(pipe.path(m)) for m in sv.models], pipe.path(sv.out), split=sv.split,
+                     tables=sv.tables, observation=sv.observation, samples=sv.samples,
+                     ranks=sv.ranks, seed=sv.seed)
     return 0
 
 
