@@ -9,14 +9,17 @@ import json
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from astropy.table import Table
 from conftest import store_with_set
 
+from casbi_store.cli import main
+from casbi_store.config import ConfigError, load_pipeline
 from casbi_store.estimators import NsubClassifier, build_npe
 from casbi_store.infer import infer, read_input
 from casbi_store.modelfolder import load_model
 from casbi_store.observe import observe_table
-from casbi_store.survey import make_survey_tables, survey_coverage
+from casbi_store.survey import make_survey_tables
 from casbi_store.trainer import TrainConfig, train
 
 OBSERVATION = dict(n_obs_min=100, n_obs_max=3000, feh_err=0.05, feh_err_spread=0.3,
@@ -89,7 +92,7 @@ def test_same_halo_at_300_and_3000_stars_gives_consistent_posteriors(trained, tm
         assert table.n_obs == n  # the halo has the stars: N_obs is not capped
         obs = read_input(table.path, models[0])
         assert obs.attrs["n_obs"] == obs.counts.sum() > 0.95 * n
-        posteriors[n] = infer(models, obs, n_samples=2000, seed=1)
+        posteriors[n] = infer(models, obs, n_samples=1000, seed=1, ranks=1)
     assert posteriors[300].attrs["representations"] == '["density", "density"]'
     for name in ("n_sub", "log10_mstar", "log10_mdm", "tau"):
         lo_a, hi_a = _interval(posteriors[300], name, 0.68)
@@ -103,39 +106,62 @@ def test_same_halo_at_300_and_3000_stars_gives_consistent_posteriors(trained, tm
     # gives the posterior of the counts of N stars
     counts = obs.counts
     n_obs = float(counts.sum())
-    direct = infer(models, counts, n_samples=300, seed=2)
+    direct = infer(models, counts, n_samples=200, seed=2, ranks=1)
     for scaled in (counts / n_obs, 13 * counts):
-        again = infer(models, scaled, n_samples=300, seed=2, n_obs=n_obs)
+        again = infer(models, scaled, n_samples=200, seed=2, ranks=1, n_obs=n_obs)
         for name in direct.data_vars:
             np.testing.assert_allclose(again[name].values, direct[name].values, atol=2e-3,
                                        err_msg=name)
 
 
-def test_survey_tables_of_held_out_halos_through_observe_and_infer(trained, tmp_path):
+def test_survey_tables_of_held_out_halos_through_observe_and_infer(trained, tmp_path, capsys):
+    """``casbi-store survey``: tables of test halos (FITS with error columns, the truth beside
+    them) -> observe -> infer, and the coverage summary agrees with its per-table rows."""
     store, models = trained
-    tables = make_survey_tables(store, "sky", "v1", tmp_path / "tables", n_tables=2, seed=0)
-    truth = json.loads((tmp_path / "tables" / "truth.json").read_text())
+    out = tmp_path / "survey"
+    assert main(["survey", str(store), "--set", "sky:v1", "--models",
+                 *(str(m.path) for m in models), "--out", str(out), "--tables", "2",
+                 "--samples", "100", "--ranks", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "truth inside the central credible intervals over 2 survey tables" in printed
+    assert (out / "observation.nc").is_file() and (out / "posterior.png").is_file()
+    truth = json.loads((out / "tables" / "truth.json").read_text())
     assert truth["observation"]["n_obs_max"] == 3000 and len(truth["tables"]) == 2
-    import xarray as xr
     test = xr.open_zarr(store, group="training_sets/sky/v1/test", consolidated=True)
-    for t in tables:
-        fits = Table.read(t.path)
-        assert fits.colnames == ["FE_H", "O_FE", "FE_H_ERR", "O_FE_ERR"] and len(fits) == t.n_obs
-        assert 100 <= t.n_obs <= 3000 and (np.asarray(fits["FE_H_ERR"]) > 0).all()
-        theta = test.theta.values[t.halo]
-        assert t.n_sub == int(test.n_sub.values[t.halo]) == len(t.theta)
-        np.testing.assert_allclose(np.asarray(t.theta)[:, 0], np.log10(theta[:t.n_sub, 0]))
-        obs = observe_table(t.path, models[0].path)  # the error columns are found by name
-        assert obs.columns["feh_err"] == "FE_H_ERR" and obs.n_obs + obs.dropped["outside_range"] == t.n_obs
-    result = survey_coverage(models, tables, n_samples=100, out=tmp_path / "posteriors")
-    saved = json.loads((tmp_path / "posteriors" / "coverage.json").read_text())
-    assert saved["coverage"] == result["coverage"] and result["n_tables"] == 2
+    for t in truth["tables"]:
+        fits = Table.read(t["path"])
+        assert fits.colnames == ["FE_H", "O_FE", "FE_H_ERR", "O_FE_ERR"]
+        assert len(fits) == t["n_obs"] and 100 <= t["n_obs"] <= 3000
+        assert (np.asarray(fits["FE_H_ERR"]) > 0).all()
+        theta = test.theta.values[t["halo"]]
+        assert t["n_sub"] == int(test.n_sub.values[t["halo"]]) == len(t["theta"])
+        np.testing.assert_allclose(np.asarray(t["theta"])[:, 0], np.log10(theta[:t["n_sub"], 0]))
+        obs = observe_table(t["path"], models[0].path)  # the error columns are found by name
+        assert obs.columns["feh_err"] == "FE_H_ERR"
+        assert obs.n_obs + obs.dropped["outside_range"] == t["n_obs"]
+    result = json.loads((out / "posteriors" / "coverage.json").read_text())
     cov = result["coverage"]
-    assert {"n_sub", "log10_mstar_1", "tau_3"} <= set(cov)
+    assert result["n_tables"] == 2 and {"n_sub", "log10_mstar_1", "tau_2"} <= set(cov)
+    assert "tau_3" not in cov  # --ranks 2
     for label, c in cov.items():  # the summary is the rows' truth-in-interval fractions
         rows = [r[label] for r in result["tables"] if label in r]
-        assert c["n"] == len(rows)
+        assert c["n"] == len(rows) >= 1
         assert c["0.68"] == np.mean([r[1] <= r[0] <= r[2] for r in rows])
         assert c["0.95"] == np.mean([r[3] <= r[0] <= r[4] for r in rows])
         assert all(r[3] <= r[1] <= r[2] <= r[4] for r in rows)  # 95% holds the 68% interval
-    assert len(list((tmp_path / "posteriors").glob("survey-*.nc"))) == 2
+    assert len(list((out / "posteriors").glob("survey-*.nc"))) == 2
+    n_test = test.sizes["halo"]
+    with pytest.raises(ValueError, match=f"has {n_test} halos, fewer than the {n_test + 1} tables"):
+        make_survey_tables(store, "sky", "v1", tmp_path / "many", n_tables=n_test + 1)
+
+
+@pytest.mark.parametrize("stage, message", [
+    ("{set: sky}", "set must be NAME:VERSION"),
+    ("{set: 'sky:v1', models: [m], observation: {n_obs: 10, sigma: 1}}", r"unknown key\(s\) \['sigma'\]"),
+    ("{set: 'sky:v1', models: [m], tables: 0}", "tables, samples and ranks must be >= 1"),
+])
+def test_survey_stage_is_validated(tmp_path, stage, message):
+    p = tmp_path / "p.yaml"
+    p.write_text(f"extract: {{suite: s}}\nsurvey: {stage}\n")
+    with pytest.raises(ConfigError, match=rf"p.yaml: survey: .*{message}"):
+        load_pipeline(p)
