@@ -29,7 +29,13 @@ import xarray as xr
 from . import schema as S
 from .binning import bin_stars
 from .modelfolder import TrainedModel, as_model
-from .observe import ObservationError, load_binning_source, observe_table, read_observation
+from .observe import (
+    BinningSource,
+    ObservationError,
+    load_binning_source,
+    observe_table,
+    read_observation,
+)
 from .posteriors import (
     FlowSamples,
     box_bounds,
@@ -165,16 +171,17 @@ def _observed(path: Path, counts: np.ndarray, obs: dict) -> ObservedHistogram:
     return ObservedHistogram(counts, attrs, "\n".join(lines))
 
 
-def read_input(path: str | os.PathLike, model: TrainedModel | str | os.PathLike
-               ) -> ObservedHistogram:
+def read_input(path: str | os.PathLike, model: TrainedModel | str | os.PathLike,
+               source: BinningSource | None = None) -> ObservedHistogram:
     """An observation for ``model``: a histogram (.npy, .nc; an observation file written by
     ``casbi-store observe`` is refused if binned with other edges than the model's) or a star
     table (CSV, FITS) read, cut and binned with the model's binning exactly as ``casbi-store
     observe --binning MODEL`` does (``observe.observe_table``, default cuts); an
-    ``ObservationError`` naming the file if it carries no information."""
+    ``ObservationError`` naming the file if it carries no information. ``source``: the model's
+    ``observe.load_binning_source``, when many tables are read for one model."""
     path, model = Path(path), as_model(model)
     if path.suffix.lower() in (".csv", ".fits", ".fit", ".gz"):
-        obs = observe_table(path, load_binning_source(model.path))
+        obs = observe_table(path, source or load_binning_source(model.path))
         fields = {"quality_expression": obs.where,
                   **{k: getattr(obs, k) for k in ("dropped", *CARRIED[:-1])}}
         return _observed(path, check_histogram(obs.counts, path), fields)

@@ -30,6 +30,7 @@ from . import trainingsets
 from .compose import registry
 from .infer import infer, read_input
 from .modelfolder import TrainedModel, as_model
+from .observe import load_binning_source
 from .sources.observation import ObservationSpec
 from .store import open_stars, open_store
 
@@ -148,8 +149,9 @@ def survey_coverage(models: list[TrainedModel | str | os.PathLike], tables: list
     parameters = step2[0].parameters if step2 else []
     hits: dict[str, dict[float, list[bool]]] = {}
     rows = []
+    source = load_binning_source(loaded[0].path)  # the training halos' star counts, read once
     for i, table in enumerate(tables):
-        observed = read_input(table.path, loaded[0])
+        observed = read_input(table.path, loaded[0], source)
         samples = infer(loaded, observed, n_samples=n_samples, seed=seed + i, ranks=ranks)
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
