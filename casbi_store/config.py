@@ -225,6 +225,43 @@ class EvaluateStage:
 
 
 @dataclass(frozen=True)
+class SurveyStage:
+    """Mock survey tables of a set's held-out halos through observe -> infer, and the truth's
+    coverage (``casbi-store survey``; ``observation``: the survey, default the set's own)."""
+
+    set: str  # NAME:VERSION whose split's halos are observed
+    models: tuple = ()  # model folders; default: every model of the train stage
+    split: str = "test"
+    tables: int = 20
+    observation: dict | None = None
+    samples: int = 500
+    ranks: int = 3
+    seed: int = 0
+    out: str = "survey"
+
+    @classmethod
+    def parse(cls, data, where: str, train: TrainStage | None) -> SurveyStage:
+        from .sources.observation import ObservationSpec
+
+        models = (data.get("models") if isinstance(data, dict) else None) or tuple(
+            m.out for m in (train.models if train else ()))
+        stage = _build(cls, {**data, "models": tuple(models)} if isinstance(data, dict) else data,
+                       where)
+        if ":" not in stage.set:
+            raise ConfigError(f"{where}: set must be NAME:VERSION, not {stage.set!r}")
+        if not stage.models:
+            raise ConfigError(f"{where}: no models (list them, or add a train stage)")
+        if min(stage.tables, stage.samples, stage.ranks) < 1:
+            raise ConfigError(f"{where}: tables, samples and ranks must be >= 1")
+        if stage.observation is not None:
+            try:
+                ObservationSpec.from_dict(stage.observation, where=f"{where}: observation")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        return stage
+
+
+@dataclass(frozen=True)
 class Pipeline:
     workdir: Path
     mock: MockStage | None
@@ -236,6 +273,7 @@ class Pipeline:
     evaluate: EvaluateStage | None = None
     cluster: ClusterSpec | None = None  # where extract and compose run (default: LocalCluster)
     surrogate: SurrogateStage | None = None  # after extract, before compose (sets may use it)
+    survey: SurveyStage | None = None  # mock survey tables through observe -> infer
 
     def path(self, p: str) -> Path:
         return self.workdir / p
@@ -283,7 +321,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
     allowed = {"workdir", "mock", "extract", "compose", "tune", "train", "evaluate", "cluster",
-               "surrogate"}
+               "surrogate", "survey"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
     mock = _mock_stage(data["mock"], f"{path}: mock") if "mock" in data else None
@@ -320,7 +358,12 @@ def load_pipeline(path: str | Path) -> Pipeline:
                           f"{path}: evaluate")
         if not evaluate.models:
             raise ConfigError(f"{path}: evaluate: no models (list them, or add a train stage)")
+    survey = None
+    if "survey" in data:
+        survey = SurveyStage.parse(data["survey"], f"{path}: survey", train)
+        if extract is None:
+            raise ConfigError(f"{path}: survey needs the extract stage's store")
     workdir = Path(os.path.expandvars(os.path.expanduser(str(data.get("workdir", ".")))))
     return Pipeline(workdir=workdir, mock=mock, extract=extract,
                     source=path, compose=compose, train=train, tune=tune, evaluate=evaluate,
-                    cluster=cluster, surrogate=surrogate)
+                    cluster=cluster, surrogate=surrogate, survey=survey)

@@ -29,7 +29,13 @@ import xarray as xr
 from . import schema as S
 from .binning import bin_stars
 from .modelfolder import TrainedModel, as_model
-from .observe import ObservationError, load_binning_source, observe_table, read_observation
+from .observe import (
+    BinningSource,
+    ObservationError,
+    load_binning_source,
+    observe_table,
+    read_observation,
+)
 from .posteriors import (
     FlowSamples,
     box_bounds,
@@ -165,16 +171,17 @@ def _observed(path: Path, counts: np.ndarray, obs: dict) -> ObservedHistogram:
     return ObservedHistogram(counts, attrs, "\n".join(lines))
 
 
-def read_input(path: str | os.PathLike, model: TrainedModel | str | os.PathLike
-               ) -> ObservedHistogram:
+def read_input(path: str | os.PathLike, model: TrainedModel | str | os.PathLike,
+               source: BinningSource | None = None) -> ObservedHistogram:
     """An observation for ``model``: a histogram (.npy, .nc; an observation file written by
     ``casbi-store observe`` is refused if binned with other edges than the model's) or a star
     table (CSV, FITS) read, cut and binned with the model's binning exactly as ``casbi-store
     observe --binning MODEL`` does (``observe.observe_table``, default cuts); an
-    ``ObservationError`` naming the file if it carries no information."""
+    ``ObservationError`` naming the file if it carries no information. ``source``: the model's
+    ``observe.load_binning_source``, when many tables are read for one model."""
     path, model = Path(path), as_model(model)
     if path.suffix.lower() in (".csv", ".fits", ".fit", ".gz"):
-        obs = observe_table(path, load_binning_source(model.path))
+        obs = observe_table(path, source or load_binning_source(model.path))
         fields = {"quality_expression": obs.where,
                   **{k: getattr(obs, k) for k in ("dropped", *CARRIED[:-1])}}
         return _observed(path, check_histogram(obs.counts, path), fields)
@@ -183,6 +190,21 @@ def read_input(path: str | os.PathLike, model: TrainedModel | str | os.PathLike
         return ObservedHistogram(x, {"observation": str(path), "n_obs": float(x.sum())},
                                  f"{path}: histogram of {x.sum():g} stars")
     return _observed(path, x, obs)
+
+
+def at_n_obs(histogram: np.ndarray, n_obs: float, models: list[TrainedModel]) -> np.ndarray:
+    """The histogram rescaled to a total of ``n_obs``: how a density and a separate N_obs are
+    given to models of the ``normalised`` representation (their input layer splits a histogram
+    into its shape and its total); refused for a model that sees the counts."""
+    if isinstance(n_obs, bool) or not isinstance(n_obs, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(n_obs) or n_obs < 1:
+        raise ValueError(f"n_obs must be a number >= 1, not {n_obs!r}")
+    counts = [str(m.path) for m in models if m.representation != "normalised"]
+    if counts:
+        raise ValueError(f"n_obs is a condition of models of the normalised representation only; "
+                         f"{', '.join(counts)} see(s) the counts, whose total is the N_obs: "
+                         "give the histogram of the observed stars instead")
+    return (histogram * (float(n_obs) / float(histogram.sum()))).astype(np.float32)
 
 
 def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np.ndarray,
@@ -231,8 +253,8 @@ def _positive_int(value, name: str) -> int:
 
 def infer(models: list[TrainedModel | str | os.PathLike],
           histogram: np.ndarray | ObservedHistogram | str | os.PathLike,
-          n_samples: int = 10_000, seed: int = 0, nsub_draw: str = "mixture", ranks: int = 3
-          ) -> xr.Dataset:
+          n_samples: int = 10_000, seed: int = 0, nsub_draw: str = "mixture", ranks: int = 3,
+          n_obs: float | None = None) -> xr.Dataset:
     """Posterior samples for one histogram from step-1 and step-2 model folders.
 
     Variables: ``n_sub`` (sample) from the step-1 model that drives step 2 (the preferred one:
@@ -244,6 +266,10 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     ``histogram``: a 64x64 array, a file (read by ``read_input`` with the first model's edges)
     or what ``read_input`` returned; what is known about it (N_obs, for an observation file
     the table's checksum, the stars dropped and the [O/Fe] mapping) goes into the attributes.
+
+    ``n_obs``: for models of the ``normalised`` representation, the N_obs to condition on when the
+    histogram's total is not it (e.g. a density of sum 1): the histogram is rescaled to that
+    total (``at_n_obs``). Default: its total, which for an observation is its N_obs.
     """
     if nsub_draw not in NSUB_DRAWS:
         raise ValueError(f"nsub_draw must be one of {NSUB_DRAWS}, not {nsub_draw!r}")
@@ -266,6 +292,9 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     else:
         histogram = check_histogram(histogram, "the histogram given to infer")
         observed = {"n_obs": float(histogram.sum())}
+    if n_obs is not None:
+        histogram = at_n_obs(histogram, n_obs, loaded)
+        observed = {**observed, "n_obs": float(n_obs)}
     torch.manual_seed(seed)
     by_task = {}
     for m in loaded:
@@ -304,6 +333,7 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     coords = {"rank": np.arange(1, ranks + 1)} if ranked else {}
     return xr.Dataset(data, coords=coords,
                       attrs={"models": json.dumps([str(m.path) for m in loaded]),
+                             "representations": json.dumps([m.representation for m in loaded]),
                              "n_samples": n_samples, "seed": seed, "nsub_draw": nsub_draw,
                              **observed})
 

@@ -2,7 +2,9 @@
 
 A model folder holds::
 
-    config.json        task, parameters, training set, TrainConfig, N_sub range, package versions
+    config.json        task, parameters, training set, TrainConfig (its ``representation``, e.g.
+                       log1p counts, or normalised with log10 N_obs as a separate condition), N_sub range,
+                       package versions
     transform.npz      input-transform statistics, example parameters (prior box), bin edges
     member-K/          model.pt (best validation loss), checkpoint.pt, history.json
     calibration.json   what the task fitted after training (the classifier's temperature), if any
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .representations import DEFAULT_REPRESENTATION, REPRESENTATIONS
 from .tasks import Task, get_task
 
 CONFIG, TRANSFORM, ENSEMBLE = "config.json", "transform.npz", "ensemble.json"
@@ -101,6 +104,10 @@ def read_meta(out: Path) -> dict:
             raise ModelFolderError(f"{path}: config option {key}={value!r} is not "
                                    + ("a list of positive integers" if key == "conv_channels"
                                       else "an integer" if key == "seed" else "a positive integer"))
+    if config.get("representation", DEFAULT_REPRESENTATION) not in REPRESENTATIONS:
+        raise ModelFolderError(f"{path}: config option representation="
+                               f"{config['representation']!r} is not one of "
+                               f"{sorted(REPRESENTATIONS)}")
     n_range = meta["n_sub_range"]
     if not (isinstance(n_range, list) and len(n_range) == 2
             and all(isinstance(n, int) for n in n_range) and 1 <= n_range[0] <= n_range[1]):
@@ -284,6 +291,12 @@ class TrainedModel:
     @property
     def joint_n_sub(self) -> int | None:
         return self.meta["config"].get("joint_n_sub")
+
+    @property
+    def representation(self) -> str:
+        """What the network sees of a histogram (``casbi_store.representations``): e.g. ``log1p``
+        counts, or the ``normalised`` plane with log10 N_obs as a separate condition."""
+        return self.meta["config"].get("representation", DEFAULT_REPRESENTATION)
 
 
 def load_model(out: str | os.PathLike, device: str = "cpu") -> TrainedModel:

@@ -137,15 +137,15 @@ def training_star_counts(store: str, name: str, version: str) -> dict:
 
 def load_binning_source(path: str | os.PathLike) -> BinningSource:
     """Binning of a model folder (``transform.npz``) or of a store (its ``binning`` attribute)."""
+    from .modelfolder import TRANSFORM, read_meta, read_transform
+
     path = Path(path)
-    transform = path / "transform.npz"
+    transform = path / TRANSFORM
     if transform.is_file():
-        with np.load(transform, allow_pickle=False) as stats:
-            if "feh_edges" not in stats or "ofe_edges" not in stats:
-                raise ObservationError(f"{transform}: no feh_edges/ofe_edges (not a model folder?)")
-            binning = _binning_from_edges(stats["feh_edges"], stats["ofe_edges"], transform)
+        stats = read_transform(path)  # refused, naming the file, if damaged or incomplete
+        binning = _binning_from_edges(stats["feh_edges"], stats["ofe_edges"], transform)
         try:
-            meta = json.loads((path / "config.json").read_text())
+            meta = read_meta(path)
             trained = training_star_counts(meta["store"], meta["set"], meta["version"])
             return BinningSource(binning, "model", str(path), training_stars=trained)
         except Exception as exc:  # a moved or remote store: the documented minimum applies

@@ -128,7 +128,8 @@ def test_every_command_module_registers(capsys):
             "train": ["s", "--set", "a:v1", "--task", "theta", "--out", "m"],
             "tune": ["s", "--set", "a:v1", "--task", "theta", "--out", "m", "--trials", "1"],
             "infer": ["m"], "observe": ["t", "--binning", "s", "--out", "o.nc"],
-            "evaluate": ["m"], "run": ["p"], "cluster-script": ["p"]}.get(name, ["s"])])
+            "evaluate": ["m"], "run": ["p"], "cluster-script": ["p"],
+            "survey": ["s", "--set", "a:v1", "--models", "m", "--out", "o"]}.get(name, ["s"])])
         module = ours[names.index(name)]
         assert args.func is module.run  # the handler sits with its parser
 

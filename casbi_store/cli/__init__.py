@@ -21,6 +21,7 @@ from . import (
     observe,
     plot,
     run,
+    survey,
     train,
     tune,
     unlock,
@@ -29,7 +30,8 @@ from . import (
 from .common import setup_logging, user_errors
 
 # in the order `casbi-store --help` lists them: the data flow, then store tools, then pipelines
-COMMANDS = [mock, extract, compose, train, tune, infer, observe, evaluate, surrogate, validate, ls,
+COMMANDS = [mock, extract, compose, train, tune, infer, observe, survey, evaluate, surrogate,
+            validate, ls,
             unlock, plot, run, cluster_script]
 
 

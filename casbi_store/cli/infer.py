@@ -20,12 +20,14 @@ def add_parser(sub) -> None:
                      help="condition theta on step 1's N_sub samples (mixture) or its mode")
     inf.add_argument("--ranks", type=int, default=3, help="blocks to infer, by M* rank")
     inf.add_argument("--seed", type=int, default=0)
+    inf.add_argument("--n-obs", type=float, help="normalised-representation models: the N_obs to "
+                     "condition on (default: the histogram's total, an observation's N_obs)")
     inf.set_defaults(func=run)
 
 
 def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
                stars: str | None = None, samples: int = 10_000, nsub_draw: str = "mixture",
-               ranks: int = 3, seed: int = 0) -> int:
+               ranks: int = 3, seed: int = 0, n_obs: float | None = None) -> int:
     """Sample the posterior of one halo (a histogram file or a star table) with the model
     folders ``models``; write the samples (NetCDF) and a corner plot, print the summary."""
     from ..infer import corner_plot, infer, read_input
@@ -39,7 +41,8 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
     x = read_input(histogram or stars, loaded[0])
     print(x.summary)
     start = time.perf_counter()
-    drawn = infer(loaded, x, n_samples=samples, seed=seed, nsub_draw=nsub_draw, ranks=ranks)
+    drawn = infer(loaded, x, n_samples=samples, seed=seed, nsub_draw=nsub_draw, ranks=ranks,
+                  n_obs=n_obs)
     seconds = time.perf_counter() - start
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,4 +62,4 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
 def run(args: argparse.Namespace) -> int:
     return infer_halo(args.models, args.out, histogram=args.histogram, stars=args.stars,
                       samples=args.samples, nsub_draw=args.nsub_draw, ranks=args.ranks,
-                      seed=args.seed)
+                      seed=args.seed, n_obs=args.n_obs)

@@ -23,6 +23,7 @@ from .extract import extract
 from .ls import list_store
 from .mock import make_suite, suite_spec
 from .plot import plot_store
+from .survey import survey_check
 from .train import train_model
 from .tune import tune_task, tuned_config
 
@@ -118,6 +119,15 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
                         split=ev.split, halos=ev.halos, samples=ev.samples, seed=ev.seed,
                         against=against, surrogate_validation=(
                             str(pipe.path(pipe.surrogate.validation)) if pipe.surrogate else None))
+    if pipe.survey:
+        sv = pipe.survey
+        name, _, version = sv.set.partition(":")
+        log.info("stage survey: %d tables of %s %s -> %s", sv.tables, sv.set, sv.split,
+                 pipe.path(sv.out))
+        survey_check(pipe.path(pipe.extract.store), name, version,
+                     [str(pipe.path(m)) for m in sv.models], pipe.path(sv.out), split=sv.split,
+                     tables=sv.tables, observation=sv.observation, samples=sv.samples,
+                     ranks=sv.ranks, seed=sv.seed)
     return 0
 
 

@@ -114,6 +114,12 @@ class ObservationSpec:
     def observe(self, feh: np.ndarray, ofe: np.ndarray, mass: np.ndarray, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One halo's observed stars: ([Fe/H], [O/Fe], mass) of its N_obs drawn stars, with errors."""
+        return self.observe_with_errors(feh, ofe, mass, rng)[:3]
+
+    def observe_with_errors(self, feh: np.ndarray, ofe: np.ndarray, mass: np.ndarray,
+                            rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """``observe`` (the same draws) and each observed star's sigma of [Fe/H] and [O/Fe]:
+        (feh, ofe, mass, feh_sigma, ofe_sigma), as a survey table would list them."""
         keep = np.ones(len(feh), dtype=bool)
         if self.feh_min is not None:
             keep &= feh >= self.feh_min
@@ -128,11 +134,14 @@ class ObservationSpec:
             keys = np.log(rng.random(len(idx))) / np.where(w > 0, w, np.finfo(float).tiny)
             chosen = np.argpartition(-keys, n - 1)[:n] if 0 < n < len(idx) else np.arange(n)
         chosen = idx[np.sort(chosen)]
-        out_feh = feh[chosen] + self._errors(self.feh_err, self.feh_err_spread, n, rng)
-        out_ofe = ofe[chosen] + self._errors(self.ofe_err, self.ofe_err_spread, n, rng)
-        return out_feh, out_ofe, np.asarray(mass)[chosen]
+        sigma_feh, err_feh = self._errors(self.feh_err, self.feh_err_spread, n, rng)
+        sigma_ofe, err_ofe = self._errors(self.ofe_err, self.ofe_err_spread, n, rng)
+        return (feh[chosen] + err_feh, ofe[chosen] + err_ofe, np.asarray(mass)[chosen],
+                sigma_feh, sigma_ofe)
 
     @staticmethod
-    def _errors(median: float, spread: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    def _errors(median: float, spread: float, n: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(sigma, error) of n stars: sigma log-normal about the median, error ~ N(0, sigma)."""
         sigma = median * np.exp(spread * rng.standard_normal(n))
-        return sigma * rng.standard_normal(n)
+        return sigma, sigma * rng.standard_normal(n)
