@@ -24,6 +24,7 @@ import torch
 
 from . import modelfolder as F
 from . import schema as S
+from .misspecification import calibrate_after_training
 from .provenance import package_versions, utc_now
 from .streaming import TrainingSetStream, streamed_moments
 from .tasks import Task, get_task
@@ -191,6 +192,7 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     weights = np.exp(log_lik - log_lik.max())
     weights /= weights.sum()
     ensemble = {"best_val_loss": best, "weights": weights.tolist()}
+    calibrate_after_training(out, storage_options)  # the misspecification score's threshold
     F.write_ensemble(out, ensemble)
     return {"members": histories, **ensemble}
 
