@@ -21,6 +21,7 @@ from casbi_store.infer import infer
 from casbi_store.misspecification import (
     CALIBRATION,
     MisspecificationWarning,
+    calibrate,
     read_calibration,
 )
 from casbi_store.mock import Physics, generate_suite, preset
@@ -77,6 +78,10 @@ def test_train_calibrates_the_score_on_the_validation_split(model):
     # p-value: share of calibration halos scoring at least as high
     assert cal.p_value(cal.scores.max() + 1) == pytest.approx(1 / (len(cal.scores) + 1))
     assert cal.p_value(0.0) == 1.0
+    # a set split by combination calibrates on its validation split; the test split on request
+    assert cal.meta["calibration_split"] == "val"
+    on_test = calibrate(model["store"], "m", "v1", split="test")
+    assert on_test.meta["calibration_split"] == "test" and len(on_test.scores) == len(model["test"])
     # the CLI re-calibrates it identically (seeded)
     first = (model["model"] / CALIBRATION).read_bytes()
     assert main(["calibrate-ood", str(model["model"])]) == 0
