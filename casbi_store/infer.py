@@ -365,9 +365,10 @@ def corner_plot(samples: xr.Dataset | dict, out: str | os.PathLike, truth: dict 
     finally:
         root.removeFilter(_TOO_FEW_POINTS)
     if assessment is not None:  # the misspecification score with every inference's picture
-        fig.suptitle(assessment.title(), fontsize=9, color="C3" if assessment.flagged else "k")
+        fig.suptitle(assessment.title(), y=1.0, va="bottom", fontsize=9,
+                     color="C3" if assessment.flagged else "k")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=90, bbox_inches="tight" if assessment is not None else None)
     plt.close(fig)
     return out

@@ -287,8 +287,8 @@ class Assessment:
         """A short line for a plot title."""
         if not self.available:
             return "misspecification score: unavailable"
-        return (f"misspecification score {self.score:.3f} / threshold {self.threshold:.3f}"
-                + (" - UNLIKE THE TRAINING DATA" if self.flagged else ""))
+        return (f"misspecification score {self.score:.3f}\n(threshold {self.threshold:.3f}"
+                + ("): UNLIKE THE TRAINING HALOS" if self.flagged else "): like the training halos"))
 
     def warning(self) -> str:
         return (f"the observation is unlike the halos {self.model} was trained on: "
