@@ -28,6 +28,7 @@ import xarray as xr
 
 from . import schema as S
 from .binning import bin_stars
+from .misspecification import Assessment, assess, warn_if_flagged
 from .modelfolder import TrainedModel, as_model
 from .observe import (
     BinningSource,
@@ -265,7 +266,10 @@ def infer(models: list[TrainedModel | str | os.PathLike],
 
     ``histogram``: a 64x64 array, a file (read by ``read_input`` with the first model's edges)
     or what ``read_input`` returned; what is known about it (N_obs, for an observation file
-    the table's checksum, the stars dropped and the [O/Fe] mapping) goes into the attributes.
+    the table's checksum, the stars dropped and the [O/Fe] mapping) goes into the attributes,
+    with its misspecification score (``casbi_store.misspecification``: ``misspecification``, a
+    JSON record, and ``misspecification_score``/``_threshold``/``_flagged``); a
+    ``MisspecificationWarning`` when it lies above the threshold.
 
     ``n_obs``: for models of the ``normalised`` representation, the N_obs to condition on when the
     histogram's total is not it (e.g. a density of sum 1): the histogram is rescaled to that
@@ -295,6 +299,8 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     if n_obs is not None:
         histogram = at_n_obs(histogram, n_obs, loaded)
         observed = {**observed, "n_obs": float(n_obs)}
+    misspecification = assess([m.path for m in loaded], histogram)
+    warn_if_flagged(misspecification)
     torch.manual_seed(seed)
     by_task = {}
     for m in loaded:
@@ -335,7 +341,7 @@ def infer(models: list[TrainedModel | str | os.PathLike],
                       attrs={"models": json.dumps([str(m.path) for m in loaded]),
                              "representations": json.dumps([m.representation for m in loaded]),
                              "n_samples": n_samples, "seed": seed, "nsub_draw": nsub_draw,
-                             **observed})
+                             **observed, **misspecification.attrs()})
 
 
 def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray]:
@@ -379,6 +385,7 @@ def corner_plot(samples: xr.Dataset | dict, out: str | os.PathLike, truth: dict 
     data = np.column_stack([flat[n] for n in names])
     data = data[np.isfinite(data).all(axis=1)]
     truths = [truth.get(n) for n in names] if truth else None
+    assessment = Assessment.from_attrs(samples.attrs) if isinstance(samples, xr.Dataset) else None
     root = logging.getLogger()  # corner logs this on the root logger for narrow posteriors
     root.addFilter(_TOO_FEW_POINTS)
     try:
@@ -387,8 +394,11 @@ def corner_plot(samples: xr.Dataset | dict, out: str | os.PathLike, truth: dict 
                             title_kwargs={"fontsize": 8}, label_kwargs={"fontsize": 8})
     finally:
         root.removeFilter(_TOO_FEW_POINTS)
+    if assessment is not None:  # the misspecification score with every inference's picture
+        fig.suptitle(assessment.title(), y=1.0, va="bottom", fontsize=9,
+                     color="C3" if assessment.flagged else "k")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=90, bbox_inches="tight" if assessment is not None else None)
     plt.close(fig)
     return out

@@ -24,6 +24,7 @@ import torch
 
 from . import modelfolder as F
 from . import schema as S
+from .misspecification import calibrate_after_training
 from .provenance import package_versions, utc_now
 from .representations import DEFAULT_EMBEDDING, DEFAULT_REPRESENTATION, check_choice, chunk_statistics
 from .streaming import TrainingSetStream, x_chunks
@@ -202,6 +203,7 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     if calibration:
         log.info("%s: calibration %s", out, calibration)
     ensemble = {"best_val_loss": best, "weights": weights.tolist()}
+    calibrate_after_training(out, storage_options)  # the misspecification score's threshold
     F.write_ensemble(out, ensemble)
     return {"members": histories, **ensemble}
 

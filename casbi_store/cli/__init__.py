@@ -11,6 +11,7 @@ import sys
 from .. import __version__
 from ..surrogate import cli as surrogate
 from . import (
+    calibrate_ood,
     cluster_script,
     compose,
     evaluate,
@@ -30,9 +31,8 @@ from . import (
 from .common import setup_logging, user_errors
 
 # in the order `casbi-store --help` lists them: the data flow, then store tools, then pipelines
-COMMANDS = [mock, extract, compose, train, tune, infer, observe, survey, evaluate, surrogate,
-            validate, ls,
-            unlock, plot, run, cluster_script]
+COMMANDS = [mock, extract, compose, train, tune, calibrate_ood, infer, observe, survey, evaluate,
+            surrogate, validate, ls, unlock, plot, run, cluster_script]
 
 
 def build_parser() -> argparse.ArgumentParser:

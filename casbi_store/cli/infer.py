@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
     """Sample the posterior of one halo (a histogram file or a star table) with the model
     folders ``models``; write the samples (NetCDF) and a corner plot, print the summary."""
     from ..infer import corner_plot, infer, read_input
+    from ..misspecification import Assessment, MisspecificationWarning
     from ..modelfolder import load_model
 
     if bool(histogram) == bool(stars):
@@ -41,9 +44,16 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
     x = read_input(histogram or stars, loaded[0])
     print(x.summary)
     start = time.perf_counter()
-    drawn = infer(loaded, x, n_samples=samples, seed=seed, nsub_draw=nsub_draw, ranks=ranks,
-                  n_obs=n_obs)
+    with warnings.catch_warnings(record=True) as caught:  # printed below as one clear line
+        warnings.simplefilter("always", MisspecificationWarning)
+        drawn = infer(loaded, x, n_samples=samples, seed=seed, nsub_draw=nsub_draw, ranks=ranks,
+                      n_obs=n_obs)
     seconds = time.perf_counter() - start
+    for w in caught:
+        if issubclass(w.category, MisspecificationWarning):
+            print(f"casbi-store: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     drawn.to_netcdf(path)
@@ -56,6 +66,7 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
             if len(values):
                 lo, med, hi = np.percentile(values, [16, 50, 84])
                 print(f"  {label:<16} {med:10.3f}  (68%: {lo:.3f} .. {hi:.3f}) {var.attrs['units']}")
+    print(Assessment.from_attrs(drawn.attrs).summary())
     return 0
 
 

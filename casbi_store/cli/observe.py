@@ -34,16 +34,31 @@ def add_parser(sub) -> None:
 def observe(table: str, binning: str, out: str, columns: ColumnNames | None = None, *,
             where: str | None = None, min_stars: int | None = None) -> int:
     """Bin the star ``table`` with the binning of ``binning`` (model folder or store) after the
-    cuts, write the observation NetCDF ``out``, print what was kept and dropped."""
+    cuts, write the observation NetCDF ``out``, print what was kept and dropped and, with a
+    model folder, the misspecification score."""
     from ..observe import ColumnNames, ObservationError, observe_table, write_observation
 
     if not out.endswith(".nc"):  # before reading a large table
         raise ObservationError(f"{out}: an observation is written as NetCDF; name it *.nc")
     obs = observe_table(table, binning, columns or ColumnNames(), where=where, min_stars=min_stars)
+    score = observation_score(obs)  # a damaged calibration is refused before anything is written
     written = write_observation(obs, out)
     print(obs.summary())
+    print(score)
     print(f"observation: {obs.n_obs} stars -> {written}")
     return 0
+
+
+def observation_score(obs) -> str:
+    """The misspecification line of the summary: scored against the model folder's training
+    halos (``casbi_store.misspecification``), unavailable with a store's binning."""
+    from ..misspecification import Assessment, assess
+
+    if obs.source.kind != "model":
+        return Assessment(False, obs.source.path, note="binned with a store's binning: give "
+                          "--binning MODEL_DIR to score it against a model's training halos"
+                          ).summary()
+    return assess([obs.source.path], obs.counts).summary()
 
 
 def run(args: argparse.Namespace) -> int:
