@@ -230,6 +230,9 @@ def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np
         idx = np.flatnonzero(bucket == b)
         draws = FlowSamples(posterior).sample_batched((int(1.1 * need[idx].max()) + 5,),
                                                       x=cond[idx])
+        # an ensemble's samples come member by member; taking the first ``count`` would draw
+        # mostly from member 0: shuffle (seeded by infer's torch seed) so they mix by weight
+        draws = draws[torch.randperm(draws.shape[0])]
         inside = ((draws >= low) & (draws <= high)).all(dim=-1)  # (S, pairs in the bucket)
         for col, j in enumerate(idx):
             n, rank, count = pairs[j]
