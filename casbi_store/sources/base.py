@@ -101,6 +101,13 @@ class Source(ABC):
         """``{"train": Halos, "val": Halos, "test": Halos}``; surrogate blocks are entries of
         ``library`` (:mod:`casbi_store.sources.library`), given where ``uses_surrogate``."""
 
+    def require_library(self, library: BlockLibrary | None) -> BlockLibrary:
+        """``library``, or a ``ComposeError`` for a source that ``uses_surrogate`` called
+        without one."""
+        if library is None:
+            raise ComposeError(f"source {self.name!r} needs a surrogate model (key surrogate)")
+        return library
+
 
 _REGISTRY: dict[str, type[Source]] = {}
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import PAD, SYNTHETIC, ComposeError, Galaxies, Halos, Source, order_by_mass, register
+from .base import PAD, SYNTHETIC, Galaxies, Halos, Source, order_by_mass, register
 from .library import BlockLibrary, pick_distinct
 from .real import RealSource
 
@@ -45,8 +45,7 @@ class MixedSource(Source):
 
     def draw(self, spec: ComposeSpec, galaxies: Galaxies,
              library: BlockLibrary | None) -> dict[str, Halos]:
-        if library is None:
-            raise ComposeError("source 'mixed' needs a surrogate model (key surrogate)")
+        library = self.require_library(library)
         real = RealSource().draw(spec, galaxies)
         rng = np.random.default_rng([spec.seed, 2])
         return {split: replace_blocks(h, spec.surrogate_fraction, library, rng)

@@ -71,8 +71,7 @@ class SurrogateSource(Source):
 
     def draw(self, spec: ComposeSpec, galaxies: Galaxies,
              library: BlockLibrary | None) -> dict[str, Halos]:
-        if library is None:
-            raise ComposeError("source 'surrogate' needs a surrogate model (key surrogate)")
+        library = self.require_library(library)
         rng = np.random.default_rng([spec.seed, 1])
         if spec.scheme == "uniform":
             sizes = range(spec.n_sub_min, spec.n_sub_max + 1)
