@@ -7,6 +7,9 @@ of this process (the robust figure on a shared machine) and wall seconds, then s
 seed's set by its number of halos (the cost of an epoch is linear in the halos it visits):
 
     python bench/bench_seed_epoch.py --store lcurve/sims012/store.zarr --set curve:v1 --out bench/results
+
+``--device cuda --epochs 3`` times the same networks on a GPU (``bench/gpu_check.sh``): wall
+seconds per epoch are then the figure, the first epoch's set-up included.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="bench/results")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tasks", nargs="+", default=["nsub_classifier", "theta"])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--epochs", type=int, default=1)
     args = p.parse_args(argv)
 
     import torch
@@ -39,24 +44,31 @@ def main(argv: list[str] | None = None) -> dict:
     name, _, version = args.set.partition(":")
     halos = {s: trainingsets.open_split_group(args.store, name, version, s)["x"].shape[0]
              for s in ("train", "val")}
-    figures: dict = {"set": args.set, "halos": halos, "threads": args.threads, "tasks": {}}
+    figures: dict = {"set": args.set, "halos": halos, "threads": args.threads,
+                     "device": args.device, "epochs": args.epochs, "tasks": {}}
+    if args.device == "cuda":
+        figures["gpu"] = torch.cuda.get_device_name(0)
     for task in args.tasks:
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()
             start, cpu = time.perf_counter(), time.process_time()
             train(args.store, name, version, task, Path(tmp) / task,
-                  TrainConfig(epochs=1, in_memory=True))  # the seed's network size
-            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+                  TrainConfig(epochs=args.epochs, patience=args.epochs, in_memory=True,
+                              device=args.device))  # the seed's network size
+            wall, cpu = ((time.perf_counter() - start) / args.epochs,
+                         (time.process_time() - cpu) / args.epochs)  # per epoch
         scale = (SEED_TRAIN + SEED_VAL) / (halos["train"] + halos["val"])
         figures["tasks"][task] = {"cpu_s": cpu, "wall_s": wall, "load_before": load,
                                   "load_after": os.getloadavg(),
-                                  "cpu_s_per_seed_epoch": cpu * scale}
-        print(f"{task}: one epoch of {halos['train']} + {halos['val']} halos: {cpu:.1f} CPU-s "
-              f"({wall:.0f} s wall, load {load[0]:.0f}); the seed's set: ~{cpu * scale:.0f} "
-              "CPU-s per epoch", flush=True)
+                                  "cpu_s_per_seed_epoch": cpu * scale,
+                                  "wall_s_per_seed_epoch": wall * scale}
+        print(f"{task} ({args.device}): one epoch of {halos['train']} + {halos['val']} halos: "
+              f"{cpu:.1f} CPU-s, {wall:.1f} s wall (load {load[0]:.0f}); the seed's set: "
+              f"~{cpu * scale:.0f} CPU-s, ~{wall * scale:.0f} s wall per epoch", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "seed_epoch.json").write_text(json.dumps(figures, indent=2))
+    name = "seed_epoch.json" if args.device == "cpu" else f"seed_epoch_{args.device}.json"
+    (out / name).write_text(json.dumps(figures, indent=2))
     return figures
 
 
