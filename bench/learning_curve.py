@@ -161,7 +161,13 @@ def main(argv: list[str] | None = None) -> dict:
             runs[name] = run_pipeline(path, log)
             print(f"{name}: {runs[name]}", flush=True)
             runs_path.write_text(json.dumps(runs, indent=2))
-    rows = [r for r in (row(s) for s in args.sizes) if r is not None]
+    # a size whose workdir is gone keeps the row an earlier collection wrote (runs of one size
+    # at a time, e.g. on different days, add up to one curve)
+    earlier_path = out / "learning_curve.json"
+    earlier = ({r["simulations"]: r for r in json.loads(earlier_path.read_text())["rows"]}
+               if earlier_path.is_file() else {})
+    found = {s: row(s) for s in SIZES}
+    rows = [found[s] or earlier[s] for s in SIZES if found[s] is not None or s in earlier]
     result = {"rows": rows, "runs": runs, "condition": CONDITION}
     (out / "learning_curve.json").write_text(json.dumps(result, indent=2))
     if rows:
