@@ -23,6 +23,7 @@ from casbi_store.misspecification import (
     MisspecificationWarning,
     calibrate,
     read_calibration,
+    write_calibration,
 )
 from casbi_store.mock import Physics, generate_suite, preset
 from casbi_store.mock.chemical_evolution import Y_O_CC
@@ -45,12 +46,16 @@ def model(tiny_store, tmp_path_factory) -> dict:
     return {"store": store, "folder": folder, "model": folder / "model", **splits}
 
 
-def _hellinger_knn(x: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+def _hellinger_knn(x: np.ndarray, reference: np.ndarray, k: int,
+                   cell: tuple[int, int] = (16, 4)) -> np.ndarray:
     """Independent score: mean over the k nearest reference halos of sqrt(2) x the Hellinger
-    distance of the 16x16 normalised planes (loops over bins, no shared code)."""
+    distance of the normalised planes summed over cells of ``cell`` ([Fe/H], [O/Fe]) bins
+    (loops over cells, no shared code)."""
+    a, b = cell
+
     def coarse(h):
-        c = np.array([[h[4 * i:4 * i + 4, 4 * j:4 * j + 4].sum() for j in range(16)]
-                      for i in range(16)], dtype=float)
+        c = np.array([[h[a * i:a * i + a, b * j:b * j + b].sum() for j in range(64 // b)]
+                      for i in range(64 // a)], dtype=float)
         return c / c.sum()
     ref = [coarse(r) for r in reference]
     out = []
@@ -88,6 +93,33 @@ def test_train_calibrates_the_score_on_the_validation_split(model):
     again = read_calibration(model["model"])
     np.testing.assert_array_equal(again.scores, cal.scores)
     assert len(first) > 0
+    assert cal.meta["pool"] == [16, 4] and cal.meta["format_version"] == 2
+
+
+def test_a_format_1_calibration_still_scores_as_it_was_calibrated(model, tmp_path):
+    """Folders calibrated before format 2 (square 4x4 cells, ``pool`` one integer) keep their
+    score; a format this version does not know is refused naming the file."""
+    folder = tmp_path / "model"
+    shutil.copytree(model["model"], folder)
+    old = calibrate(model["store"], "m", "v1", pool=4)
+    write_calibration(folder, old)
+    _rewrite(folder / CALIBRATION, meta=np.array(json.dumps(
+        {**old.meta, "format_version": 1, "pool": 4})))
+    cal = read_calibration(folder)
+    assert cal.reference.shape[1] == 256
+    test = model["test"][:5]
+    np.testing.assert_allclose(cal.score(test), _hellinger_knn(test, model["train"], 5, (4, 4)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(cal.scores, np.sort(
+        _hellinger_knn(model["val"], model["train"], 5, (4, 4))), rtol=1e-5)
+    for meta, says in (({**old.meta, "format_version": 3}, "calibration format 3"),
+                       ({**old.meta, "format_version": 1}, "inconsistent calibration")):
+        _rewrite(folder / CALIBRATION, meta=np.array(json.dumps(meta)))  # 1 with a pair
+        with pytest.raises(ModelFolderError, match=says) as info:
+            read_calibration(folder)
+        assert str(folder / CALIBRATION) in str(info.value)
+    with pytest.raises(ValueError, match="does not divide"):
+        calibrate(model["store"], "m", "v1", pool=(5, 4))
 
 
 def _halos_from_files(suite: Path, snapshots: list[str], edges: tuple, picks: list) -> np.ndarray:
