@@ -57,14 +57,15 @@ from .provenance import utc_now
 log = logging.getLogger(__name__)
 
 CALIBRATION = "misspecification.npz"
-FORMAT_VERSION = 2  # 2: pool is a ([Fe/H], [O/Fe]) pair; 1: one integer, square pooling
+FORMAT_VERSION = 2  # 2: components, each a ([Fe/H], [O/Fe]) pooling and a scale; 1: one pool
 READABLE_FORMATS = (1, 2)
 METHOD = "knn-hellinger"
-DEFAULTS = {"k": 5, "pool": (16, 4), "quantile": 0.99, "max_reference": 4000,
+# the plane in 4x4-bin cells (16x16) and the [O/Fe] distribution in 8 bins of 0.17 dex
+DEFAULTS = {"k": 5, "pools": ((4, 4), (64, 8)), "quantile": 0.99, "max_reference": 4000,
             "max_calibration": 4000}
 MIN_HALOS = 20  # fewest reference and calibration halos a calibration accepts
 HELD_OUT_SPLITS = ("simulation", "galaxy")  # split_by values whose test split holds out galaxies
-META_KEYS = ("format_version", "method", "k", "pool", "quantile", "threshold", "set", "version",
+META_KEYS = ("format_version", "method", "k", "quantile", "threshold", "set", "version",
              "store", "reference_split", "calibration_split", "created")
 
 
@@ -106,6 +107,22 @@ def features(x: np.ndarray, pool: int | tuple[int, int] | list[int]) -> np.ndarr
     return np.sqrt(pooled / np.where(total > 0, total, 1)).astype(np.float32)
 
 
+def all_features(x: np.ndarray, pools: list[tuple[int, int]]) -> np.ndarray:
+    """The features of every pooling of ``pools``, side by side."""
+    return np.hstack([features(x, p) for p in pools])
+
+
+def component_distances(query: np.ndarray, reference: np.ndarray, pools: list[tuple[int, int]],
+                        k: int) -> np.ndarray:
+    """(n, len(pools)): ``knn_distance`` on each pooling's columns of ``all_features``."""
+    out, start = [], 0
+    for p in pools:
+        cols = slice(start, start + n_features(p))
+        out.append(knn_distance(query[:, cols], reference[:, cols], k))
+        start = cols.stop
+    return np.stack(out, axis=1)
+
+
 def knn_distance(query: np.ndarray, reference: np.ndarray, k: int, batch: int = 512) -> np.ndarray:
     """Mean Euclidean distance of each query row to its ``k`` nearest reference rows."""
     ref = reference.astype(np.float64)
@@ -137,9 +154,29 @@ class Calibration:
     def quantile(self) -> float:
         return float(self.meta["quantile"])
 
+    @property
+    def pools(self) -> list[tuple[int, int]]:
+        """The components' poolings (format 1: its one pool)."""
+        if "components" in self.meta:
+            return [pool_pair(c["pool"]) for c in self.meta["components"]]
+        return [pool_pair(self.meta["pool"])]
+
+    @property
+    def scales(self) -> np.ndarray:
+        """The components' scales (format 1: 1, the distance itself is the score)."""
+        if "components" in self.meta:
+            return np.array([c["scale"] for c in self.meta["components"]], dtype=np.float64)
+        return np.ones(1)
+
+    def distances(self, x: np.ndarray) -> np.ndarray:
+        """(n, components): each component's mean distance to its k nearest reference halos."""
+        return component_distances(all_features(x, self.pools), self.reference, self.pools,
+                                   self.meta["k"])
+
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Scores of one histogram or a stack of them (binned with this calibration's edges)."""
-        return knn_distance(features(x, self.meta["pool"]), self.reference, self.meta["k"])
+        """Scores of one histogram or a stack of them (binned with this calibration's edges):
+        the largest of the components' distances, each over its scale."""
+        return (self.distances(x) / self.scales).max(axis=1)
 
     def p_value(self, score: float) -> float:
         """Share of the calibration halos scoring at least ``score`` ((m + 1) / (n + 1))."""
@@ -148,7 +185,7 @@ class Calibration:
 
 
 def _split_features(store, name: str, version: str, split: str, limit: int, rng,
-                    pool: tuple[int, int], storage_options: dict | None) -> np.ndarray:
+                    pools: list[tuple[int, int]], storage_options: dict | None) -> np.ndarray:
     """Features of up to ``limit`` halos of a split drawn at random, read chunk by chunk."""
     from .trainingsets import open_split_group
 
@@ -163,7 +200,7 @@ def _split_features(store, name: str, version: str, split: str, limit: int, rng,
     for start in range(0, n, rows):
         wanted = keep[(keep >= start) & (keep < start + rows)] - start
         if len(wanted):
-            out.append(features(np.asarray(x[start:start + rows])[wanted], pool))
+            out.append(all_features(np.asarray(x[start:start + rows])[wanted], pools))
     return np.concatenate(out)
 
 
@@ -175,19 +212,22 @@ def calibration_split(split_by: str) -> str:
 
 
 def calibrate(store: str | os.PathLike, name: str, version: str, *, k: int = DEFAULTS["k"],
-              pool: int | tuple[int, int] = DEFAULTS["pool"],
+              pools: tuple = DEFAULTS["pools"],
               quantile: float = DEFAULTS["quantile"],
               max_reference: int = DEFAULTS["max_reference"],
               max_calibration: int = DEFAULTS["max_calibration"], seed: int = 0,
               split: str = "auto", storage_options: dict | None = None) -> Calibration:
     """The score of training set ``name:version``: reference from its training split,
     threshold the ``quantile`` of the scores of ``split`` (``"auto"``: ``calibration_split`` of
-    the set's ``split_by``; ``"val"``; ``"test"``; ``pool``: bins per cell, ([Fe/H], [O/Fe]))."""
+    the set's ``split_by``; ``"val"``; ``"test"``). ``pools``: one component per pooling
+    (bins per cell along [Fe/H], [O/Fe]; one integer for both), its scale the ``quantile`` of
+    its own held-out distances."""
     from .trainingsets import binning, resolve_version
 
-    pool = pool_pair(pool)
-    if S.N_BINS % pool[0] or S.N_BINS % pool[1]:
-        raise ValueError(f"pool {pool} does not divide the histograms' {S.N_BINS} bins")
+    pools = [pool_pair(p) for p in pools]
+    bad = [p for p in pools if S.N_BINS % p[0] or S.N_BINS % p[1]]
+    if bad or not pools:
+        raise ValueError(f"pools {bad or pools} do not divide the histograms' {S.N_BINS} bins")
     if not (isinstance(k, int) and k >= 1 and 0 < quantile < 1 and max_reference >= MIN_HALOS
             and max_calibration >= MIN_HALOS):
         raise ValueError(f"need k >= 1, 0 < quantile < 1 and at least {MIN_HALOS} reference and "
@@ -199,16 +239,22 @@ def calibrate(store: str | os.PathLike, name: str, version: str, *, k: int = DEF
     split_by = entry.get("spec", {}).get("split_by", "combination")
     split = calibration_split(split_by) if split == "auto" else split
     rng = np.random.default_rng(seed)
-    reference = _split_features(store, name, version, "train", max_reference, rng, pool,
+    reference = _split_features(store, name, version, "train", max_reference, rng, pools,
                                 storage_options)
-    held_out = _split_features(store, name, version, split, max_calibration, rng, pool,
+    held_out = _split_features(store, name, version, split, max_calibration, rng, pools,
                                storage_options)
     if len(reference) <= k:
         raise CalibrationError(f"{os.fspath(store)}: {name}:{version}: {len(reference)} training "
                                f"halos for k={k} neighbours")
-    scores = np.sort(knn_distance(held_out, reference, k))
+    raw = component_distances(held_out, reference, pools, k)
+    scales = np.quantile(raw, quantile, axis=0)
+    scales = np.where(scales > 0, scales, 1.0)  # held-out halos all identical to the reference
+    scores = np.sort((raw / scales).max(axis=1))
     b = binning(store, name, version, storage_options)
-    meta = {"format_version": FORMAT_VERSION, "method": METHOD, "k": k, "pool": list(pool),
+    components = [{"pool": list(p), "scale": float(c)}
+                  for p, c in zip(pools, scales, strict=True)]
+    meta = {"format_version": FORMAT_VERSION, "method": METHOD, "k": k,
+            "components": components,
             "quantile": quantile, "threshold": float(np.quantile(scores, quantile)),
             "set": name, "version": version, "store": os.fspath(store),
             "reference_split": "train", "calibration_split": split, "split_by": split_by,
@@ -228,16 +274,24 @@ def write_calibration(folder: str | os.PathLike, cal: Calibration) -> Path:
     return path
 
 
-def _cells_or_minus_one(pool, fmt: int) -> int:
-    """Feature length of a recorded ``pool`` (format 1: one integer; 2: a pair); -1 if invalid
-    or not dividing the plane's bins."""
-    if fmt == 1 and not isinstance(pool, int):
-        return -1
+def _columns_or_minus_one(meta: dict) -> int:
+    """Feature length of the recorded poolings (format 1: ``pool``, one integer; format 2:
+    ``components``, each a pair and a positive scale); -1 if invalid or not dividing 64."""
+    if meta["format_version"] == 1:
+        pools = [meta.get("pool")] if isinstance(meta.get("pool"), int) else None
+    else:
+        comps = meta.get("components")
+        ok = isinstance(comps, list) and comps and all(
+            isinstance(c, dict) and isinstance(c.get("scale"), (int, float))
+            and np.isfinite(c["scale"]) and c["scale"] > 0 for c in comps)
+        pools = [c.get("pool") for c in comps] if ok else None
     try:
-        a, b = pool_pair(pool)
+        pairs = [pool_pair(p) for p in pools]
     except (TypeError, ValueError):
         return -1
-    return n_features((a, b)) if S.N_BINS % a == 0 and S.N_BINS % b == 0 else -1
+    if any(S.N_BINS % a or S.N_BINS % b for a, b in pairs):
+        return -1
+    return sum(n_features(p) for p in pairs)
 
 
 def read_calibration(folder: str | os.PathLike) -> Calibration | None:
@@ -262,11 +316,11 @@ def read_calibration(folder: str | os.PathLike) -> Calibration | None:
     if missing:
         raise ModelFolderError(f"{path}: missing {missing}; {again}")
     ref, scores = arrays["reference"], arrays["scores"]
-    pool, k, fmt = meta["pool"], meta["k"], meta["format_version"]
+    k, fmt = meta["k"], meta["format_version"]
     if fmt not in READABLE_FORMATS:
         raise ModelFolderError(f"{path}: calibration format {fmt!r}, this casbi_store reads "
                                f"formats {list(READABLE_FORMATS)}; {again}")
-    cells = _cells_or_minus_one(pool, fmt)
+    cells = _columns_or_minus_one(meta)
     if (meta["method"] != METHOD
             or ref.ndim != 2 or ref.shape[1] != cells or not isinstance(k, int)
             or not 1 <= k < len(ref) or scores.ndim != 1 or len(scores) < MIN_HALOS
@@ -274,7 +328,8 @@ def read_calibration(folder: str | os.PathLike) -> Calibration | None:
             or not np.isfinite(meta["threshold"])):
         raise ModelFolderError(f"{path}: inconsistent calibration (format "
                                f"{meta['format_version']}, method {meta['method']!r}, reference "
-                               f"{ref.shape}, k={k}, pool={pool}, {scores.shape} scores, "
+                               f"{ref.shape}, k={k}, pool={meta.get('pool')}, components "
+                               f"{meta.get('components')}, {scores.shape} scores, "
                                f"threshold {meta['threshold']}); {again}")
     stats = read_transform(folder)
     for key in ("feh_edges", "ofe_edges"):
