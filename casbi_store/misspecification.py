@@ -4,16 +4,20 @@ sbi answers every observation, also one unlike its training halos, and the poste
 confidently wrong. This score says how far an observation's chemical plane lies from the
 training halos', on a scale calibrated on held-out halos of the training distribution.
 
-- **Features.** The histogram is pooled ``pool`` = (16, 4) bins ([Fe/H], [O/Fe]): 64x64 -> 4
-  [Fe/H] x 16 [O/Fe] cells, normalised to fractions and square-rooted: the Euclidean distance of
-  two feature vectors is sqrt(2) times the Hellinger distance of the two coarse planes, whatever
+- **Features.** Per component, the histogram is pooled into cells of ``pool`` = ([Fe/H] bins,
+  [O/Fe] bins), normalised to fractions and square-rooted: the Euclidean distance of two
+  feature vectors is sqrt(2) times the Hellinger distance of the two pooled planes, whatever
   their star counts (the square root also evens out the shot noise of empty and full bins).
-  Coarse in [Fe/H], whose distribution differs from halo to halo of one physics (their dwarfs'
-  masses), fine in [O/Fe], whose levels the yields and the SN Ia delays set for every halo: on
-  the bench this kept false alarms at 1% and flagged an O yield x 1.3 (+0.11 dex in [O/Fe]) in
-  97-98% of halos, where the square 16x16 pooling of format 1 flagged 4% (bench/README.md).
-- **Score.** The mean distance of the observation to its ``k`` nearest neighbours among up to
-  ``max_reference`` halos of the set's training split (the reference, drawn at random).
+  The default components: the plane in 4x4-bin cells (16x16, format 1's only component) and
+  the [O/Fe] distribution in 8 bins of 0.17 dex (cells of 64x8). Halos of one physics differ
+  most in [Fe/H] (their dwarfs' masses), while their [O/Fe] levels are set by the yields and
+  the SN Ia delays: a shift of every [O/Fe] by 0.11 dex that hides in the plane's halo-to-halo
+  spread stands out in the [O/Fe] distribution (bench/README.md).
+- **Score.** Per component, the mean distance of the observation to its ``k`` nearest
+  neighbours among up to ``max_reference`` halos of the set's training split (the reference,
+  drawn at random), divided by the component's scale (the ``quantile`` of the held-out halos'
+  distances); the score is the largest of these ratios. Format 1 (one component, no scale):
+  the distance itself.
 - **Calibration.** The scores of up to ``max_calibration`` held-out halos against the
   reference; the threshold is their ``quantile`` (0.99): about 1% of halos like the training
   ones score above it (false alarms). The held-out halos are the test split when the set holds
@@ -24,19 +28,19 @@ training halos', on a scale calibrated on held-out halos of the training distrib
   score is the share of the held-out halos scoring at least as high. The score depends on the
   training set only, not on the networks' weights.
 
-``misspecification.npz`` in the model folder holds the reference features, the sorted
-calibration scores and a JSON record (options, threshold, training set, bin edges); it is
-written atomically at the end of ``train`` or by ``casbi-store calibrate-ood MODEL``. Format 2
-records ``pool`` as a ([Fe/H], [O/Fe]) pair; a format-1 file (square pooling, one integer)
-still scores as it was calibrated. A folder without it still infers, its score reported as
-unavailable with the reason; a damaged one, one of an unknown format, or one made for other
-bin edges than the model's, is refused with a ``ModelFolderError`` naming it.
+``misspecification.npz`` in the model folder holds the reference features (the components'
+side by side), the sorted calibration scores and a JSON record (options, ``components``: each
+pool and scale, threshold, training set); it is written atomically at the end of ``train`` or
+by ``casbi-store calibrate-ood MODEL``. A format-1 file (``pool``: one integer) still scores as
+it was calibrated; ``calibrate-ood`` rewrites it in format 2. A folder without it still infers,
+its score reported as unavailable with the reason; a damaged one, one of an unknown format, or
+one made for other bin edges than the model's, is refused with a ``ModelFolderError`` naming it.
 
-What it does not guarantee: a low score says the plane looks like some training halos at this
-coarse resolution, not that the posterior is right (physics that mimics the training planes, or
-differences within one cell, 0.7 dex of [Fe/H] by 0.09 dex of [O/Fe], pass); a high score says
-the observation is unusual for the training set, not why (other physics, systematics,
-selection, too few stars).
+What it does not guarantee: a low score says the plane looks like some training halos at the
+components' resolutions, not that the posterior is right (physics that mimics the training
+planes passes: on the bench, twice the star-formation efficiency is not flagged, a DTD slope of
+-1.5 only in part); a high score says the observation is unusual for the training set, not why
+(other physics, systematics, selection, too few stars).
 """
 
 from __future__ import annotations
