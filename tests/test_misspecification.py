@@ -66,11 +66,10 @@ def _hellinger_knn(x: np.ndarray, reference: np.ndarray, k: int,
     return np.array(out)
 
 
-def _combined(x: np.ndarray, reference: np.ndarray, scales: list[float]) -> np.ndarray:
-    """The default score, independently: the larger of the 16x16 plane's and the 8-bin [O/Fe]
-    distribution's kNN distances, each over its scale."""
-    return np.maximum(_hellinger_knn(x, reference, 5, (4, 4)) / scales[0],
-                      _hellinger_knn(x, reference, 5, (64, 8)) / scales[1])
+def _components(x: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
+    """The default score's two distances, independently: the 16x16 plane's and the 8-bin
+    [O/Fe] distribution's (cells of 64x8 bins)."""
+    return [_hellinger_knn(x, reference, 5, cell) for cell in ((4, 4), (64, 8))]
 
 
 def test_train_calibrates_the_score_on_the_validation_split(model):
@@ -81,14 +80,15 @@ def test_train_calibrates_the_score_on_the_validation_split(model):
     # is scored against it; each component's scale is the 99th percentile of its distances,
     # the score the larger distance over scale, the threshold the 99th percentile of scores
     assert len(cal.reference) == len(model["train"]) and len(cal.scores) == len(model["val"])
-    scales = [np.quantile(_hellinger_knn(model["val"], model["train"], 5, c), 0.99)
-              for c in ((4, 4), (64, 8))]
+    val = _components(model["val"], model["train"])
+    scales = [np.quantile(d, 0.99) for d in val]
     np.testing.assert_allclose(cal.scales, scales, rtol=1e-5)
-    expected = _combined(model["val"], model["train"], scales)
+    expected = np.maximum(val[0] / scales[0], val[1] / scales[1])
     np.testing.assert_allclose(cal.scores, np.sort(expected), rtol=1e-5)
     assert cal.threshold == pytest.approx(np.quantile(expected, 0.99), rel=1e-5)
     test = model["test"][:5]
-    np.testing.assert_allclose(cal.score(test), _combined(test, model["train"], scales),
+    d = _components(test, model["train"])
+    np.testing.assert_allclose(cal.score(test), np.maximum(d[0] / scales[0], d[1] / scales[1]),
                                rtol=1e-5)
     # the score ignores the star count: a halo observed with 10x the stars scores the same
     np.testing.assert_allclose(cal.score(10 * test), cal.score(test), rtol=1e-5)
