@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,7 +217,7 @@ def calibration_split(split_by: str) -> str:
 
 
 def calibrate(store: str | os.PathLike, name: str, version: str, *, k: int = DEFAULTS["k"],
-              pools: tuple = DEFAULTS["pools"],
+              pools: Sequence[int | tuple[int, int]] = DEFAULTS["pools"],
               quantile: float = DEFAULTS["quantile"],
               max_reference: int = DEFAULTS["max_reference"],
               max_calibration: int = DEFAULTS["max_calibration"], seed: int = 0,
