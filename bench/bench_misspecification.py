@@ -13,7 +13,10 @@ Builds (or reuses, every step is idempotent) in ``--work``:
   dwarfs, other chemical evolution), extracted with the same edges.
 
 Each small store gets a set of ``--halos-per-n`` halos per N_sub in [2, 100] (split by
-combination); all its halos are scored. Figures (JSON in ``--out``): the threshold, the
+combination); all its halos are scored. The score is calibrated once per entry of ``--pools``
+(its components' ``FEHxOFE`` bins per cell joined by ``+``: 4x4+64x8, the default since format
+2, and 4x4, the one component of format 1), all on the same data. Figures per entry (JSON
+``--out/--name``): the threshold, the
 false-alarm rate on the fiducial test split (held-out simulations; two-fold: the threshold of one
 half judged on the other), on the validation split and on the external suite,
 the detection rate per physics setting, score quantiles, CPU seconds of calibration and of
@@ -22,6 +25,8 @@ combinations of the training galaxies). Written after each store: a run cut shor
 it measured.
 
     python bench/bench_misspecification.py --work /tmp/misspec-bench --out bench/results
+    python bench/bench_misspecification.py --work /tmp/misspec-bench-11 --other-seed 11 \
+        --name misspecification_seed11.json   # (its fiducial/ may be a link to the first's)
 """
 
 from __future__ import annotations
@@ -101,6 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-small", type=int, default=12, help="simulations of the small suites")
     p.add_argument("--halos-per-n", type=int, default=10)
     p.add_argument("--physics", nargs="+", choices=sorted(PHYSICS), default=list(PHYSICS))
+    p.add_argument("--pools", nargs="+", default=["4x4+64x8", "4x4"],
+                   help="scores to compare, each its components' poolings FEHxOFE joined by + "
+                        "(4x4+64x8: the default since format 2; 4x4: format 1's)")
+    p.add_argument("--name", default="misspecification.json", help="result file in --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     work = Path(args.work)
@@ -117,52 +126,66 @@ def main(argv: list[str] | None = None) -> dict:
     b = Binning.from_dict(store_attrs(str(fid))[S.ATTR_BINNING])
     fixed = BinningSpec(method="fixed", n_bins=b.spec.n_bins, feh_range=tuple(b.feh_range),
                         ofe_range=tuple(b.ofe_range))
-    cpu, wall = cpu_seconds(), time.perf_counter()
-    cal = calibrate(fid, "nsub_uniform", "v1")  # auto: the test split (held-out simulations)
-    cal_cpu, cal_wall = cpu_seconds() - cpu, time.perf_counter() - wall
-    on_val = calibrate(fid, "nsub_uniform", "v1", split="val")  # the same reference
-    assert np.array_equal(on_val.reference, cal.reference)
-    result = {
-        "benchmark": "misspecification", "platform": platform.platform(),
-        "threshold": cal.threshold, "threshold_if_calibrated_on_val": on_val.threshold,
-        "threshold_at_quantile_0.95": float(np.quantile(cal.scores, 0.95)),
-        "calibration_split": cal.meta["calibration_split"], "quantile": cal.quantile,
-        "k": cal.meta["k"], "pool": cal.meta["pool"], "reference_halos": int(len(cal.reference)),
-        "calibration_halos": int(len(cal.scores)), "calibration_cpu_s": cal_cpu,
-        "calibration_wall_s": cal_wall, "physics": {k: PHYSICS[k] for k in args.physics},
-        "other_seed": args.other_seed, "n_small": args.n_small, "rows": {},
-    }
+    result = {"benchmark": "misspecification", "platform": platform.platform(),
+              "physics": {k: PHYSICS[k] for k in args.physics}, "other_seed": args.other_seed,
+              "n_small": args.n_small, "pools": {}}
+    cals = {}
+    for label in args.pools:
+        pools = [tuple(int(v) for v in p.split("x")) for p in label.split("+")]
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        cal = calibrate(fid, "nsub_uniform", "v1", pools=pools)  # auto: the test split
+        cal_cpu, cal_wall = cpu_seconds() - cpu, time.perf_counter() - wall
+        on_val = calibrate(fid, "nsub_uniform", "v1", split="val", pools=pools)  # same ref.
+        assert np.array_equal(on_val.reference, cal.reference)
+        cals[label] = (cal, on_val)
+        result["pools"][label] = {
+            "threshold": cal.threshold, "threshold_if_calibrated_on_val": on_val.threshold,
+            "threshold_at_quantile_0.95": float(np.quantile(cal.scores, 0.95)),
+            "calibration_split": cal.meta["calibration_split"], "quantile": cal.quantile,
+            "k": cal.meta["k"], "components": cal.meta["components"],
+            "reference_halos": int(len(cal.reference)), "calibration_halos": int(len(cal.scores)),
+            "calibration_cpu_s": cal_cpu, "calibration_wall_s": cal_wall, "rows": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def record(name: str, x: np.ndarray) -> np.ndarray:
-        cpu, wall = cpu_seconds(), time.perf_counter()
-        s = cal.score(x)
-        result["rows"][name] = {
-            "halos": len(x), "flagged": float(np.mean(s > cal.threshold)),
-            "flagged_if_calibrated_on_val": float(np.mean(s > on_val.threshold)),
-            "flagged_at_quantile_0.95": float(np.mean(s > np.quantile(cal.scores, 0.95))),
-            "score_quantiles_5_50_95": np.percentile(s, [5, 50, 95]).round(4).tolist(),
-            "cpu_ms_per_halo": 1e3 * (cpu_seconds() - cpu) / len(x),
-            "wall_ms_per_halo": 1e3 * (time.perf_counter() - wall) / len(x),
-            "load_average": os.getloadavg()}
-        logging.info("%s: %d halos, %.1f%% flagged", name, len(x), 100 * result["rows"][name]["flagged"])
-        (out / "misspecification.json").write_text(json.dumps(result, indent=2))
-        return s
+    def record(name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        scores = {}
+        for label, (cal, on_val) in cals.items():
+            cpu, wall = cpu_seconds(), time.perf_counter()
+            s = scores[label] = cal.score(x)
+            cpu_s, wall_s = cpu_seconds() - cpu, time.perf_counter() - wall
+            # on_val has its own scales: its scores, not cal's, against its threshold
+            result["pools"][label]["rows"][name] = {
+                "halos": len(x), "flagged": float(np.mean(s > cal.threshold)),
+                "flagged_if_calibrated_on_val": float(np.mean(on_val.score(x) > on_val.threshold)),
+                "flagged_at_quantile_0.95": float(np.mean(s > np.quantile(cal.scores, 0.95))),
+                "score_quantiles_5_50_95": np.percentile(s, [5, 50, 95]).round(4).tolist(),
+                "cpu_ms_per_halo": 1e3 * cpu_s / len(x), "wall_ms_per_halo": 1e3 * wall_s / len(x),
+                "load_average": os.getloadavg()}
+            logging.info("%s, pool %s: %d halos, %.1f%% flagged", name, label, len(x),
+                         100 * result["pools"][label]["rows"][name]["flagged"])
+        (out / args.name).write_text(json.dumps(result, indent=2))
+        return scores
 
     record("fiducial_val", split_x(fid, "nsub_uniform", "val"))
     # the test split calibrated the threshold: its false-alarm rate out of sample, two-fold
-    s = record("fiducial_test_heldout_simulations", split_x(fid, "nsub_uniform", "test"))
-    halves = np.array_split(np.random.default_rng(0).permutation(len(s)), 2)
-    result["rows"]["fiducial_test_heldout_simulations"]["flagged_two_fold"] = float(np.mean([
-        np.mean(s[b] > np.quantile(s[a], cal.quantile)) for a, b in (halves, halves[::-1])]))
+    test_scores = record("fiducial_test_heldout_simulations", split_x(fid, "nsub_uniform", "test"))
+    for label, s in test_scores.items():
+        halves = np.array_split(np.random.default_rng(0).permutation(len(s)), 2)
+        q = cals[label][0].quantile
+        result["pools"][label]["rows"]["fiducial_test_heldout_simulations"]["flagged_two_fold"] = \
+            float(np.mean([np.mean(s[b] > np.quantile(s[a], q)) for a, b in (halves, halves[::-1])]))
     for name in ["external_same_physics", *args.physics]:
+        t, cpu = time.perf_counter(), cpu_seconds()
         store = build_store(work, name, args.other_seed, args.n_small, PHYSICS.get(name, {}), fixed)
         compose_set(store, name="halos", scheme="uniform", seed=1, split_by="combination",
                     n_sub_min=2, n_sub_max=100, train_per_n=args.halos_per_n,
                     test_per_n=args.halos_per_n)
         got = Binning.from_dict(store_attrs(str(store))[S.ATTR_BINNING])
         assert np.array_equal(got.feh_edges, b.feh_edges), name
+        result.setdefault("build", {})[name] = {
+            "wall_s": time.perf_counter() - t, "cpu_s": cpu_seconds() - cpu,
+            "load_average": os.getloadavg()}  # ~0 when the store was already there
         record(name, all_halos(store, "halos"))
     print(json.dumps(result, indent=2))
     return result

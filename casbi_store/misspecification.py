@@ -4,12 +4,20 @@ sbi answers every observation, also one unlike its training halos, and the poste
 confidently wrong. This score says how far an observation's chemical plane lies from the
 training halos', on a scale calibrated on held-out halos of the training distribution.
 
-- **Features.** The histogram is pooled ``pool`` x ``pool`` (64x64 -> 16x16), normalised to
-  fractions and square-rooted: the Euclidean distance of two feature vectors is sqrt(2) times
-  the Hellinger distance of the two coarse planes, whatever their star counts (the square root
-  also evens out the shot noise of empty and full bins).
-- **Score.** The mean distance of the observation to its ``k`` nearest neighbours among up to
-  ``max_reference`` halos of the set's training split (the reference, drawn at random).
+- **Features.** Per component, the histogram is pooled into cells of ``pool`` = ([Fe/H] bins,
+  [O/Fe] bins), normalised to fractions and square-rooted: the Euclidean distance of two
+  feature vectors is sqrt(2) times the Hellinger distance of the two pooled planes, whatever
+  their star counts (the square root also evens out the shot noise of empty and full bins).
+  The default components: the plane in 4x4-bin cells (16x16, format 1's only component) and
+  the [O/Fe] distribution in 8 bins of 0.17 dex (cells of 64x8). Halos of one physics differ
+  most in [Fe/H] (their dwarfs' masses), while their [O/Fe] levels are set by the yields and
+  the SN Ia delays: a shift of every [O/Fe] by 0.11 dex that hides in the plane's halo-to-halo
+  spread stands out in the [O/Fe] distribution (bench/README.md).
+- **Score.** Per component, the mean distance of the observation to its ``k`` nearest
+  neighbours among up to ``max_reference`` halos of the set's training split (the reference,
+  drawn at random), divided by the component's scale (the ``quantile`` of the held-out halos'
+  distances); the score is the largest of these ratios. Format 1 (one component, no scale):
+  the distance itself.
 - **Calibration.** The scores of up to ``max_calibration`` held-out halos against the
   reference; the threshold is their ``quantile`` (0.99): about 1% of halos like the training
   ones score above it (false alarms). The held-out halos are the test split when the set holds
@@ -20,16 +28,19 @@ training halos', on a scale calibrated on held-out halos of the training distrib
   score is the share of the held-out halos scoring at least as high. The score depends on the
   training set only, not on the networks' weights.
 
-``misspecification.npz`` in the model folder holds the reference features, the sorted
-calibration scores and a JSON record (options, threshold, training set, bin edges); it is
-written atomically at the end of ``train`` or by ``casbi-store calibrate-ood MODEL``. A folder
-without it still infers, its score reported as unavailable with the reason; a damaged one, or one
-made for other bin edges than the model's, is refused with a ``ModelFolderError`` naming it.
+``misspecification.npz`` in the model folder holds the reference features (the components'
+side by side), the sorted calibration scores and a JSON record (options, ``components``: each
+pool and scale, threshold, training set); it is written atomically at the end of ``train`` or
+by ``casbi-store calibrate-ood MODEL``. A format-1 file (``pool``: one integer) still scores as
+it was calibrated; ``calibrate-ood`` rewrites it in format 2. A folder without it still infers,
+its score reported as unavailable with the reason; a damaged one, one of an unknown format, or
+one made for other bin edges than the model's, is refused with a ``ModelFolderError`` naming it.
 
-What it does not guarantee: a low score says the plane looks like some training halos at this
-coarse resolution, not that the posterior is right (physics that mimics the training planes, or
-differences finer than 4x4 bins, pass); a high score says the observation is unusual for the
-training set, not why (other physics, systematics, selection, too few stars).
+What it does not guarantee: a low score says the plane looks like some training halos at the
+components' resolutions, not that the posterior is right (physics that mimics the training
+planes passes: on the bench, twice the star-formation efficiency is not flagged, a DTD slope of
+-1.5 only in part); a high score says the observation is unusual for the training set, not why
+(other physics, systematics, selection, too few stars).
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +62,15 @@ from .provenance import utc_now
 log = logging.getLogger(__name__)
 
 CALIBRATION = "misspecification.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: components, each a ([Fe/H], [O/Fe]) pooling and a scale; 1: one pool
+READABLE_FORMATS = (1, 2)
 METHOD = "knn-hellinger"
-DEFAULTS = {"k": 5, "pool": 4, "quantile": 0.99, "max_reference": 4000, "max_calibration": 4000}
+# the plane in 4x4-bin cells (16x16) and the [O/Fe] distribution in 8 bins of 0.17 dex
+DEFAULTS = {"k": 5, "pools": ((4, 4), (64, 8)), "quantile": 0.99, "max_reference": 4000,
+            "max_calibration": 4000}
 MIN_HALOS = 20  # fewest reference and calibration halos a calibration accepts
 HELD_OUT_SPLITS = ("simulation", "galaxy")  # split_by values whose test split holds out galaxies
-META_KEYS = ("format_version", "method", "k", "pool", "quantile", "threshold", "set", "version",
+META_KEYS = ("format_version", "method", "k", "quantile", "threshold", "set", "version",
              "store", "reference_split", "calibration_split", "created")
 
 
@@ -67,17 +82,50 @@ class MisspecificationWarning(UserWarning):
     """An observation scores above the threshold: unlike the halos the model was trained on."""
 
 
-def features(x: np.ndarray, pool: int) -> np.ndarray:
-    """(n, (64/pool)^2) float32: square roots of the pooled, normalised histograms
-    (``x``: one (64, 64) histogram or a stack (n, 64, 64) of non-negative counts)."""
+def pool_pair(pool: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``pool`` as ([Fe/H] bins, [O/Fe] bins) per cell: one integer pools both axes alike."""
+    pair = (pool, pool) if isinstance(pool, int) else tuple(pool)
+    if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1
+                                 for p in pair):
+        raise ValueError(f"pool must be a positive integer or a pair of them, not {pool!r}")
+    return pair
+
+
+def n_features(pool: int | tuple[int, int] | list[int], shape=(S.N_BINS, S.N_BINS)) -> int:
+    """Length of a feature vector of histograms of ``shape`` pooled by ``pool``."""
+    a, b = pool_pair(pool)
+    return (shape[0] // a) * (shape[1] // b)
+
+
+def features(x: np.ndarray, pool: int | tuple[int, int] | list[int]) -> np.ndarray:
+    """(n, cells) float32: square roots of the pooled, normalised histograms (``x``: one (64, 64)
+    histogram or a stack (n, 64, 64) of non-negative counts, axes [Fe/H], [O/Fe]; ``pool``: bins
+    per cell along them, one integer for both)."""
+    pa, pb = pool_pair(pool)
     x = np.asarray(x, dtype=np.float64)
     x = x.reshape((-1,) + x.shape[-2:])
     n, a, b = x.shape
-    if a % pool or b % pool:
-        raise ValueError(f"pool {pool} does not divide the histogram's shape {(a, b)}")
-    pooled = x.reshape(n, a // pool, pool, b // pool, pool).sum(axis=(2, 4)).reshape(n, -1)
+    if a % pa or b % pb:
+        raise ValueError(f"pool {(pa, pb)} does not divide the histogram's shape {(a, b)}")
+    pooled = x.reshape(n, a // pa, pa, b // pb, pb).sum(axis=(2, 4)).reshape(n, -1)
     total = pooled.sum(axis=1, keepdims=True)
     return np.sqrt(pooled / np.where(total > 0, total, 1)).astype(np.float32)
+
+
+def all_features(x: np.ndarray, pools: list[tuple[int, int]]) -> np.ndarray:
+    """The features of every pooling of ``pools``, side by side."""
+    return np.hstack([features(x, p) for p in pools])
+
+
+def component_distances(query: np.ndarray, reference: np.ndarray, pools: list[tuple[int, int]],
+                        k: int) -> np.ndarray:
+    """(n, len(pools)): ``knn_distance`` on each pooling's columns of ``all_features``."""
+    out, start = [], 0
+    for p in pools:
+        cols = slice(start, start + n_features(p))
+        out.append(knn_distance(query[:, cols], reference[:, cols], k))
+        start = cols.stop
+    return np.stack(out, axis=1)
 
 
 def knn_distance(query: np.ndarray, reference: np.ndarray, k: int, batch: int = 512) -> np.ndarray:
@@ -111,9 +159,29 @@ class Calibration:
     def quantile(self) -> float:
         return float(self.meta["quantile"])
 
+    @property
+    def pools(self) -> list[tuple[int, int]]:
+        """The components' poolings (format 1: its one pool)."""
+        if "components" in self.meta:
+            return [pool_pair(c["pool"]) for c in self.meta["components"]]
+        return [pool_pair(self.meta["pool"])]
+
+    @property
+    def scales(self) -> np.ndarray:
+        """The components' scales (format 1: 1, the distance itself is the score)."""
+        if "components" in self.meta:
+            return np.array([c["scale"] for c in self.meta["components"]], dtype=np.float64)
+        return np.ones(1)
+
+    def distances(self, x: np.ndarray) -> np.ndarray:
+        """(n, components): each component's mean distance to its k nearest reference halos."""
+        return component_distances(all_features(x, self.pools), self.reference, self.pools,
+                                   self.meta["k"])
+
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Scores of one histogram or a stack of them (binned with this calibration's edges)."""
-        return knn_distance(features(x, self.meta["pool"]), self.reference, self.meta["k"])
+        """Scores of one histogram or a stack of them (binned with this calibration's edges):
+        the largest of the components' distances, each over its scale."""
+        return (self.distances(x) / self.scales).max(axis=1)
 
     def p_value(self, score: float) -> float:
         """Share of the calibration halos scoring at least ``score`` ((m + 1) / (n + 1))."""
@@ -122,7 +190,7 @@ class Calibration:
 
 
 def _split_features(store, name: str, version: str, split: str, limit: int, rng,
-                    pool: int, storage_options: dict | None) -> np.ndarray:
+                    pools: list[tuple[int, int]], storage_options: dict | None) -> np.ndarray:
     """Features of up to ``limit`` halos of a split drawn at random, read chunk by chunk."""
     from .trainingsets import open_split_group
 
@@ -137,7 +205,7 @@ def _split_features(store, name: str, version: str, split: str, limit: int, rng,
     for start in range(0, n, rows):
         wanted = keep[(keep >= start) & (keep < start + rows)] - start
         if len(wanted):
-            out.append(features(np.asarray(x[start:start + rows])[wanted], pool))
+            out.append(all_features(np.asarray(x[start:start + rows])[wanted], pools))
     return np.concatenate(out)
 
 
@@ -149,15 +217,22 @@ def calibration_split(split_by: str) -> str:
 
 
 def calibrate(store: str | os.PathLike, name: str, version: str, *, k: int = DEFAULTS["k"],
-              pool: int = DEFAULTS["pool"], quantile: float = DEFAULTS["quantile"],
+              pools: Sequence[int | tuple[int, int]] = DEFAULTS["pools"],
+              quantile: float = DEFAULTS["quantile"],
               max_reference: int = DEFAULTS["max_reference"],
               max_calibration: int = DEFAULTS["max_calibration"], seed: int = 0,
               split: str = "auto", storage_options: dict | None = None) -> Calibration:
     """The score of training set ``name:version``: reference from its training split,
     threshold the ``quantile`` of the scores of ``split`` (``"auto"``: ``calibration_split`` of
-    the set's ``split_by``; ``"val"``; ``"test"``)."""
+    the set's ``split_by``; ``"val"``; ``"test"``). ``pools``: one component per pooling
+    (bins per cell along [Fe/H], [O/Fe]; one integer for both), its scale the ``quantile`` of
+    its own held-out distances."""
     from .trainingsets import binning, resolve_version
 
+    pools = [pool_pair(p) for p in pools]
+    bad = [p for p in pools if S.N_BINS % p[0] or S.N_BINS % p[1]]
+    if bad or not pools:
+        raise ValueError(f"pools {bad or pools} do not divide the histograms' {S.N_BINS} bins")
     if not (isinstance(k, int) and k >= 1 and 0 < quantile < 1 and max_reference >= MIN_HALOS
             and max_calibration >= MIN_HALOS):
         raise ValueError(f"need k >= 1, 0 < quantile < 1 and at least {MIN_HALOS} reference and "
@@ -169,16 +244,22 @@ def calibrate(store: str | os.PathLike, name: str, version: str, *, k: int = DEF
     split_by = entry.get("spec", {}).get("split_by", "combination")
     split = calibration_split(split_by) if split == "auto" else split
     rng = np.random.default_rng(seed)
-    reference = _split_features(store, name, version, "train", max_reference, rng, pool,
+    reference = _split_features(store, name, version, "train", max_reference, rng, pools,
                                 storage_options)
-    held_out = _split_features(store, name, version, split, max_calibration, rng, pool,
+    held_out = _split_features(store, name, version, split, max_calibration, rng, pools,
                                storage_options)
     if len(reference) <= k:
         raise CalibrationError(f"{os.fspath(store)}: {name}:{version}: {len(reference)} training "
                                f"halos for k={k} neighbours")
-    scores = np.sort(knn_distance(held_out, reference, k))
+    raw = component_distances(held_out, reference, pools, k)
+    scales = np.quantile(raw, quantile, axis=0)
+    scales = np.where(scales > 0, scales, 1.0)  # held-out halos all identical to the reference
+    scores = np.sort((raw / scales).max(axis=1))
     b = binning(store, name, version, storage_options)
-    meta = {"format_version": FORMAT_VERSION, "method": METHOD, "k": k, "pool": pool,
+    components = [{"pool": list(p), "scale": float(c)}
+                  for p, c in zip(pools, scales, strict=True)]
+    meta = {"format_version": FORMAT_VERSION, "method": METHOD, "k": k,
+            "components": components,
             "quantile": quantile, "threshold": float(np.quantile(scores, quantile)),
             "set": name, "version": version, "store": os.fspath(store),
             "reference_split": "train", "calibration_split": split, "split_by": split_by,
@@ -196,6 +277,26 @@ def write_calibration(folder: str | os.PathLike, cal: Calibration) -> Path:
                  ofe_edges=cal.ofe_edges, meta=np.array(json.dumps(cal.meta)))
     os.replace(tmp, path)
     return path
+
+
+def _columns_or_minus_one(meta: dict) -> int:
+    """Feature length of the recorded poolings (format 1: ``pool``, one integer; format 2:
+    ``components``, each a pair and a positive scale); -1 if invalid or not dividing 64."""
+    if meta["format_version"] == 1:
+        pools = [meta.get("pool")] if isinstance(meta.get("pool"), int) else None
+    else:
+        comps = meta.get("components")
+        ok = isinstance(comps, list) and comps and all(
+            isinstance(c, dict) and isinstance(c.get("scale"), (int, float))
+            and np.isfinite(c["scale"]) and c["scale"] > 0 for c in comps)
+        pools = [c.get("pool") for c in comps] if ok else None
+    try:
+        pairs = [pool_pair(p) for p in pools]
+    except (TypeError, ValueError):
+        return -1
+    if any(S.N_BINS % a or S.N_BINS % b for a, b in pairs):
+        return -1
+    return sum(n_features(p) for p in pairs)
 
 
 def read_calibration(folder: str | os.PathLike) -> Calibration | None:
@@ -220,16 +321,20 @@ def read_calibration(folder: str | os.PathLike) -> Calibration | None:
     if missing:
         raise ModelFolderError(f"{path}: missing {missing}; {again}")
     ref, scores = arrays["reference"], arrays["scores"]
-    pool, k = meta["pool"], meta["k"]
-    n_features = (S.N_BINS // pool) ** 2 if isinstance(pool, int) and pool >= 1 else -1
-    if (meta["format_version"] != FORMAT_VERSION or meta["method"] != METHOD
-            or ref.ndim != 2 or ref.shape[1] != n_features or not isinstance(k, int)
+    k, fmt = meta["k"], meta["format_version"]
+    if fmt not in READABLE_FORMATS:
+        raise ModelFolderError(f"{path}: calibration format {fmt!r}, this casbi_store reads "
+                               f"formats {list(READABLE_FORMATS)}; {again}")
+    cells = _columns_or_minus_one(meta)
+    if (meta["method"] != METHOD
+            or ref.ndim != 2 or ref.shape[1] != cells or not isinstance(k, int)
             or not 1 <= k < len(ref) or scores.ndim != 1 or len(scores) < MIN_HALOS
             or not np.isfinite(ref).all() or not np.isfinite(scores).all()
             or not np.isfinite(meta["threshold"])):
         raise ModelFolderError(f"{path}: inconsistent calibration (format "
                                f"{meta['format_version']}, method {meta['method']!r}, reference "
-                               f"{ref.shape}, k={k}, pool={pool}, {scores.shape} scores, "
+                               f"{ref.shape}, k={k}, pool={meta.get('pool')}, components "
+                               f"{meta.get('components')}, {scores.shape} scores, "
                                f"threshold {meta['threshold']}); {again}")
     stats = read_transform(folder)
     for key in ("feh_edges", "ofe_edges"):

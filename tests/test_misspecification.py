@@ -23,6 +23,7 @@ from casbi_store.misspecification import (
     MisspecificationWarning,
     calibrate,
     read_calibration,
+    write_calibration,
 )
 from casbi_store.mock import Physics, generate_suite, preset
 from casbi_store.mock.chemical_evolution import Y_O_CC
@@ -45,12 +46,16 @@ def model(tiny_store, tmp_path_factory) -> dict:
     return {"store": store, "folder": folder, "model": folder / "model", **splits}
 
 
-def _hellinger_knn(x: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+def _hellinger_knn(x: np.ndarray, reference: np.ndarray, k: int,
+                   cell: tuple[int, int] = (4, 4)) -> np.ndarray:
     """Independent score: mean over the k nearest reference halos of sqrt(2) x the Hellinger
-    distance of the 16x16 normalised planes (loops over bins, no shared code)."""
+    distance of the normalised planes summed over cells of ``cell`` ([Fe/H], [O/Fe]) bins
+    (loops over cells, no shared code)."""
+    a, b = cell
+
     def coarse(h):
-        c = np.array([[h[4 * i:4 * i + 4, 4 * j:4 * j + 4].sum() for j in range(16)]
-                      for i in range(16)], dtype=float)
+        c = np.array([[h[a * i:a * i + a, b * j:b * j + b].sum() for j in range(64 // b)]
+                      for i in range(64 // a)], dtype=float)
         return c / c.sum()
     ref = [coarse(r) for r in reference]
     out = []
@@ -61,17 +66,29 @@ def _hellinger_knn(x: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
     return np.array(out)
 
 
+def _components(x: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
+    """The default score's two distances, independently: the 16x16 plane's and the 8-bin
+    [O/Fe] distribution's (cells of 64x8 bins)."""
+    return [_hellinger_knn(x, reference, 5, cell) for cell in ((4, 4), (64, 8))]
+
+
 def test_train_calibrates_the_score_on_the_validation_split(model):
     cal = read_calibration(model["model"])
     assert cal is not None and cal.meta["set"] == "m" and cal.meta["k"] == 5
+    assert cal.meta["format_version"] == 2 and cal.pools == [(4, 4), (64, 8)]
     # every training halo is the reference (fewer than max_reference), every validation halo
-    # is scored against it, and the threshold is the 99th percentile of those scores
+    # is scored against it; each component's scale is the 99th percentile of its distances,
+    # the score the larger distance over scale, the threshold the 99th percentile of scores
     assert len(cal.reference) == len(model["train"]) and len(cal.scores) == len(model["val"])
-    expected = _hellinger_knn(model["val"], model["train"], 5)
+    val = _components(model["val"], model["train"])
+    scales = [np.quantile(d, 0.99) for d in val]
+    np.testing.assert_allclose(cal.scales, scales, rtol=1e-5)
+    expected = np.maximum(val[0] / scales[0], val[1] / scales[1])
     np.testing.assert_allclose(cal.scores, np.sort(expected), rtol=1e-5)
     assert cal.threshold == pytest.approx(np.quantile(expected, 0.99), rel=1e-5)
     test = model["test"][:5]
-    np.testing.assert_allclose(cal.score(test), _hellinger_knn(test, model["train"], 5),
+    d = _components(test, model["train"])
+    np.testing.assert_allclose(cal.score(test), np.maximum(d[0] / scales[0], d[1] / scales[1]),
                                rtol=1e-5)
     # the score ignores the star count: a halo observed with 10x the stars scores the same
     np.testing.assert_allclose(cal.score(10 * test), cal.score(test), rtol=1e-5)
@@ -88,6 +105,38 @@ def test_train_calibrates_the_score_on_the_validation_split(model):
     again = read_calibration(model["model"])
     np.testing.assert_array_equal(again.scores, cal.scores)
     assert len(first) > 0
+
+
+def test_a_format_1_calibration_still_scores_as_it_was_calibrated(model, tmp_path):
+    """Folders calibrated before format 2 (one component: the plane in 4x4 cells, ``pool`` one
+    integer, the distance itself the score) keep their score; a format this version does not
+    know is refused naming the file."""
+    folder = tmp_path / "model"
+    shutil.copytree(model["model"], folder)
+    old = calibrate(model["store"], "m", "v1", pools=[4])
+    write_calibration(folder, old)
+    raw = old.scales[0]  # format 1 stored raw distances
+    v1 = {**{k: v for k, v in old.meta.items() if k != "components"}, "format_version": 1,
+          "pool": 4, "threshold": old.threshold * raw}
+    _rewrite(folder / CALIBRATION, scores=old.scores * raw, meta=np.array(json.dumps(v1)))
+    cal = read_calibration(folder)
+    assert cal.reference.shape[1] == 256
+    test = model["test"][:5]
+    np.testing.assert_allclose(cal.score(test), _hellinger_knn(test, model["train"], 5, (4, 4)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(cal.scores, np.sort(
+        _hellinger_knn(model["val"], model["train"], 5, (4, 4))), rtol=1e-5)
+    for meta, says in (({**old.meta, "format_version": 3}, "calibration format 3"),
+                       ({**v1, "pool": [4, 4]}, "inconsistent calibration"),
+                       ({**old.meta, "components": [{"pool": [4, 4], "scale": -1.0}]},
+                        "inconsistent calibration")):
+        _rewrite(folder / CALIBRATION, meta=np.array(json.dumps(meta)))
+        with pytest.raises(ModelFolderError, match=says) as info:
+            read_calibration(folder)
+        assert str(folder / CALIBRATION) in str(info.value)
+    with pytest.raises(ValueError, match="do not divide"):
+        calibrate(model["store"], "m", "v1", pools=[(4, 4), (5, 4)])
+    assert main(["calibrate-ood", str(folder), "--pools", "4by4"]) == 2
 
 
 def _halos_from_files(suite: Path, snapshots: list[str], edges: tuple, picks: list) -> np.ndarray:

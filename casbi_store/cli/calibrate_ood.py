@@ -13,6 +13,11 @@ def add_parser(sub) -> None:
     c.add_argument("models", nargs="+", help="model folders written by `train`")
     c.add_argument("--quantile", type=float, default=DEFAULTS["quantile"],
                    help="threshold: this quantile of held-out halos' scores (false alarms: 1 - q)")
+    c.add_argument("--pools", nargs="+", metavar="FEHxOFE",
+                   default=[f"{a}x{b}" for a, b in DEFAULTS["pools"]],
+                   help="the score's components: bins per cell along [Fe/H] and [O/Fe], each "
+                        "dividing 64 (default: the plane in 4x4 cells, the [O/Fe] distribution "
+                        "in 8 bins)")
     c.add_argument("--k", type=int, default=DEFAULTS["k"], help="nearest training halos averaged")
     c.add_argument("--max-reference", type=int, default=DEFAULTS["max_reference"],
                    help="training halos kept as the reference")
@@ -26,22 +31,36 @@ def add_parser(sub) -> None:
 
 
 def calibrate_ood(models: list[str], *, quantile: float, k: int, max_reference: int,
-                  max_calibration: int, split: str = "auto", seed: int = 0) -> int:
+                  max_calibration: int, split: str = "auto", seed: int = 0,
+                  pools: list[str] | None = None) -> int:
     """Calibrate and write ``misspecification.npz`` into each model folder; print the figures."""
-    from ..misspecification import CALIBRATION, calibrate_model
+    from ..misspecification import CALIBRATION, DEFAULTS, calibrate_model
 
+    pairs = DEFAULTS["pools"] if pools is None else [parse_pool(p) for p in pools]
     for folder in models:
         cal = calibrate_model(folder, quantile=quantile, k=k, max_reference=max_reference,
-                              max_calibration=max_calibration, split=split, seed=seed)
+                              max_calibration=max_calibration, split=split, seed=seed,
+                              pools=pairs)
         m = cal.meta
         print(f"{folder}/{CALIBRATION}: threshold {cal.threshold:.4f} (the {100 * quantile:g}th "
               f"percentile of {m['n_calibration']} {m['set']}:{m['version']} "
               f"{m['calibration_split']} halos' "
-              f"scores; {m['n_reference']} training halos as reference, k={k})")
+              f"scores; {m['n_reference']} training halos as reference, k={k}, components "
+              + ", ".join(f"{a}x{b}" for a, b in cal.pools) + " [Fe/H]x[O/Fe] bins)")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     return calibrate_ood(args.models, quantile=args.quantile, k=args.k,
                          max_reference=args.max_reference, max_calibration=args.max_calibration,
-                         split=args.split, seed=args.seed)
+                         split=args.split, seed=args.seed, pools=args.pools)
+
+
+def parse_pool(text: str) -> tuple[int, int]:
+    """``FEHxOFE`` (e.g. ``64x8``) as a pair of integers."""
+    try:
+        a, b = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--pools takes FEHxOFE pairs of integers such as 4x4 or 64x8, "
+                         f"not {text!r}") from None
+    return a, b
