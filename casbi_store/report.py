@@ -443,21 +443,24 @@ def survey_section(folder: str | os.PathLike, figures: Path) -> tuple[str, list[
     ax.set_ylabel("[O/Fe]")
     plane = _save(fig, figures / "survey_plane.png")
     corner = corner_plot(samples, figures / "survey_corner.png", truth=marks)
-    models = ", ".join(json.loads(samples.attrs["models"]))
+    models = ", ".join(f"{m} ({r})" for m, r in zip(json.loads(samples.attrs["models"]),
+                                                    json.loads(samples.attrs["representations"]),
+                                                    strict=True))
     verdict = ("<span class=no>flagged</span>" if assessment and assessment.flagged else
                "<span class=ok>not flagged</span>" if assessment and assessment.available
                else "unavailable")
     parts = [f"<p>Training set {html.escape(truth['set'])}: each composed halo observed as a "
              f"survey would see it ({html.escape(_observation_text(truth['observation']))}); "
-             f"models of the <code>normalised</code> representation (the plane's shape, and "
-             f"N_obs as a separate condition: never the star count as a proxy of mass): "
-             f"{html.escape(models)}. One survey table of a halo of the {html.escape(truth['split'])} "
-             f"split (simulations the models never saw): {first['n_obs']} stars with their "
-             "errors, written as FITS, through <code>casbi-store observe</code> and "
-             "<code>casbi-store infer</code>.</p>",
-             f"<p><b>N_obs = {samples.attrs.get('n_obs', int(counts.sum())):g}</b> stars "
-             f"conditioned on. <code>observe</code>:</p><pre>{html.escape(observed.summary)}</pre>",
-             f"<p>Misspecification score ({verdict}): "
+             f"models (representation): {html.escape(models)}; <code>normalised</code> sees the "
+             "plane's shape and N_obs as a separate condition, never the star count as a proxy "
+             f"of mass. One survey table of a halo of the {html.escape(truth['split'])} split"
+             + (" (held out of training)" if truth["split"] == "test" else "")
+             + f": {first['n_obs']} stars with their errors, written as FITS, through "
+             "<code>casbi-store observe</code> and <code>casbi-store infer</code>.</p>",
+             f"<p><b>N_obs = {samples.attrs.get('n_obs', int(counts.sum())):g}</b> stars (the "
+             "condition the models see beside the plane's shape). What <code>observe</code> "
+             f"kept and dropped:</p><pre>{html.escape(observed.summary)}</pre>",
+             f"<p><b>Is this table like the training halos?</b> ({verdict}) "
              f"{html.escape(assessment.summary() if assessment else 'not recorded')}</p>",
              _img(plane, "the observed chemical plane (log counts per bin)"),
              _img(corner, "two-step posterior of the survey table (N_sub mixture, rank 1), "
@@ -518,7 +521,7 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>CASBI evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}
-img{{max-width:100%}} table{{border-collapse:collapse;margin-bottom:1em}}
+img{{max-width:100%}} table{{border-collapse:collapse;margin-bottom:1em}} pre{{white-space:pre-wrap}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} .ok{{color:green}} .no{{color:#b00}}
 figure{{margin:0.5em 0}} .small{{font-size:85%}} figcaption{{color:#555;font-size:90%}}</style></head><body>
 <h1>CASBI evaluation: {html.escape(first["set"])}</h1>

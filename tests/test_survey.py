@@ -5,8 +5,6 @@ through observe -> infer, on a tiny observation-model set with models trained fo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import torch
 import xarray as xr
 from astropy.table import Table
 
+from casbi_store.cli import main
 from casbi_store.config import ConfigError, load_pipeline
 from casbi_store.estimators import NsubClassifier, build_npe
 from casbi_store.infer import infer, read_input
@@ -158,7 +157,8 @@ def test_survey_stage_is_validated(tmp_path, stage, message):
         load_pipeline(p)
 
 
-def test_n_obs_outside_the_training_range_warns_in_infer_and_observe(trained, tmp_path):
+def test_n_obs_outside_the_training_range_warns_in_infer_and_observe(trained, tmp_path,
+                                                                      capsys):
     """A normalised model knows the N_obs range of its training halos (config.json, recorded at
     training; the set's observation model for older folders); infer and observe warn outside
     it: a NObsRangeWarning from Python, one line and rc 0 from the commands."""
@@ -199,9 +199,8 @@ def test_n_obs_outside_the_training_range_warns_in_infer_and_observe(trained, tm
                     ["infer", *(str(m.path) for m in models), "--histogram",
                      str(tmp_path / "obs.nc"), "--samples", "20", "--ranks", "1",
                      "--out", str(tmp_path / "post.nc")]):
-        proc = subprocess.run([sys.executable, "-m", "casbi_store.cli", *command],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        lines = [ln for ln in proc.stderr.splitlines() if "warning: N_obs" in ln]
-        assert len(lines) == 1 and lines[0].startswith("casbi-store: warning: N_obs "), proc.stderr
-        assert f"{lo:g}..{hi:g}" in lines[0] and "Traceback" not in proc.stderr
+        assert main(command) == 0
+        stderr = capsys.readouterr().err
+        lines = [ln for ln in stderr.splitlines() if "warning: N_obs" in ln]
+        assert len(lines) == 1 and lines[0].startswith("casbi-store: warning: N_obs "), stderr
+        assert f"{lo:g}..{hi:g}" in lines[0] and "Traceback" not in stderr
