@@ -309,10 +309,11 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     if n_obs is not None:
         histogram = at_n_obs(histogram, n_obs, loaded)
         observed = {**observed, "n_obs": float(n_obs)}
+    total = float(n_obs) if n_obs is not None else float(histogram.sum())  # the N_obs seen
     for m in loaded:  # one warning: the models of a pair share their training set
         r = n_obs_range(m.meta)
-        if r is not None and not r[0] <= float(histogram.sum()) <= r[1]:
-            warn_if_outside_n_obs(float(histogram.sum()), m.path, r)
+        if r is not None and not r[0] <= total <= r[1]:
+            warn_if_outside_n_obs(total, m.path, r)
             break
     misspecification = assess([m.path for m in loaded], histogram)
     warn_if_flagged(misspecification)

@@ -5,7 +5,10 @@ of the two-step posterior in every condition side by side with the baselines' re
 (the truth's spread beside every R^2) and its TARP curves, example composed halos' chemical
 planes, training curves, N_sub (step 1: confusion matrices and intervals, NPE and classifier
 side by side), theta (step 2 on the true N_sub: posterior means against the truth, TARP, SBC),
-a corner plot of one test halo with the truth marked, and every model's metrics per condition.
+a corner plot of one test halo with the truth marked, the surrogate's validation and a
+survey-style inference (``survey_section``: a ``casbi-store survey`` folder's first table through
+observe -> infer, with its misspecification score) when given, and every model's metrics per
+condition.
 Figures are also written as PNG next to the page, the numbers as ``metrics.json`` (the same
 for the same seeds) and the timings as ``timings.json``. Section titles and which section a
 model goes to come from its task (``casbi_store.tasks``: title, step).
@@ -390,18 +393,17 @@ def _observation_text(spec: dict) -> str:
              f"{spec['n_obs_min']}–{spec['n_obs_max']} (log-uniform)")
     errors = ", ".join(f"{name} {spec[k]:g} dex (spread of ln σ {spec.get(k + '_spread', 0):g})"
                        for name, k in (("[Fe/H]", "feh_err"), ("[O/Fe]", "ofe_err")) if spec.get(k))
-    cut = " and ".join(t for t in (f"[Fe/H] > {spec['feh_min']:g}" if spec.get("feh_min") is not None
-                                   else "", f"[Fe/H] < {spec['feh_max']:g}"
-                                   if spec.get("feh_max") is not None else "") if t)
+    cuts = [f"[Fe/H] {op} {spec[k]:g}" for k, op in (("feh_min", ">"), ("feh_max", "<"))
+            if spec.get(k) is not None]
     return (f"N_obs {n_obs} stars drawn by {spec.get('weight', 'number')}, Gaussian errors "
-            f"{errors or 'none'}" + (f", selection {cut}" if cut else ""))
+            f"{errors or 'none'}" + (f", selection {' and '.join(cuts)}" if cuts else ""))
 
 
 def _coverage_table(coverage: dict) -> str:
     rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{c['n']}</td><td>{c['0.68']:.2f}</td>"
                    f"<td>{c['0.95']:.2f}</td></tr>" for label, c in coverage["coverage"].items())
     return (f"<p>The truth inside the central credible intervals over "
-            f"{coverage['n_tables']} such tables (distinct held-out halos, {coverage['n_samples']} "
+            f"{coverage['n_tables']} such tables (distinct halos, {coverage['n_samples']} "
             "samples each; calibrated: 0.68 and 0.95):</p><table><tr><th>parameter</th>"
             f"<th>tables</th><th>68%</th><th>95%</th></tr>{rows}</table>")
 
