@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,15 @@ import xarray as xr
 from . import schema as S
 from .binning import bin_stars
 from .misspecification import Assessment, assess, warn_if_flagged
-from .modelfolder import TrainedModel, as_model
+from .modelfolder import TrainedModel, as_model, n_obs_range
 from .observe import (
     BinningSource,
+    NObsRangeWarning,
     ObservationError,
     load_binning_source,
     observe_table,
     read_observation,
+    warn_if_outside_n_obs,
 )
 from .posteriors import (
     FlowSamples,
@@ -158,8 +161,9 @@ class ObservedHistogram:
 CARRIED = ("n_rows", "table", "table_sha256", "ofe_mapping", "ofe_caveat", "quality_expression")
 
 
-def _observed(path: Path, counts: np.ndarray, obs: dict) -> ObservedHistogram:
-    """The attributes and summary of an observation (``observe``'s fields, as a dict)."""
+def describe_observation(path: Path, counts: np.ndarray, obs: dict) -> ObservedHistogram:
+    """The attributes and summary of an observation (``observe``'s fields, as a dict, e.g. the
+    attributes ``observe.read_observation`` returns): stars binned, dropped per reason, cuts."""
     attrs = {"observation": str(path), "n_obs": int(counts.sum()),
              "dropped": json.dumps(obs["dropped"]), **{k: obs[k] for k in CARRIED}}
     lines = [f"{path}: {attrs['n_obs']} of {obs['n_rows']} stars binned, from {obs['table']} "
@@ -182,15 +186,17 @@ def read_input(path: str | os.PathLike, model: TrainedModel | str | os.PathLike,
     ``observe.load_binning_source``, when many tables are read for one model."""
     path, model = Path(path), as_model(model)
     if path.suffix.lower() in (".csv", ".fits", ".fit", ".gz"):
-        obs = observe_table(path, source or load_binning_source(model.path))
+        with warnings.catch_warnings():  # infer checks the N_obs it conditions on itself
+            warnings.simplefilter("ignore", NObsRangeWarning)
+            obs = observe_table(path, source or load_binning_source(model.path))
         fields = {"quality_expression": obs.where,
                   **{k: getattr(obs, k) for k in ("dropped", *CARRIED[:-1])}}
-        return _observed(path, check_histogram(obs.counts, path), fields)
+        return describe_observation(path, check_histogram(obs.counts, path), fields)
     x, obs = _read_histogram(path, model.stats["feh_edges"], model.stats["ofe_edges"])
     if obs is None:
         return ObservedHistogram(x, {"observation": str(path), "n_obs": float(x.sum())},
                                  f"{path}: histogram of {x.sum():g} stars")
-    return _observed(path, x, obs)
+    return describe_observation(path, x, obs)
 
 
 def at_n_obs(histogram: np.ndarray, n_obs: float, models: list[TrainedModel]) -> np.ndarray:
@@ -272,7 +278,8 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     the table's checksum, the stars dropped and the [O/Fe] mapping) goes into the attributes,
     with its misspecification score (``casbi_store.misspecification``: ``misspecification``, a
     JSON record, and ``misspecification_score``/``_threshold``/``_flagged``); a
-    ``MisspecificationWarning`` when it lies above the threshold.
+    ``MisspecificationWarning`` when it lies above the threshold, an ``observe.NObsRangeWarning``
+    when the N_obs conditioned on lies outside the range a normalised model was trained on.
 
     ``n_obs``: for models of the ``normalised`` representation, the N_obs to condition on when the
     histogram's total is not it (e.g. a density of sum 1): the histogram is rescaled to that
@@ -302,6 +309,12 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     if n_obs is not None:
         histogram = at_n_obs(histogram, n_obs, loaded)
         observed = {**observed, "n_obs": float(n_obs)}
+    total = float(n_obs) if n_obs is not None else float(histogram.sum())  # the N_obs seen
+    for m in loaded:  # one warning: the models of a pair share their training set
+        r = n_obs_range(m.meta)
+        if r is not None and not r[0] <= total <= r[1]:
+            warn_if_outside_n_obs(total, m.path, r)
+            break
     misspecification = assess([m.path for m in loaded], histogram)
     warn_if_flagged(misspecification)
     torch.manual_seed(seed)

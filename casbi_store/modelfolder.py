@@ -4,6 +4,7 @@ A model folder holds::
 
     config.json        task, parameters, training set, TrainConfig (its ``representation``, e.g.
                        log1p counts, or normalised with log10 N_obs as a separate condition), N_sub range,
+                       the training halos' N_obs range (``n_obs_range``, normalised models),
                        package versions
     transform.npz      input-transform statistics, example parameters (prior box), bin edges
     member-K/          model.pt (best validation loss), checkpoint.pt, history.json
@@ -33,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .representations import DEFAULT_REPRESENTATION, REPRESENTATIONS
+from .representations import DEFAULT_REPRESENTATION, N_OBS_REPRESENTATION, REPRESENTATIONS
 from .tasks import Task, get_task
 
 CONFIG, TRANSFORM, ENSEMBLE = "config.json", "transform.npz", "ensemble.json"
 CALIBRATION = "calibration.json"
 MODEL, CHECKPOINT, HISTORY = "model.pt", "checkpoint.pt", "history.json"
+N_OBS_RANGE = "n_obs_range"  # config.json: [min, max] star count of the training halos
 RENAMED = {"n_sub": "joint_n_sub"}  # old TrainConfig keys of config.json -> their names now
 META_KEYS = ("task", "parameters", "config", "n_sub_range")
 STATS_KEYS = ("mean", "std", "theta_example", "feh_edges", "ofe_edges")
@@ -297,6 +299,29 @@ class TrainedModel:
         """What the network sees of a histogram (``casbi_store.representations``): e.g. ``log1p``
         counts, or the ``normalised`` plane with log10 N_obs as a separate condition."""
         return self.meta["config"].get("representation", DEFAULT_REPRESENTATION)
+
+
+def n_obs_range(meta: dict) -> tuple[float, float, str] | None:
+    """The N_obs range a model of the ``normalised`` representation was trained on, and where it
+    comes from: recorded at training (config.json ``n_obs_range``: the training halos' star
+    counts), else, for folders from before, the observation model of its training set in the
+    store's registry (``n_obs_min``..``n_obs_max``); None for other representations (their
+    total count is no separate condition) or when neither can be read."""
+    if meta["config"].get("representation", DEFAULT_REPRESENTATION) != N_OBS_REPRESENTATION:
+        return None
+    if N_OBS_RANGE in meta:
+        lo, hi = meta[N_OBS_RANGE]
+        return float(lo), float(hi), f"the star counts of its training halos of {meta['set']}:" \
+                                     f"{meta['version']}"
+    try:
+        from .trainingsets import versions
+
+        entry = versions(meta["store"], meta["set"], consolidated=False)[meta["version"]]
+        spec = entry["source"]["observation"]
+        return (float(spec["n_obs_min"]), float(spec["n_obs_max"]),
+                f"the observation model of {meta['set']}:{meta['version']}")
+    except Exception:  # a moved or remote store, a set without observation model: unknown
+        return None
 
 
 def load_model(out: str | os.PathLike, device: str = "cpu") -> TrainedModel:

@@ -75,6 +75,22 @@ class ObservationError(ValueError):
     """A table or binning source that cannot become an observation; the message names the file."""
 
 
+class NObsRangeWarning(UserWarning):
+    """An observation's N_obs lies outside the N_obs range a ``normalised`` model was trained on."""
+
+
+def warn_if_outside_n_obs(n_obs: float, model: str | os.PathLike,
+                          n_obs_range: tuple[float, float, str] | None, stacklevel: int = 3) -> None:
+    """A ``NObsRangeWarning`` (one line) when ``n_obs`` lies outside ``n_obs_range`` (the
+    model's ``modelfolder.n_obs_range``; None: unknown or not a condition, no warning)."""
+    if n_obs_range is None or n_obs_range[0] <= n_obs <= n_obs_range[1]:
+        return
+    lo, hi, origin = n_obs_range
+    warnings.warn(f"N_obs {n_obs:g} lies outside the N_obs range {lo:g}..{hi:g} that {model} was "
+                  f"trained on ({origin}): its posterior is an extrapolation; compose a set whose "
+                  "observation model brackets this N_obs", NObsRangeWarning, stacklevel=stacklevel)
+
+
 @dataclass(frozen=True)
 class ColumnNames:
     """Table columns to read; None: the usual names ([Fe/H]: ``FE_H``, ``fe_h``...; errors:
@@ -97,6 +113,7 @@ class BinningSource:
     binning_version: int | None = None  # the store's, when read from a store
     training_stars: dict = field(default_factory=dict)  # percentiles of the training halos' stars
     note: str = ""  # why training_stars is empty, if it is
+    n_obs_range: tuple | None = None  # a normalised model's (modelfolder.n_obs_range)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "path": self.path, "binning": self.binning.to_dict(),
@@ -137,19 +154,22 @@ def training_star_counts(store: str, name: str, version: str) -> dict:
 
 def load_binning_source(path: str | os.PathLike) -> BinningSource:
     """Binning of a model folder (``transform.npz``) or of a store (its ``binning`` attribute)."""
-    from .modelfolder import TRANSFORM, read_meta, read_transform
+    from .modelfolder import TRANSFORM, n_obs_range, read_meta, read_transform
 
     path = Path(path)
     transform = path / TRANSFORM
     if transform.is_file():
         stats = read_transform(path)  # refused, naming the file, if damaged or incomplete
         binning = _binning_from_edges(stats["feh_edges"], stats["ofe_edges"], transform)
+        meta = None
         try:
             meta = read_meta(path)
             trained = training_star_counts(meta["store"], meta["set"], meta["version"])
-            return BinningSource(binning, "model", str(path), training_stars=trained)
+            return BinningSource(binning, "model", str(path), training_stars=trained,
+                                 n_obs_range=n_obs_range(meta))
         except Exception as exc:  # a moved or remote store: the documented minimum applies
             return BinningSource(binning, "model", str(path),
+                                 n_obs_range=n_obs_range(meta) if meta else None,
                                  note=f"training set not readable ({type(exc).__name__}: {exc})")
     from .store import StoreError, store_attrs
 
@@ -457,6 +477,7 @@ def observe_table(table: str | os.PathLike, source: BinningSource | str | os.Pat
             f"{path}: {n_obs} stars after the cuts, far too few for {source.path}: at least "
             f"{needed[0]} required, {needed[1]}. A survey this small needs a model trained on a "
             "set with an observation model (issue 10, section 2); --min-stars overrides the check")
+    warn_if_outside_n_obs(n_obs, source.path, source.n_obs_range)
     mapping, caveat = ofe_mapping(used["ofe"])
     return Observation(
         counts=counts, binning=b,

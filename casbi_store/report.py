@@ -5,7 +5,10 @@ of the two-step posterior in every condition side by side with the baselines' re
 (the truth's spread beside every R^2) and its TARP curves, example composed halos' chemical
 planes, training curves, N_sub (step 1: confusion matrices and intervals, NPE and classifier
 side by side), theta (step 2 on the true N_sub: posterior means against the truth, TARP, SBC),
-a corner plot of one test halo with the truth marked, and every model's metrics per condition.
+a corner plot of one test halo with the truth marked, the surrogate's validation and a
+survey-style inference (``survey_section``: a ``casbi-store survey`` folder's first table through
+observe -> infer, with its misspecification score) when given, and every model's metrics per
+condition.
 Figures are also written as PNG next to the page, the numbers as ``metrics.json`` (the same
 for the same seeds) and the timings as ``timings.json``. Section titles and which section a
 model goes to come from its task (``casbi_store.tasks``: title, step).
@@ -52,22 +55,25 @@ def _save(fig, path: Path) -> Path:
 def plot_example_halos(data, edges: tuple[np.ndarray, np.ndarray], path: Path, n: int = 4) -> Path:
     """Chemical planes (log counts) of test halos spanning the N_sub range."""
     plt = _pyplot()
-    from matplotlib.colors import LogNorm
-
     order = np.argsort(data.n_sub, kind="stable")
     pick = order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]
     fig, axes = plt.subplots(1, len(pick), figsize=(3.3 * len(pick), 3.0), squeeze=False,
                              constrained_layout=True)
-    fe, of = edges
     for ax, k in zip(axes[0], pick, strict=True):
-        counts = data.x[k]
-        ax.pcolormesh(fe, of, counts.T, norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)),
-                      cmap="viridis")
-        mstar = data.theta[k, 0, 0]
-        ax.set_title(f"N_sub = {data.n_sub[k]}, M*_1 = {mstar:.2g} Msol", fontsize=9)
-        ax.set_xlabel("[Fe/H]")
+        _plane(ax, data.x[k], edges,
+               f"N_sub = {data.n_sub[k]}, M*_1 = {data.theta[k, 0, 0]:.2g} Msol")
     axes[0, 0].set_ylabel("[O/Fe]")
     return _save(fig, path)
+
+
+def _plane(ax, counts: np.ndarray, edges: tuple[np.ndarray, np.ndarray], title: str) -> None:
+    """One chemical plane, log counts per ([Fe/H], [O/Fe]) bin."""
+    from matplotlib.colors import LogNorm
+
+    ax.pcolormesh(edges[0], edges[1], counts.T, norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)),
+                  cmap="viridis")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("[Fe/H]")
 
 
 def plot_training_curves(results: dict, path: Path) -> Path:
@@ -378,10 +384,101 @@ def surrogate_section(folder: str | os.PathLike) -> tuple[str, list[str]]:
     return "Surrogate simulator: validation on held-out simulations", parts
 
 
+SURVEY_TITLE = "Survey-style inference: a survey table of a held-out halo, observe → infer"
+
+
+def _observation_text(spec: dict) -> str:
+    """The observation model of a survey run, for people."""
+    n_obs = (f"{spec['n_obs_min']}" if spec["n_obs_min"] == spec["n_obs_max"] else
+             f"{spec['n_obs_min']}–{spec['n_obs_max']} (log-uniform)")
+    errors = ", ".join(f"{name} {spec[k]:g} dex (spread of ln σ {spec.get(k + '_spread', 0):g})"
+                       for name, k in (("[Fe/H]", "feh_err"), ("[O/Fe]", "ofe_err")) if spec.get(k))
+    cuts = [f"[Fe/H] {op} {spec[k]:g}" for k, op in (("feh_min", ">"), ("feh_max", "<"))
+            if spec.get(k) is not None]
+    return (f"N_obs {n_obs} stars drawn by {spec.get('weight', 'number')}, Gaussian errors "
+            f"{errors or 'none'}" + (f", selection {' and '.join(cuts)}" if cuts else ""))
+
+
+def _coverage_table(coverage: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{c['n']}</td><td>{c['0.68']:.2f}</td>"
+                   f"<td>{c['0.95']:.2f}</td></tr>" for label, c in coverage["coverage"].items())
+    return (f"<p>The truth inside the central credible intervals over "
+            f"{coverage['n_tables']} such tables (distinct halos, {coverage['n_samples']} "
+            "samples each; calibrated: 0.68 and 0.95):</p><table><tr><th>parameter</th>"
+            f"<th>tables</th><th>68%</th><th>95%</th></tr>{rows}</table>")
+
+
+def survey_section(folder: str | os.PathLike, figures: Path) -> tuple[str, list[str]]:
+    """The survey-style inference of a ``casbi-store survey`` folder (the pipeline's survey
+    stage): the first survey table's observed plane, ``observe``'s summary of what it kept and
+    dropped, N_obs, its two-step posterior as a corner plot with the truth marked and the
+    misspecification score in the title, and the coverage over all the tables. Without those
+    files the section says what is missing."""
+    import xarray as xr
+
+    from .infer import corner_plot, describe_observation
+    from .misspecification import Assessment
+    from .observe import read_observation
+
+    folder = Path(folder)
+    truth_file, observation, posterior = (folder / "tables" / "truth.json",
+                                          folder / "observation.nc", folder / "posterior.nc")
+    missing = [str(p) for p in (truth_file, observation, posterior) if not p.is_file()]
+    if missing:
+        return SURVEY_TITLE, [f"<p class=no>No survey-style inference to show: "
+                              f"{html.escape(', '.join(missing))} missing (run the pipeline's "
+                              f"<code>survey</code> stage, or <code>casbi-store survey</code> "
+                              f"into {html.escape(str(folder))}).</p>"]
+    truth = json.loads(truth_file.read_text())
+    first = truth["tables"][0]  # the table `casbi-store survey` observes and infers first
+    counts, attrs = read_observation(observation)
+    observed = describe_observation(observation, counts, attrs)
+    with xr.open_dataset(posterior) as ds:
+        samples = ds.load()
+    assessment = Assessment.from_attrs(samples.attrs)
+    marks = {"n_sub": first["n_sub"]} | {f"{name}_1": value for name, value in
+                                         zip(BLOCK_PARAMETERS, first["theta"][0], strict=True)}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 3.6), constrained_layout=True)
+    _plane(ax, counts, (attrs["feh_edges"], attrs["ofe_edges"]),
+           f"N_obs = {int(counts.sum())} stars (true N_sub = {first['n_sub']})")
+    ax.set_ylabel("[O/Fe]")
+    plane = _save(fig, figures / "survey_plane.png")
+    corner = corner_plot(samples, figures / "survey_corner.png", truth=marks)
+    models = ", ".join(f"{m} ({r})" for m, r in zip(json.loads(samples.attrs["models"]),
+                                                    json.loads(samples.attrs["representations"]),
+                                                    strict=True))
+    verdict = ("<span class=no>flagged</span>" if assessment and assessment.flagged else
+               "<span class=ok>not flagged</span>" if assessment and assessment.available
+               else "unavailable")
+    parts = [f"<p>Training set {html.escape(truth['set'])}: each composed halo observed as a "
+             f"survey would see it ({html.escape(_observation_text(truth['observation']))}); "
+             f"models (representation): {html.escape(models)}; <code>normalised</code> sees the "
+             "plane's shape and N_obs as a separate condition, never the star count as a proxy "
+             f"of mass. One survey table of a halo of the {html.escape(truth['split'])} split"
+             + (" (held out of training)" if truth["split"] == "test" else "")
+             + f": {first['n_obs']} stars with their errors, written as FITS, through "
+             "<code>casbi-store observe</code> and <code>casbi-store infer</code>.</p>",
+             f"<p><b>N_obs = {samples.attrs.get('n_obs', int(counts.sum())):g}</b> stars (the "
+             "condition the models see beside the plane's shape). What <code>observe</code> "
+             f"kept and dropped:</p><pre>{html.escape(observed.summary)}</pre>",
+             f"<p><b>Is this table like the training halos?</b> ({verdict}) "
+             f"{html.escape(assessment.summary() if assessment else 'not recorded')}</p>",
+             _img(plane, "the observed chemical plane (log counts per bin)"),
+             _img(corner, "two-step posterior of the survey table (N_sub mixture, rank 1), "
+                          "truth in red; title: the misspecification score and its threshold")]
+    coverage = folder / "posteriors" / "coverage.json"
+    if coverage.is_file():
+        parts.append(_coverage_table(json.loads(coverage.read_text())))
+    return SURVEY_TITLE, parts
+
+
 def write_report(results: dict, out: str | os.PathLike, corner: Path | None = None,
-                 surrogate: str | os.PathLike | None = None) -> Path:
+                 surrogate: str | os.PathLike | None = None,
+                 survey: str | os.PathLike | None = None) -> Path:
     """Figures, ``metrics.json`` and ``report.html`` in ``out``; returns the page's path.
-    ``surrogate``: a surrogate validation folder, shown in its own section."""
+    ``surrogate``: a surrogate validation folder; ``survey``: a ``casbi-store survey`` folder;
+    each shown in its own section."""
     out = Path(out)
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
@@ -412,6 +509,8 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
                                                         "truth in red")]))
     if surrogate is not None:
         sections.append(surrogate_section(surrogate))
+    if survey is not None:
+        sections.append(survey_section(survey, figs))
     (out / "metrics.json").write_text(json.dumps(_jsonable(results), indent=2))
     (out / "timings.json").write_text(json.dumps(_timings(results), indent=2))
     body = "\n".join(f"<h2>{html.escape(title)}</h2>\n" + "\n".join(parts)
@@ -424,7 +523,7 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>CASBI evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}
-img{{max-width:100%}} table{{border-collapse:collapse;margin-bottom:1em}}
+img{{max-width:100%}} table{{border-collapse:collapse;margin-bottom:1em}} pre{{white-space:pre-wrap}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} .ok{{color:green}} .no{{color:#b00}}
 figure{{margin:0.5em 0}} .small{{font-size:85%}} figcaption{{color:#555;font-size:90%}}</style></head><body>
 <h1>CASBI evaluation: {html.escape(first["set"])}</h1>

@@ -34,6 +34,7 @@ from torch import nn
 from . import schema as S
 
 DEFAULT_REPRESENTATION, DEFAULT_EMBEDDING = "log1p", "cnn"
+N_OBS_REPRESENTATION = "normalised"  # sees N_obs as a condition: its model knows the range trained on
 EMBEDDINGS = ("cnn", "pooled", "mlp")
 REF_COUNT = 1000.0  # normalised planes are shown as the counts of a halo of this many stars
 PIXEL_FLOOR = 0.5  # see Log1pStandardize

@@ -26,7 +26,13 @@ from . import modelfolder as F
 from . import schema as S
 from .misspecification import calibrate_after_training
 from .provenance import package_versions, utc_now
-from .representations import DEFAULT_EMBEDDING, DEFAULT_REPRESENTATION, check_choice, chunk_statistics
+from .representations import (
+    DEFAULT_EMBEDDING,
+    DEFAULT_REPRESENTATION,
+    N_OBS_REPRESENTATION,
+    check_choice,
+    chunk_statistics,
+)
 from .streaming import TrainingSetStream, x_chunks
 from .tasks import Task, get_task
 
@@ -150,7 +156,14 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
     else:
         from . import trainingsets
 
-        inputs = chunk_statistics(x_chunks(streams["train"]), cfg.representation)
+        totals: list[np.ndarray] = []  # the training halos' star counts: their N_obs
+
+        def counted(chunks):
+            for block in chunks:
+                totals.append(np.asarray(block).sum(axis=(1, 2)))
+                yield block
+
+        inputs = chunk_statistics(counted(x_chunks(streams["train"])), cfg.representation)
         group = streams["train"]._open()
         n_sub = np.asarray(group[S.N_SUB.name][:])
         target = group[spec.target]
@@ -165,6 +178,9 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
         stats = {**inputs, "theta_example": theta,
                  "feh_edges": binning.feh_edges, "ofe_edges": binning.ofe_edges}
         meta = _model_meta(store, name, version, task, cfg, (int(n_sub.min()), int(n_sub.max())))
+        if cfg.representation == N_OBS_REPRESENTATION:  # N_obs is a condition: its range
+            totals = np.concatenate(totals)
+            meta[F.N_OBS_RANGE] = [float(totals.min()), float(totals.max())]
         F.write_transform(out, stats)
     F.write_meta(out, meta)
     return meta, stats

@@ -92,6 +92,45 @@ def store_with_set(tiny_store_path: Path, folder: Path, **spec) -> Path:
     return path
 
 
+SURVEY_OBSERVATION = dict(n_obs_min=100, n_obs_max=3000, feh_err=0.05, feh_err_spread=0.3,
+                          ofe_err=0.03, ofe_err_spread=0.3)
+SURVEY_NET = dict(epochs=1, batch_size=64, hidden_features=8, num_transforms=1, embedding_dim=8,
+                  conv_channels=(4,), patience=5, learning_rate=2e-3, representation="normalised")
+
+
+@pytest.fixture(scope="session")
+def tiny_survey(tiny_store, tmp_path_factory):
+    """(store, [classifier, theta]): models of the normalised representation trained for one
+    epoch on a tiny observation-model set ``sky:v1`` (N_sub 3-6, 100-3000 stars per halo)."""
+    from casbi_store.modelfolder import load_model
+    from casbi_store.trainer import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("survey")
+    store = store_with_set(tiny_store[0], folder, name="sky", n_sub_min=3, n_sub_max=6,
+                           train_per_n=30, test_per_n=5, seed=2, observation=SURVEY_OBSERVATION)
+    for task in ("nsub_classifier", "theta"):
+        train(store, "sky", "v1", task, folder / task, TrainConfig(**SURVEY_NET))
+    return store, [load_model(folder / t) for t in ("nsub_classifier", "theta")]
+
+
+@pytest.fixture(scope="session")
+def tiny_survey_run(tiny_survey, tmp_path_factory) -> tuple[Path, str]:
+    """(folder, printed): ``casbi-store survey`` of two tables of ``sky:v1``'s test halos, as the
+    pipeline's survey stage writes it (tables, observation.nc, posterior.nc, coverage)."""
+    import io
+
+    from casbi_store.cli import main
+
+    store, models = tiny_survey
+    out = tmp_path_factory.mktemp("survey-run") / "survey"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["survey", str(store), "--set", "sky:v1", "--models",
+                     *(str(m.path) for m in models), "--out", str(out), "--tables", "2",
+                     "--samples", "100", "--ranks", "2"]) == 0
+    return out, printed.getvalue()
+
+
 HTTP_SERVER = """
 import functools, http.server, sys
 

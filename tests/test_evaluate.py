@@ -66,17 +66,21 @@ def test_nsub_metrics_match_a_direct_computation(models):
     assert np.array_equal(result["confusion"].sum(axis=1), np.bincount(data.n_sub - 3, minlength=6))
 
 
-def test_report_page_embeds_every_image(models, tmp_path):
+def test_report_page_embeds_every_image(models, tiny_survey_run, tmp_path):
     store, paths = models
+    survey = tiny_survey_run[0]  # a `casbi-store survey` folder, as the pipeline's survey stage
     proc = subprocess.run([sys.executable, "-m", "casbi_store.cli", "evaluate",
                            *(str(p) for p in paths.values()), "--out", str(tmp_path / "rep"),
-                           "--halos", "120", "--samples", "60"],
+                           "--halos", "120", "--samples", "60", "--survey", str(survey)],
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr
     assert "report" in proc.stdout and "tarp_max_deviation" in proc.stdout
     page = (tmp_path / "rep" / "report.html").read_text()
     sources = re.findall(r'<img[^>]*src="([^"]*)"', page)
-    assert len(sources) == 8  # halos, training, N_sub, theta means + TARP + SBC, two-step TARP, corner
+    # halos, training, N_sub, theta means + TARP + SBC, two-step TARP, corner; the survey
+    # section's observed plane and corner plot
+    assert len(sources) == 10
+    _assert_survey_section(page, survey)
     for src in sources:
         assert src.startswith("data:image/png;base64,"), src[:60]
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,6 +108,40 @@ def test_report_page_embeds_every_image(models, tmp_path):
                            capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again" / "metrics.json").read_text() == text
+    assert "Survey-style inference" not in (tmp_path / "again" / "report.html").read_text()
+
+
+def _assert_survey_section(page: str, survey) -> None:
+    """The survey section shows what the survey folder holds: N_obs, the drops observe counted,
+    the misspecification score and threshold of the posterior, the coverage table."""
+    import html
+
+    import xarray as xr
+
+    from casbi_store.misspecification import Assessment
+    from casbi_store.report import SURVEY_TITLE
+
+    section = page.split(f"<h2>{html.escape(SURVEY_TITLE)}</h2>")[1].split("<h2>")[0]
+    with xr.open_dataset(survey / "posterior.nc") as ds:
+        attrs = dict(ds.attrs)
+    a = Assessment.from_attrs(attrs)
+    assert a.available and f"misspecification score {a.score:.3f}" in section
+    assert f"threshold {a.threshold:.3f}" in section
+    assert ("flagged" if a.flagged else "not flagged") in section
+    assert f"N_obs = {attrs['n_obs']:g}</b>" in section
+    dropped = json.loads(attrs["dropped"])
+    assert "dropped: " + ", ".join(f"{k} {v}" for k, v in dropped.items()) in section
+    assert section.count("<img") == 2 and "over 2 such tables" in section
+    coverage = json.loads((survey / "posteriors" / "coverage.json").read_text())["coverage"]
+    assert f"<td>n_sub</td><td>2</td><td>{coverage['n_sub']['0.68']:.2f}</td>" in section
+
+
+def test_survey_section_says_what_is_missing(tmp_path):
+    from casbi_store.report import survey_section
+
+    title, parts = survey_section(tmp_path / "nothing", tmp_path / "figures")
+    assert title.startswith("Survey-style inference") and len(parts) == 1
+    assert "No survey-style inference to show" in parts[0] and "observation.nc" in parts[0]
 
 
 def test_two_step_mixture_conditions_each_draw_on_its_n_sub(models):

@@ -11,32 +11,20 @@ import pytest
 import torch
 import xarray as xr
 from astropy.table import Table
-from conftest import store_with_set
 
 from casbi_store.cli import main
 from casbi_store.config import ConfigError, load_pipeline
 from casbi_store.estimators import NsubClassifier, build_npe
 from casbi_store.infer import infer, read_input
-from casbi_store.modelfolder import load_model
 from casbi_store.observe import observe_table
 from casbi_store.survey import make_survey_tables
-from casbi_store.trainer import TrainConfig, train
-
-OBSERVATION = dict(n_obs_min=100, n_obs_max=3000, feh_err=0.05, feh_err_spread=0.3,
-                   ofe_err=0.03, ofe_err_spread=0.3)
-TINY_NET = dict(epochs=1, batch_size=64, hidden_features=8, num_transforms=1, embedding_dim=8,
-                conv_channels=(4,), patience=5, learning_rate=2e-3, representation="normalised")
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_store, tmp_path_factory):
-    """(store, [classifier, theta]) of the normalised representation on an observation-model set."""
-    folder = tmp_path_factory.mktemp("survey")
-    store = store_with_set(tiny_store[0], folder, name="sky", n_sub_min=3, n_sub_max=6,
-                           train_per_n=30, test_per_n=5, seed=2, observation=OBSERVATION)
-    for task in ("nsub_classifier", "theta"):
-        train(store, "sky", "v1", task, folder / task, TrainConfig(**TINY_NET))
-    return store, [load_model(folder / t) for t in ("nsub_classifier", "theta")]
+def trained(tiny_survey):
+    """(store, [classifier, theta]) of the normalised representation on an observation-model
+    set (``conftest.tiny_survey``, shared with the report's survey section)."""
+    return tiny_survey
 
 
 def test_normalised_networks_see_the_shape_and_log_n_obs_only():
@@ -118,15 +106,13 @@ def test_same_halo_at_300_and_3000_stars_gives_consistent_posteriors(trained, tm
                                        err_msg=name)
 
 
-def test_survey_tables_of_held_out_halos_through_observe_and_infer(trained, tmp_path, capsys):
-    """``casbi-store survey``: tables of test halos (FITS with error columns, the truth beside
-    them) -> observe -> infer, and the coverage summary agrees with its per-table rows."""
+def test_survey_tables_of_held_out_halos_through_observe_and_infer(trained, tiny_survey_run,
+                                                                   tmp_path):
+    """``casbi-store survey`` (``conftest.tiny_survey_run``: 2 tables, 100 samples, 2 ranks):
+    tables of test halos (FITS with error columns, the truth beside them) -> observe -> infer,
+    and the coverage summary agrees with its per-table rows."""
     store, models = trained
-    out = tmp_path / "survey"
-    assert main(["survey", str(store), "--set", "sky:v1", "--models",
-                 *(str(m.path) for m in models), "--out", str(out), "--tables", "2",
-                 "--samples", "100", "--ranks", "2"]) == 0
-    printed = capsys.readouterr().out
+    out, printed = tiny_survey_run
     assert "truth inside the central credible intervals over 2 survey tables" in printed
     assert (out / "observation.nc").is_file() and (out / "posterior.png").is_file()
     truth = json.loads((out / "tables" / "truth.json").read_text())
@@ -169,3 +155,52 @@ def test_survey_stage_is_validated(tmp_path, stage, message):
     p.write_text(f"extract: {{suite: s}}\nsurvey: {stage}\n")
     with pytest.raises(ConfigError, match=rf"p.yaml: survey: .*{message}"):
         load_pipeline(p)
+
+
+def test_n_obs_outside_the_training_range_warns_in_infer_and_observe(trained, tmp_path,
+                                                                      capsys):
+    """A normalised model knows the N_obs range of its training halos (config.json, recorded at
+    training; the set's observation model for older folders); infer and observe warn outside
+    it: a NObsRangeWarning from Python, one line and rc 0 from the commands."""
+    import warnings
+
+    import zarr
+
+    from casbi_store.modelfolder import N_OBS_RANGE, n_obs_range
+    from casbi_store.observe import NObsRangeWarning
+
+    store, models = trained
+    x = zarr.open_array(store, path="training_sets/sky/v1/train/x", mode="r")
+    totals = np.asarray(x[:]).sum(axis=(1, 2))  # independent: every training halo's star count
+    lo, hi, origin = n_obs_range(models[1].meta)
+    assert (lo, hi) == (totals.min(), totals.max()) and "training halos of sky:v1" in origin
+    older = {**models[1].meta}
+    del older[N_OBS_RANGE]  # a folder from before the range was recorded: the set's spec
+    assert n_obs_range(older)[:2] == (100, 3000) and "observation model" in n_obs_range(older)[2]
+    log1p = {**models[1].meta, "config": {**models[1].meta["config"], "representation": "log1p"}}
+    assert n_obs_range(log1p) is None  # the total is the N_obs: no separate condition
+
+    table = make_survey_tables(store, "sky", "v1", tmp_path / "t", n_tables=1, seed=5,
+                               observation=dict(n_obs=int(lo) // 3, feh_err=0.05))[0]
+    obs = read_input(table.path, models[0])  # read_input leaves the warning to infer
+    with pytest.warns(NObsRangeWarning, match=rf"N_obs {obs.counts.sum():g} lies outside the "
+                                              rf"N_obs range {lo:g}..{hi:g} that .*nsub_classifier was"):
+        infer(models, obs, n_samples=20, ranks=1)
+    with pytest.warns(NObsRangeWarning, match=f"N_obs {10 * hi:g} lies outside"):
+        infer(models, obs, n_samples=20, ranks=1, n_obs=10 * hi)
+    with pytest.warns(NObsRangeWarning, match="outside the N_obs range"):
+        observe_table(table.path, models[1].path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NObsRangeWarning)  # inside the range: silent
+        infer(models, obs, n_samples=20, ranks=1, n_obs=(lo + hi) / 2)
+
+    for command in (["observe", table.path, "--binning", str(models[1].path), "--out",
+                     str(tmp_path / "obs.nc")],
+                    ["infer", *(str(m.path) for m in models), "--histogram",
+                     str(tmp_path / "obs.nc"), "--samples", "20", "--ranks", "1",
+                     "--out", str(tmp_path / "post.nc")]):
+        assert main(command) == 0
+        stderr = capsys.readouterr().err
+        lines = [ln for ln in stderr.splitlines() if "warning: N_obs" in ln]
+        assert len(lines) == 1 and lines[0].startswith("casbi-store: warning: N_obs "), stderr
+        assert f"{lo:g}..{hi:g}" in lines[0] and "Traceback" not in stderr

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import sys
 import warnings
+from collections.abc import Iterator
 
 TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transforms", "embedding_dim")
 TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
@@ -33,6 +36,25 @@ def setup_logging(verbose: bool) -> None:
     import distributed  # noqa: F401  (configures its loggers on import; quieten them after)
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Our warnings about an observation (``MisspecificationWarning``, ``NObsRangeWarning``) as
+    one ``casbi-store: warning: ...`` line each on stderr, every time; others passed on."""
+    from ..misspecification import MisspecificationWarning
+    from ..observe import NObsRangeWarning
+
+    ours = (MisspecificationWarning, NObsRangeWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        for category in ours:
+            warnings.simplefilter("always", category)
+        yield
+    for w in caught:
+        if issubclass(w.category, ours):
+            print(f"casbi-store: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def split_set(value: str) -> tuple[str, str]:

@@ -21,6 +21,10 @@ def add_parser(sub) -> None:
                     help="training rows the ridge/GBR baselines are fitted on (0: no baselines)")
     ev.add_argument("--surrogate-validation", metavar="DIR",
                     help="a `casbi-store surrogate validate` folder, shown in the report")
+    ev.add_argument("--survey", metavar="DIR",
+                    help="a `casbi-store survey` folder: its survey-style inference (observed "
+                         "plane, drops, posterior with the truth and the misspecification score, "
+                         "coverage) shown in the report")
     ev.add_argument("--out", default="report", help="folder for report.html, figures, metrics.json")
     ev.add_argument("--halos", type=int, default=300, help="halos per condition (evenly spaced)")
     ev.add_argument("--samples", type=int, default=200, help="posterior samples per halo")
@@ -44,9 +48,10 @@ def parse_against(value: str | None) -> tuple | None:
 def evaluate_models(models: list[str], out: str, *, split: str = "test", halos: int = 300,
                     samples: int = 200, seed: int = 0, against: tuple | None = None,
                     in_distribution_split: str | None = "val", baseline_rows: int = 2000,
-                    surrogate_validation: str | None = None) -> int:
+                    surrogate_validation: str | None = None, survey: str | None = None) -> int:
     """Evaluate the model folders ``models`` in every test condition, write the report into
-    ``out``, print the metrics and the targets (the `evaluate` command and the pipeline's stage)."""
+    ``out``, print the metrics and the targets (the `evaluate` command and the pipeline's stage;
+    ``surrogate_validation``/``survey``: folders shown in sections of their own)."""
     from ..evaluate import evaluate
     from ..report import corner_for_halo, write_report
 
@@ -60,7 +65,8 @@ def evaluate_models(models: list[str], out: str, *, split: str = "test", halos: 
                        baseline_fit_rows=baseline_rows)
     folder = Path(out)
     corner = corner_for_halo(results, folder / "figures" / "corner.png")
-    page = write_report(results, folder, corner=corner, surrogate=surrogate_validation)
+    page = write_report(results, folder, corner=corner, surrogate=surrogate_validation,
+                        survey=survey)
     for path, r in results["models"].items():
         m = r["metrics"]
         shown = {k: v for k, v in m.items() if k in (
@@ -82,4 +88,4 @@ def run(args: argparse.Namespace) -> int:
     return evaluate_models(args.models, args.out, split=args.split, halos=args.halos,
                            samples=args.samples, seed=args.seed, against=parse_against(args.against),
                            in_distribution_split=split, baseline_rows=args.baseline_rows,
-                           surrogate_validation=args.surrogate_validation)
+                           surrogate_validation=args.surrogate_validation, survey=args.survey)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +31,9 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
     """Sample the posterior of one halo (a histogram file or a star table) with the model
     folders ``models``; write the samples (NetCDF) and a corner plot, print the summary."""
     from ..infer import corner_plot, infer, read_input
-    from ..misspecification import Assessment, MisspecificationWarning
+    from ..misspecification import Assessment
     from ..modelfolder import load_model
+    from .common import warnings_as_lines
 
     if bool(histogram) == bool(stars):
         raise ValueError("give exactly one of --histogram (.npy/.nc) or --stars (.csv/.fits)")
@@ -44,16 +43,10 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
     x = read_input(histogram or stars, loaded[0])
     print(x.summary)
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:  # printed below as one clear line
-        warnings.simplefilter("always", MisspecificationWarning)
+    with warnings_as_lines():  # misspecification, N_obs outside the training range
         drawn = infer(loaded, x, n_samples=samples, seed=seed, nsub_draw=nsub_draw, ranks=ranks,
                       n_obs=n_obs)
     seconds = time.perf_counter() - start
-    for w in caught:
-        if issubclass(w.category, MisspecificationWarning):
-            print(f"casbi-store: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     drawn.to_netcdf(path)

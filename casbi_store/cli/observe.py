@@ -37,10 +37,13 @@ def observe(table: str, binning: str, out: str, columns: ColumnNames | None = No
     cuts, write the observation NetCDF ``out``, print what was kept and dropped and, with a
     model folder, the misspecification score."""
     from ..observe import ColumnNames, ObservationError, observe_table, write_observation
+    from .common import warnings_as_lines
 
     if not out.endswith(".nc"):  # before reading a large table
         raise ObservationError(f"{out}: an observation is written as NetCDF; name it *.nc")
-    obs = observe_table(table, binning, columns or ColumnNames(), where=where, min_stars=min_stars)
+    with warnings_as_lines():  # N_obs outside a normalised model's training range
+        obs = observe_table(table, binning, columns or ColumnNames(), where=where,
+                            min_stars=min_stars)
     score = observation_score(obs)  # a damaged calibration is refused before anything is written
     written = write_observation(obs, out)
     print(obs.summary())

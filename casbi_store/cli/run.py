@@ -1,10 +1,12 @@
 """``casbi-store run``: a declarative pipeline (pipelines/*.yaml), stage by stage.
 
 Each stage calls the function its command calls (``mock.make_suite``, ``extract.extract``,
-``compose.compose_and_register``, ``train.train_model``, ``evaluate.evaluate_models``) with the
-typed values ``config.load_pipeline`` validated. With a ``cluster:`` section, one Dask cluster
-serves the extract and compose stages; without one, extract starts its own LocalCluster (the
-stage's ``scheduler``/``workers``) and compose runs on Dask's local threads.
+``compose.compose_and_register``, ``train.train_model``, ``survey.survey_check``,
+``evaluate.evaluate_models``) with the typed values ``config.load_pipeline`` validated; the
+survey stage runs before evaluate, whose report shows its survey-style inference. With a
+``cluster:`` section, one Dask cluster serves the extract and compose stages; without one,
+extract starts its own LocalCluster (the stage's ``scheduler``/``workers``) and compose runs on
+Dask's local threads.
 """
 
 from __future__ import annotations
@@ -112,14 +114,7 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
             log.info("stage train: %s on %s:%s -> %s", m.task, m.set, m.version, pipe.path(m.out))
             train_model(pipe.path(pipe.extract.store), m.set, m.version, m.task, pipe.path(m.out),
                         config, per_member=False)
-    if pipe.evaluate:
-        ev = pipe.evaluate
-        against = parse_against(str(pipe.path(ev.against))) if ev.against else None
-        evaluate_models([str(pipe.path(m)) for m in ev.models], str(pipe.path(ev.out)),
-                        split=ev.split, halos=ev.halos, samples=ev.samples, seed=ev.seed,
-                        against=against, surrogate_validation=(
-                            str(pipe.path(pipe.surrogate.validation)) if pipe.surrogate else None))
-    if pipe.survey:
+    if pipe.survey:  # before evaluate: the report shows its survey-style inference
         sv = pipe.survey
         name, _, version = sv.set.partition(":")
         log.info("stage survey: %d tables of %s %s -> %s", sv.tables, sv.set, sv.split,
@@ -128,6 +123,14 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
                      [str(pipe.path(m)) for m in sv.models], pipe.path(sv.out), split=sv.split,
                      tables=sv.tables, observation=sv.observation, samples=sv.samples,
                      ranks=sv.ranks, seed=sv.seed)
+    if pipe.evaluate:
+        ev = pipe.evaluate
+        against = parse_against(str(pipe.path(ev.against))) if ev.against else None
+        evaluate_models([str(pipe.path(m)) for m in ev.models], str(pipe.path(ev.out)),
+                        split=ev.split, halos=ev.halos, samples=ev.samples, seed=ev.seed,
+                        against=against, surrogate_validation=(
+                            str(pipe.path(pipe.surrogate.validation)) if pipe.surrogate else None),
+                        survey=str(pipe.path(pipe.survey.out)) if pipe.survey else None)
     return 0
 
 

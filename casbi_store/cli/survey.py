@@ -29,13 +29,17 @@ def add_parser(sub) -> None:
     s.set_defaults(func=run)
 
 
+FIRST_TABLE_SAMPLES = 4000  # at least, for the first table's corner plot (seconds)
+
+
 def survey_check(store: str | os.PathLike, set_name: str, version: str, models: list[str],
                  out: str | os.PathLike, *, split: str = "test", tables: int = 20,
                  observation: dict | None = None, samples: int = 500, ranks: int = 3,
                  seed: int = 0) -> dict:
     """Write ``tables`` survey tables of ``split``'s halos, take the first through ``observe``
-    (observation.nc) and ``infer`` (posterior.nc, corner plot) as the commands do, then every
-    table through ``survey.survey_coverage``; print and return the coverage."""
+    (observation.nc) and ``infer`` (posterior.nc, corner plot; at least ``FIRST_TABLE_SAMPLES``
+    samples) as the commands do, then every table through ``survey.survey_coverage`` (``samples``
+    each); print and return the coverage."""
     from ..survey import make_survey_tables, survey_coverage
     from .infer import infer_halo
     from .observe import observe
@@ -47,7 +51,7 @@ def survey_check(store: str | os.PathLike, set_name: str, version: str, models: 
     print(f"survey table {first.path}: {first.n_obs} stars of a halo of N_sub {first.n_sub}")
     observe(first.path, models[-1], str(out / "observation.nc"))
     infer_halo(models, str(out / "posterior.nc"), histogram=str(out / "observation.nc"),
-               samples=samples, ranks=ranks, seed=seed)
+               samples=max(samples, FIRST_TABLE_SAMPLES), ranks=ranks, seed=seed)
     result = survey_coverage(models, made, n_samples=samples, ranks=ranks, seed=seed,
                              out=out / "posteriors")
     print(f"truth inside the central credible intervals over {len(made)} survey tables "
