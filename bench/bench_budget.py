@@ -248,30 +248,82 @@ def run(args, name: str) -> None:
     print(json.dumps(row, default=float), flush=True)
 
 
+def step_costs(args, names: list[str]) -> dict:
+    """CPU seconds per epoch's data loading (streamed and in memory), per training step (20
+    steps) and per validation pass of each variant's network: where the budget goes."""
+    import tempfile
+
+    import torch
+
+    from casbi_store import modelfolder as F
+    from casbi_store import trainer as T
+    from casbi_store.streaming import TrainingSetStream
+    from casbi_store.tasks import get_task
+
+    torch.set_num_threads(1)
+    task, (set_name, version) = get_task("theta"), args.set.split(":")
+    out = {}
+    for name in names:
+        cfg = _config(args, name)
+        streams = {s: TrainingSetStream(args.store, set_name, version, s, target=task.target,
+                                        seed=0, shuffle=s == "train") for s in ("train", "val")}
+        folder = Path(tempfile.mkdtemp(prefix="step_costs_"))
+        meta, stats = T._prepare(args.store, set_name, version, "theta", folder, cfg, streams, None)
+        net = F.build_member(meta, stats, 0)
+        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+        row = {}
+        for kind, src in (("streamed", streams), ("in_memory", {k: T._InMemory(s) for k, s in
+                                                                  streams.items()})):
+            cpu = time.process_time()
+            batches = list(T._pairs(src["train"], task, cfg, 0, 0))
+            row[f"load_epoch_{kind}"] = time.process_time() - cpu
+        cpu = time.process_time()
+        for theta, condition in batches[:20]:
+            optimizer.zero_grad()
+            net.loss(theta, condition).mean().backward()
+            optimizer.step()
+        row.update(steps_per_epoch=len(batches), step=(time.process_time() - cpu) / 20)
+        cpu = time.process_time()
+        with torch.no_grad():
+            for theta, condition in T._pairs(streams["val"], task, cfg, 0, 0):
+                net.loss(theta, condition)
+        row["validation_pass"] = time.process_time() - cpu
+        out[name] = row
+        print(name, json.dumps(row), flush=True)
+    return out
+
+
 def _fmt(v, digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
 def table(args, condition: str) -> str:
-    """Markdown: one row per variant (rank 1: 68% coverage, skill, RMSE of each parameter)."""
-    head = "| variant | epochs | train CPU-s |"
-    for c in COLUMNS:
-        head += f" {c} cov68 | skill | RMSE |"
-    lines = [head, "|" + "---|" * (3 + 3 * len(COLUMNS))]
-    for name, seed in ((n, s) for n in VARIANTS for s in range(4)):
-        path = Path(args.out) / f"{_slug(name, seed)}.json"
-        row = json.loads(path.read_text()) if path.exists() else {}
-        if condition not in row:
+    """Markdown: one row per variant, means over the seeds run (n): train CPU seconds, rank-1
+    68% coverage and RMSE of each parameter, skill of τ₁, and the score (the mean over the three
+    parameters of RMSE / ridge's RMSE on the same halos: < 1 beats the linear baseline)."""
+    base = baselines(args, condition)
+    head = "| variant | seeds | train CPU-s |"
+    head += "".join(f" {c} cov68 / RMSE |" for c in COLUMNS) + " τ₁ skill | score |"
+    lines = [head, "|" + "---|" * (5 + len(COLUMNS))]
+    for name in VARIANTS:
+        rows = [json.loads(p.read_text()) for p in
+                (Path(args.out) / f"{_slug(name, seed)}.json" for seed in range(4)) if p.exists()]
+        rows = [r for r in rows if condition in r]
+        if not rows:
             continue
-        cells = f"| {name}, seed {seed} | {row['epochs']} | {row['train_cpu_seconds']:.0f} |"
-        for c in COLUMNS:
-            m = row[condition]["parameters"][c]
-            cells += (f" {_fmt(m.get('coverage_68'))} | {_fmt(m.get('skill'))} | "
-                      f"{_fmt(m['rmse'], 3)} |")
-        lines.append(cells)
-    for kind, per in baselines(args, condition).items():
-        lines.append(f"| {kind} baseline | | |" + "".join(
-            f" | | {_fmt(per[c]['rmse'], 3)} |" for c in COLUMNS))
+
+        def mean(key: str, col: str, rows=rows) -> float | None:
+            values = [r[condition]["parameters"][col].get(key) for r in rows]
+            return None if None in values else float(np.mean(values))
+
+        cells = f"| {name} | {len(rows)} | {np.mean([r['train_cpu_seconds'] for r in rows]):.0f} |"
+        cells += "".join(f" {_fmt(mean('coverage_68', c))} / {_fmt(mean('rmse', c), 3)} |"
+                         for c in COLUMNS)
+        score = np.mean([mean("rmse", c) / base["ridge"][c]["rmse"] for c in COLUMNS])
+        lines.append(cells + f" {_fmt(mean('skill', 'tau_1'))} | {score:.3f} |")
+    for kind, per in base.items():
+        lines.append(f"| {kind} baseline | | |" + "".join(f" / {_fmt(per[c]['rmse'], 3)} |"
+                                                       for c in COLUMNS) + " | |")
     return "\n".join(lines)
 
 
@@ -289,12 +341,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", help="variant names (default: all, one after another)")
     p.add_argument("--final", action="store_true", help="judge on test and external too")
     p.add_argument("--table", action="store_true", help="print the tables of --out and stop")
+    p.add_argument("--step-costs", action="store_true",
+                   help="CPU seconds per step, epoch's loading and validation of --only, and stop")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.table:
         for condition in ("val", "test", "external"):
             print(f"\n{condition}:\n{table(args, condition)}")
+        return
+    if args.step_costs:
+        step_costs(args, args.only or ["default"])
         return
     for name in args.only or VARIANTS:
         if name not in VARIANTS:
