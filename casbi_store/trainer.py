@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -42,13 +43,17 @@ log = logging.getLogger(__name__)
 SHAPING = ("hidden_features", "num_transforms", "embedding_dim", "conv_channels", "max_rank",
            "joint_n_sub", "seed", "representation", "embedding")
 EXAMPLE_ROWS = 4096  # training rows that set the prior box and the flow's theta standardisation
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters (the seed's NSF: 10 transforms, 100 hidden features); ``joint_n_sub``
     is the fixed N_sub of the ``theta_joint`` task; ``representation`` and ``embedding`` choose
-    what the network sees of the plane (``casbi_store.representations``)."""
+    what the network sees of the plane (``casbi_store.representations``); ``lr_schedule``:
+    ``constant`` (``learning_rate`` throughout), ``cosine`` (from ``learning_rate`` down to 0
+    over ``epochs``) or ``onecycle`` (warm-up to ``learning_rate`` as peak over the first 30%
+    of the steps, then down; see ``scheduled_lr``, figures in bench/README.md)."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -68,10 +73,14 @@ class TrainConfig:
     device: str = "cpu"
     representation: str = DEFAULT_REPRESENTATION
     embedding: str = DEFAULT_EMBEDDING
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
         check_choice(self.representation, self.embedding)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                             f"not {self.lr_schedule!r}")
         if min(self.epochs, self.batch_size, self.ensemble, self.hidden_features,
                self.num_transforms, self.embedding_dim) < 1 or self.learning_rate <= 0:
             raise ValueError("epochs, batch_size, ensemble, network sizes and learning_rate "
@@ -126,6 +135,29 @@ def _pairs(source, task: Task, cfg: TrainConfig, epoch: int, seed: int):
                                                  joint_n_sub=cfg.joint_n_sub, generator=gen)
         if len(theta):
             yield theta.to(cfg.device), condition.to(cfg.device)
+
+
+def scheduled_lr(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total`` under
+    ``cfg.lr_schedule``: torch's ``CosineAnnealingLR`` (to 0) and ``OneCycleLR`` (defaults:
+    30% warm-up from lr / 25, cosine down to lr / 2.5e5), as functions of the step, so that a
+    resumed run continues the same curve."""
+    lr = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+    if cfg.lr_schedule == "onecycle":
+        start, end, peak_step = lr / 25, lr / 25 / 1e4, 0.3 * total - 1
+        if step <= peak_step:
+            a, b, pct = start, lr, step / peak_step
+        else:
+            a, b, pct = lr, end, min((step - peak_step) / (total - 1 - peak_step), 1.0)
+        return b + (a - b) / 2 * (math.cos(math.pi * pct) + 1)
+    return lr
+
+
+def _steps_per_epoch(source, batch_size: int) -> int:
+    rows = len(source.x) if isinstance(source, _InMemory) else source._open()[S.X.name].shape[0]
+    return math.ceil(rows / batch_size)
 
 
 def _model_meta(store, name: str, version: str, task: str, cfg: TrainConfig,
@@ -231,6 +263,7 @@ def _train_member(meta: dict, stats: dict, sources: dict, out: Path, cfg: TrainC
     estimator = F.build_member(meta, stats, seed).to(cfg.device)
     optimizer = torch.optim.Adam(estimator.parameters(), lr=cfg.learning_rate)
     state = {"epoch": 0, "best": float("inf"), "stale": 0, "history": []}
+    per_epoch = _steps_per_epoch(sources["train"], cfg.batch_size)
     checkpoint = out / F.CHECKPOINT
     if checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=True, map_location=cfg.device)
@@ -245,7 +278,10 @@ def _train_member(meta: dict, stats: dict, sources: dict, out: Path, cfg: TrainC
         sources["train"].set_epoch(epoch)
         estimator.train()
         losses = []
-        for theta, condition in _pairs(sources["train"], task, cfg, epoch, seed):
+        for i, (theta, condition) in enumerate(_pairs(sources["train"], task, cfg, epoch, seed)):
+            if cfg.lr_schedule != "constant":
+                for group in optimizer.param_groups:
+                    group["lr"] = scheduled_lr(cfg, epoch * per_epoch + i, cfg.epochs * per_epoch)
             optimizer.zero_grad()
             loss = estimator.loss(theta, condition).mean()
             loss.backward()

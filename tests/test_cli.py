@@ -69,6 +69,12 @@ def test_pipeline_validation_names_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: train: models\[0\]: unknown training option"):
         load_pipeline(bad)
     bad.write_text("extract: {store: s.zarr, suite: x}\n"
+                   "train: {defaults: {lr_schedule: linear}, models: [{task: theta, set: 'a:v1', "
+                   "out: m}]}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train: models\[0\]: lr_schedule must be one "
+                                          "of constant, cosine, onecycle, not 'linear'"):
+        load_pipeline(bad)
+    bad.write_text("extract: {store: s.zarr, suite: x}\n"
                    "train: {models: [{task: thetas, set: 'a:v1', out: m}]}\n")
     with pytest.raises(ConfigError, match="task must be one of"):
         load_pipeline(bad)

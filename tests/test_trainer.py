@@ -9,11 +9,13 @@ import pytest
 import torch
 from conftest import store_with_set
 
+from casbi_store import modelfolder as F
 from casbi_store import open_store
 from casbi_store import tasks as T
 from casbi_store.estimators import NsubClassifier
 from casbi_store.modelfolder import load_model
-from casbi_store.trainer import TrainConfig, train
+from casbi_store.streaming import TrainingSetStream
+from casbi_store.trainer import TrainConfig, _steps_per_epoch, scheduled_lr, train
 
 TINY = TrainConfig(epochs=3, batch_size=64, hidden_features=16, num_transforms=2,
                    embedding_dim=16, conv_channels=(4, 8), learning_rate=2e-3, patience=10)
@@ -250,3 +252,31 @@ def test_config_is_validated_before_any_work():
         with pytest.raises(ValueError, match="torch sees no CUDA device"):
             tiny(device="cuda")
     assert TrainConfig.from_dict({**TINY.__dict__, "conv_channels": [4, 8]}) == TINY
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_lr_schedules_follow_torchs_schedulers(schedule):
+    cfg, total = tiny(lr_schedule=schedule, learning_rate=3e-3), 40
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.learning_rate)
+    torch_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+                      if schedule == "cosine" else
+                      torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate,
+                                                          total_steps=total))
+    for step in range(total):
+        assert scheduled_lr(cfg, step, total) == pytest.approx(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        torch_schedule.step()
+    assert scheduled_lr(tiny(), 17, total) == TINY.learning_rate  # constant
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, onecycle"):
+        tiny(lr_schedule="linear")
+
+
+def test_training_steps_the_learning_rate_by_the_schedule(store, tmp_path):
+    cfg = tiny(epochs=2, lr_schedule="onecycle")
+    train(store, "t", "v1", "nsub", tmp_path / "s", cfg)
+    saved = torch.load(F.member_dir(tmp_path / "s", 0) / F.CHECKPOINT, weights_only=True)
+    per_epoch = _steps_per_epoch(TrainingSetStream(store, "t", "v1", "train", target="n_sub"),
+                                 cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        scheduled_lr(cfg, total - 1, total))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transforms", "embedding_dim")
 TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
                  "num_transforms", "embedding_dim", "ensemble", "max_rank", "joint_n_sub",
-                 "in_memory", "seed", "device", "representation", "embedding")
+                 "in_memory", "seed", "device", "representation", "embedding", "lr_schedule")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -99,6 +99,11 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="what the network sees of the plane (default log1p)")
     p.add_argument("--embedding", choices=EMBEDDINGS,
                    help="the flows' plane embedding (default cnn, the seed's CNN)")
+    from ..trainer import LR_SCHEDULES
+
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="learning rate over the steps: constant (default), cosine from "
+                        "--learning-rate to 0, or onecycle (warm-up to it, then down)")
     if tuned:
         p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
 
