@@ -40,7 +40,7 @@ from .tasks import Task, get_task
 CONFIG, TRANSFORM, ENSEMBLE = "config.json", "transform.npz", "ensemble.json"
 CALIBRATION = "calibration.json"
 MODEL, CHECKPOINT, HISTORY = "model.pt", "checkpoint.pt", "history.json"
-N_OBS_RANGE = "n_obs_range"  # config.json: [min, max] star count of the training halos
+N_OBS_RANGE = "n_obs_range"  # config.json: [min, max] N_obs of the training halos and set
 RENAMED = {"n_sub": "joint_n_sub"}  # old TrainConfig keys of config.json -> their names now
 META_KEYS = ("task", "parameters", "config", "n_sub_range")
 STATS_KEYS = ("mean", "std", "theta_example", "feh_edges", "ofe_edges")
@@ -304,15 +304,15 @@ class TrainedModel:
 def n_obs_range(meta: dict) -> tuple[float, float, str] | None:
     """The N_obs range a model of the ``normalised`` representation was trained on, and where it
     comes from: recorded at training (config.json ``n_obs_range``: the training halos' star
-    counts), else, for folders from before, the observation model of its training set in the
-    store's registry (``n_obs_min``..``n_obs_max``); None for other representations (their
+    counts, widened to the set's observation model), else, for folders from before, the
+    observation model of its training set in the store's registry (``n_obs_min``..``n_obs_max``); None for other representations (their
     total count is no separate condition) or when neither can be read."""
     if meta["config"].get("representation", DEFAULT_REPRESENTATION) != N_OBS_REPRESENTATION:
         return None
     if N_OBS_RANGE in meta:
         lo, hi = meta[N_OBS_RANGE]
-        return float(lo), float(hi), f"the star counts of its training halos of {meta['set']}:" \
-                                     f"{meta['version']}"
+        origin = f"the training halos and observation model of {meta['set']}:{meta['version']}"
+        return float(lo), float(hi), origin
     try:
         from .trainingsets import versions
 

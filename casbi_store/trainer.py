@@ -211,11 +211,30 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
                  "feh_edges": binning.feh_edges, "ofe_edges": binning.ofe_edges}
         meta = _model_meta(store, name, version, task, cfg, (int(n_sub.min()), int(n_sub.max())))
         if cfg.representation == N_OBS_REPRESENTATION:  # N_obs is a condition: its range
-            totals = np.concatenate(totals)
-            meta[F.N_OBS_RANGE] = [float(totals.min()), float(totals.max())]
+            meta[F.N_OBS_RANGE] = _n_obs_range(np.concatenate(totals), store, name, version,
+                                               storage_options)
         F.write_transform(out, stats)
     F.write_meta(out, meta)
     return meta, stats
+
+
+def _n_obs_range(totals: np.ndarray, store, name: str, version: str,
+                 storage_options: dict | None) -> list[float]:
+    """The N_obs range a normalised model is trained for: its training halos' star counts,
+    widened to the set's observation model (``n_obs_min``..``n_obs_max``) where it has one, so
+    that a table inside the designed range is not called an extrapolation because no training
+    halo happened to be drawn at its very end."""
+    from . import trainingsets
+
+    lo, hi = float(totals.min()), float(totals.max())
+    try:
+        entry = trainingsets.versions(store, name, storage_options)[version]
+        observation = (entry.get("source") or {}).get("observation")
+    except Exception:  # a registry that cannot be read: the counts alone
+        observation = None
+    if observation:
+        lo, hi = min(lo, float(observation["n_obs_min"])), max(hi, float(observation["n_obs_max"]))
+    return [lo, hi]
 
 
 def train(store: str | os.PathLike, name: str, version: str, task: str, out: str | os.PathLike,
