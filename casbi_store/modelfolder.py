@@ -305,8 +305,9 @@ def n_obs_range(meta: dict) -> tuple[float, float, str] | None:
     """The N_obs range a model of the ``normalised`` representation was trained on, and where it
     comes from: recorded at training (config.json ``n_obs_range``: the training halos' star
     counts, widened to the set's observation model), else, for folders from before, the
-    observation model of its training set in the store's registry (``n_obs_min``..``n_obs_max``); None for other representations (their
-    total count is no separate condition) or when neither can be read."""
+    observation model of its training set in the store's registry (``n_obs_min``..
+    ``n_obs_max``); None for other representations (their total count is no separate condition)
+    or when neither can be read."""
     if meta["config"].get("representation", DEFAULT_REPRESENTATION) != N_OBS_REPRESENTATION:
         return None
     if N_OBS_RANGE in meta:
