@@ -402,9 +402,12 @@ def _observation_text(spec: dict) -> str:
 def _coverage_table(coverage: dict) -> str:
     rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{c['n']}</td><td>{c['0.68']:.2f}</td>"
                    f"<td>{c['0.95']:.2f}</td></tr>" for label, c in coverage["coverage"].items())
+    flagged = coverage.get("misspecification_flagged")
+    flagged = ("" if flagged is None else
+               f" {flagged} of them lie above the misspecification threshold.")
     return (f"<p>The truth inside the central credible intervals over "
             f"{coverage['n_tables']} such tables (distinct halos, {coverage['n_samples']} "
-            "samples each; calibrated: 0.68 and 0.95):</p><table><tr><th>parameter</th>"
+            f"samples each; calibrated: 0.68 and 0.95).{flagged}</p><table><tr><th>parameter</th>"
             f"<th>tables</th><th>68%</th><th>95%</th></tr>{rows}</table>")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,8 +30,9 @@ from . import schema as S
 from . import trainingsets
 from .compose import registry
 from .infer import infer, read_input
+from .misspecification import MisspecificationWarning
 from .modelfolder import TrainedModel, as_model
-from .observe import load_binning_source
+from .observe import NObsRangeWarning, load_binning_source
 from .sources.observation import ObservationSpec
 from .store import open_stars, open_store
 
@@ -152,11 +154,16 @@ def survey_coverage(models: list[TrainedModel | str | os.PathLike], tables: list
     source = load_binning_source(loaded[0].path)  # the training halos' star counts, read once
     for i, table in enumerate(tables):
         observed = read_input(table.path, loaded[0], source)
-        samples = infer(loaded, observed, n_samples=n_samples, seed=seed + i, ranks=ranks)
+        with warnings.catch_warnings():  # counted below (``flagged``), not one warning per table
+            warnings.simplefilter("ignore", MisspecificationWarning)
+            warnings.simplefilter("ignore", NObsRangeWarning)
+            samples = infer(loaded, observed, n_samples=n_samples, seed=seed + i, ranks=ranks)
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
             samples.to_netcdf(Path(out) / (Path(table.path).stem + ".nc"))
-        row = {"path": table.path, "n_obs": int(observed.counts.sum()), "halo": table.halo}
+        row = {"path": table.path, "n_obs": int(observed.counts.sum()), "halo": table.halo,
+               "misspecification_score": samples.attrs.get("misspecification_score"),
+               "misspecification_flagged": bool(samples.attrs.get("misspecification_flagged", 0))}
         for (var, rank), truth in _truths(table, parameters, ranks).items():
             if var not in samples:
                 continue
@@ -173,7 +180,9 @@ def survey_coverage(models: list[TrainedModel | str | os.PathLike], tables: list
     coverage = {label: {"n": len(h[LEVELS[0]]), **{str(lv): float(np.mean(h[lv])) for lv in LEVELS}}
                 for label, h in hits.items()}
     result = {"models": [str(m.path) for m in loaded], "n_tables": len(tables),
-              "n_samples": n_samples, "coverage": coverage, "tables": rows}
+              "n_samples": n_samples, "coverage": coverage,
+              "misspecification_flagged": sum(r["misspecification_flagged"] for r in rows),
+              "tables": rows}
     if out is not None:
         (Path(out) / "coverage.json").write_text(json.dumps(result, indent=2))
     return result

@@ -5,6 +5,7 @@ through observe -> infer, on a tiny observation-model set with models trained fo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +141,13 @@ def test_survey_tables_of_held_out_halos_through_observe_and_infer(trained, tiny
         assert c["0.95"] == np.mean([r[3] <= r[0] <= r[4] for r in rows])
         assert all(r[3] <= r[1] <= r[2] <= r[4] for r in rows)  # 95% holds the 68% interval
     assert len(list((out / "posteriors").glob("survey-*.nc"))) == 2
+    for r in result["tables"]:  # each table's score is its posterior's; the count sums them
+        attrs = xr.open_dataset(out / "posteriors" / (Path(r["path"]).stem + ".nc")).attrs
+        assert r["misspecification_score"] == pytest.approx(attrs["misspecification_score"])
+        assert r["misspecification_flagged"] == bool(attrs["misspecification_flagged"])
+    assert result["misspecification_flagged"] == sum(r["misspecification_flagged"]
+                                                     for r in result["tables"])
+    assert f"misspecification: {result['misspecification_flagged']} of 2 tables" in printed
     n_test = test.sizes["halo"]
     with pytest.raises(ValueError, match=f"has {n_test} halos, fewer than the {n_test + 1} tables"):
         make_survey_tables(store, "sky", "v1", tmp_path / "many", n_tables=n_test + 1)

@@ -59,6 +59,8 @@ def survey_check(store: str | os.PathLike, set_name: str, version: str, models: 
     print(f"  {'parameter':<16} {'tables':>6} {'68%':>6} {'95%':>6}")
     for label, c in result["coverage"].items():
         print(f"  {label:<16} {c['n']:>6} {c['0.68']:>6.2f} {c['0.95']:>6.2f}")
+    print(f"misspecification: {result['misspecification_flagged']} of {len(made)} tables above "
+          "the threshold")
     return result
 
 
