@@ -9,6 +9,12 @@ softmax averaged with the same weights.
 ``nsub_probabilities`` and ``sample_nsub`` give p(N_sub | x) and N_sub draws on the integers
 for either kind of step-1 posterior (the NPE's continuous samples rounded), which evaluation
 and inference share.
+
+Every flow sample, in evaluation and in ``infer``, comes from one sampler,
+``BatchedFlowSampler``: an ensemble's member drawn per sample from the weights (one
+member-mixing rule), randomness from a ``torch.Generator`` (``seeded_generator``), the flows'
+inverse run with each condition's context terms computed once (``flow_inverse``). sbi's
+``sample``/``sample_batched`` are not used: they return an ensemble's samples member by member.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .modelfolder import TrainedModel, as_model
 from .tasks.nsub_classifier import NsubPosterior
 
-__all__ = ["BatchedFlowSampler", "FlowSamples", "NsubPosterior", "OutsidePriorError", "box_bounds",
-           "credible_set", "load_posterior", "nsub_probabilities", "outside_fraction", "quiet_sampling",
-           "sample_in_prior", "sample_nsub"]
+__all__ = ["BatchedFlowSampler", "NsubPosterior", "OutsidePriorError", "box_bounds",
+           "credible_set", "flow_inverse", "load_posterior", "nsub_probabilities",
+           "outside_fraction", "quiet_sampling", "sample_in_prior", "sample_nsub",
+           "sample_rows_in_prior", "seeded_generator"]
 
 
 # what sbi, nflows and torch warn on every sampling call: the leakage outside the prior box is
@@ -55,47 +63,64 @@ def box_bounds(model: TrainedModel) -> tuple[np.ndarray, np.ndarray]:
     return model.task_spec.box_bounds(model.stats["theta_example"])
 
 
+def seeded_generator(seed: int, *tags: int) -> torch.Generator:
+    """A torch generator of its own for each use of ``seed`` (adding a use moves no other)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *tags])
+                                             .generate_state(1, np.uint64)[0] >> 1))
+
+
 def sample_in_prior(posterior, model: TrainedModel, n: int, x: torch.Tensor,
-                    min_acceptance: float = 0.005) -> np.ndarray:
-    """``n`` samples of ``posterior`` at ``x`` inside the prior box, by rejection with a bound:
-    if fewer than ``min_acceptance`` of the draws land inside, raise ``OutsidePriorError``
-    (sbi's own rejection would loop for hours on such an observation)."""
+                    generator: torch.Generator | None = None, min_acceptance: float = 0.005
+                    ) -> np.ndarray:
+    """``n`` samples of ``posterior`` at one condition ``x`` inside the prior box
+    (``sample_rows_in_prior``: ``BatchedFlowSampler``, an ensemble's member drawn per sample).
+    ``generator``: the randomness (torch's global generator if None)."""
+    sampler = BatchedFlowSampler(posterior)
+    return sample_rows_in_prior(sampler, model, sampler.contexts(x), torch.zeros(n, dtype=torch.long),
+                                generator, min_acceptance).numpy()
+
+
+def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
+                         contexts: list[torch.Tensor], context_of: torch.Tensor,
+                         generator: torch.Generator | None = None, min_acceptance: float = 0.005
+                         ) -> torch.Tensor:
+    """One sample per row inside the prior box (row i conditioned on ``contexts[..][
+    context_of[i]]``), by rejection per row: a row outside is redrawn, with 2, 4, .. 1024 draws
+    per round, its first draw inside kept (the truncated posterior, exactly). A bound: once a
+    condition's draws pass 20 x its rows + 20,000 with fewer than ``min_acceptance`` of them
+    inside, raise ``OutsidePriorError`` (unbounded rejection would loop for hours on such an
+    observation)."""
     low, high = (torch.as_tensor(b) for b in box_bounds(model))
-    kept, have, drawn = [], 0, 0
-    while have < n:
-        batch = max(2 * (n - have), 1000)
-        with torch.no_grad(), quiet_sampling():
-            s = posterior.sample((batch,), x=x, reject_outside_prior=False,
-                                 show_progress_bars=False)
-        inside = s[((s >= low) & (s <= high)).all(dim=-1)]
-        kept.append(inside)
-        have, drawn = have + len(inside), drawn + batch
-        if have < n and drawn >= 20 * n + 20_000 and have / drawn < min_acceptance:
+    generator = generator if generator is not None else torch.default_generator
+    n_ctx = len(contexts[0])
+    need = torch.bincount(context_of, minlength=n_ctx)
+    drawn = torch.zeros(n_ctx, dtype=torch.long)
+    kept = torch.zeros(n_ctx, dtype=torch.long)
+    out = torch.empty(len(context_of), sampler.dims)
+    todo, copies = torch.arange(len(context_of)), 1
+    while len(todo):
+        rows_context = context_of[todo].repeat_interleave(copies)
+        s = sampler.sample(contexts, rows_context, generator).reshape(len(todo), copies, -1)
+        inside = ((s >= low) & (s <= high)).all(dim=-1)  # (rows to do, copies)
+        drawn += torch.bincount(rows_context, minlength=n_ctx)
+        kept += torch.bincount(rows_context, weights=inside.reshape(-1).double(),
+                               minlength=n_ctx).long()
+        hit = inside.any(dim=1)
+        first = inside.int().argmax(dim=1)  # the first draw inside
+        out[todo[hit]] = s[hit, first[hit]]
+        todo = todo[~hit]
+        stuck = torch.unique(context_of[todo])
+        bad = stuck[(drawn[stuck] >= 20 * need[stuck] + 20_000)
+                    & (kept[stuck] < min_acceptance * drawn[stuck])]
+        if len(bad):
+            c = int(bad[0])
             raise OutsidePriorError(
-                f"{model.path}: only {have / drawn:.2%} of {drawn} posterior samples fall inside "
-                f"the prior box (the training range of {', '.join(model.parameters)}): the "
-                "observation looks unlike the training halos (other binning? other survey "
-                "selection?) or the model is untrained")
-    return torch.cat(kept)[:n].detach().numpy()
-
-
-class FlowSamples:
-    """A posterior whose ``sample_batched`` returns the flow's own samples, without sbi's
-    rejection outside the prior: for evaluation over many halos (sbi's diagnostics call
-    ``sample_batched``), where one halo with little mass inside the box would otherwise stall
-    the whole run. Samples outside the box are the flow's leakage; ``outside_fraction``
-    measures it."""
-
-    def __init__(self, posterior):
-        self.posterior = posterior
-
-    def sample_batched(self, sample_shape, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        kwargs.update(reject_outside_prior=False, show_progress_bars=False)
-        with torch.no_grad(), quiet_sampling():  # the leakage is measured, not warned
-            return self.posterior.sample_batched(sample_shape, x=x, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self.posterior, name)
+                f"{model.path}: only {int(kept[c]) / int(drawn[c]):.2%} of {int(drawn[c])} "
+                "posterior samples fall inside the prior box (the training range of "
+                f"{', '.join(model.parameters)}): the observation looks unlike the training "
+                "halos (other binning? other survey selection?) or the model is untrained")
+        copies = min(2 * copies, 1024)
+    return out
 
 
 class BatchedFlowSampler:
@@ -163,8 +188,8 @@ class BatchedFlowSampler:
             for k, flow in enumerate(self.flows):
                 sel = torch.nonzero(member == k)[:, 0]
                 if len(sel):
-                    out[sel] = flow._transform.inverse(noise[sel],
-                                                       context=contexts[k][context_of[sel]])[0]
+                    out[sel] = flow_inverse(flow._transform, noise[sel], contexts[k],
+                                            context_of[sel])
         return out
 
     def sample_in_box(self, contexts: list[torch.Tensor], context_of: torch.Tensor,
@@ -185,6 +210,79 @@ class BatchedFlowSampler:
         return out, outside
 
 
+def _context_terms(net, contexts: torch.Tensor):
+    """What a coupling transform's conditioner computes from the context alone, once per
+    context: a function ``(identity_split, context_of) -> spline parameters`` that gathers it
+    per row, or None for a conditioner of another kind (then run as it is).
+
+    nflows' ``ResidualNet`` concatenates the context to its input and gates every residual
+    block with ``sigmoid(context_layer(context))``; sbi's ``ContextSplineMap`` (1-d theta) sees
+    the context only. In batched sampling many rows share a context (200 samples per halo), so
+    these context terms, about half of the conditioner's arithmetic, are computed per context
+    and gathered per row; the rows' own arithmetic is nflows' (same order of operations up to
+    the split of the first layer's matrix product: float rounding only)."""
+    from nflows.nn.nets.resnet import ResidualNet
+    from sbi.neural_nets.net_builders.flow import ContextSplineMap
+
+    if isinstance(net, ContextSplineMap):
+        params = net(None, contexts)
+        return lambda identity, context_of: params[context_of]
+    if (not isinstance(net, ResidualNet) or net.context_features is None
+            or any(b.use_batch_norm or b.activation not in (F.relu, torch.relu)
+                   or (b.training and b.dropout.p > 0) for b in net.blocks)):
+        return None
+    n_in = net.initial_layer.in_features - net.context_features
+    weight_x = net.initial_layer.weight[:, :n_in]
+    first = F.linear(contexts, net.initial_layer.weight[:, n_in:], net.initial_layer.bias)
+    gates = [torch.sigmoid(b.context_layer(contexts)) for b in net.blocks]
+
+    def linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(layer.bias, x, layer.weight.T)  # ~2x F.linear's speed on CPU here
+
+    def run(identity: torch.Tensor, context_of: torch.Tensor) -> torch.Tensor:
+        temps = torch.addmm(first.index_select(0, context_of), identity, weight_x.T)
+        for block, gate in zip(net.blocks, gates, strict=True):
+            h = linear(block.linear_layers[0], torch.relu(temps)).relu_()
+            temps = torch.addcmul(temps, linear(block.linear_layers[1], h),
+                                  gate.index_select(0, context_of))
+        return linear(net.final_layer, temps)
+
+    return run
+
+
+def flow_inverse(transform, noise: torch.Tensor, contexts: torch.Tensor,
+                 context_of: torch.Tensor) -> torch.Tensor:
+    """nflows' ``CompositeTransform.inverse`` of ``noise`` (rows, dims), row i conditioned on
+    ``contexts[context_of[i]]``: the spline couplings' context terms computed once per context
+    (``_context_terms``), other transforms (sbi's standardisation, ``LULinear``) run as nflows
+    runs them; no log-determinant (sampling needs none)."""
+    from nflows.transforms import CompositeTransform, LULinear, PointwiseAffineTransform
+    from nflows.transforms.coupling import PiecewiseCouplingTransform
+
+    steps = transform._transforms if isinstance(transform, CompositeTransform) else [transform]
+    z, rows_context = noise, None
+    for step in reversed(steps):
+        if isinstance(step, (LULinear, PointwiseAffineTransform)):  # context-free
+            z = step.inverse(z)[0]
+            continue
+        run = (_context_terms(step.transform_net, contexts)
+               if isinstance(step, PiecewiseCouplingTransform)
+               and step.unconditional_transform is None else None)
+        if run is None:  # a transform of another kind: nflows' own inverse, context per row
+            if rows_context is None:
+                rows_context = contexts[context_of]
+            z = step.inverse(z, context=rows_context)[0]
+            continue
+        identity = z[:, step.identity_features]
+        params = run(identity, context_of)
+        moved, _ = step._coupling_transform_inverse(z[:, step.transform_features], params)
+        out = torch.empty_like(z)
+        out[:, step.identity_features] = identity
+        out[:, step.transform_features] = moved
+        z = out
+    return z
+
+
 def outside_fraction(model: TrainedModel, samples: torch.Tensor) -> float:
     """Fraction of samples outside the prior box."""
     low, high = (torch.as_tensor(b) for b in box_bounds(model))
@@ -195,7 +293,8 @@ def load_posterior(model: TrainedModel | str | os.PathLike):
     """The posterior its task makes of a model folder: sbi's (NPE tasks) or ``NsubPosterior``
     (classifier)."""
     model = as_model(model)
-    return model.task_spec.posterior(model)
+    with quiet_sampling():  # sbi's EnsemblePosterior copy-constructs its weights' tensor
+        return model.task_spec.posterior(model)
 
 
 def sample_nsub(model: TrainedModel, posterior, n: int, x: torch.Tensor, seed: int = 0
@@ -205,19 +304,24 @@ def sample_nsub(model: TrainedModel, posterior, n: int, x: torch.Tensor, seed: i
     if isinstance(posterior, NsubPosterior):
         return posterior.sample(n, x[0], seed=seed)
     n_min, n_max = model.meta["n_sub_range"]
-    raw = sample_in_prior(posterior, model, n, x)[:, 0]
+    raw = sample_in_prior(posterior, model, n, x, seeded_generator(seed, 30))[:, 0]
     return np.clip(np.rint(raw), n_min, n_max).astype(int)
 
 
-def nsub_probabilities(model: TrainedModel, posterior, x: torch.Tensor, n_samples: int = 1000
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def nsub_probabilities(model: TrainedModel, posterior, x: torch.Tensor, n_samples: int = 1000,
+                       generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(values, probabilities (N, n_values)) of N_sub for a batch of histograms; the NPE's
-    samples are rounded and clipped into [n_min, n_max]."""
+    samples (``BatchedFlowSampler``, outside the prior box too) are rounded and clipped into
+    [n_min, n_max]. ``generator``: the randomness (torch's global generator if None)."""
     n_min, n_max = model.meta["n_sub_range"]
     values = np.arange(n_min, n_max + 1)
     if isinstance(posterior, NsubPosterior):
         return values, posterior.probs(x)
-    samples = FlowSamples(posterior).sample_batched((n_samples,), x=x)
+    sampler = BatchedFlowSampler(posterior)
+    context_of = torch.arange(x.shape[0]).repeat(n_samples)  # sample-major
+    samples = sampler.sample(sampler.contexts(x), context_of,
+                             generator if generator is not None else torch.default_generator
+                             ).reshape(n_samples, x.shape[0], -1)
     idx = np.clip(np.rint(samples[..., 0].numpy()), n_min, n_max).astype(int) - n_min  # (S, N)
     probs = np.zeros((x.shape[0], len(values)))
     for j in range(x.shape[0]):
