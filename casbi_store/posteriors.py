@@ -53,6 +53,9 @@ def quiet_sampling() -> Iterator[None]:
         yield
 
 
+CHUNK_ROWS = 2**14  # rows per flow inverse call: ~12% fewer CPU-s than 60,000 at once here
+
+
 class OutsidePriorError(ValueError):
     """Almost no posterior samples fall inside the prior box: the observation is unlike the
     training halos (or the model is untrained)."""
@@ -187,9 +190,11 @@ class BatchedFlowSampler:
         with quiet_sampling():  # nflows' LU inverse calls a deprecated torch solver
             for k, flow in enumerate(self.flows):
                 sel = torch.nonzero(member == k)[:, 0]
-                if len(sel):
-                    out[sel] = flow_inverse(flow._transform, noise[sel], contexts[k],
-                                            context_of[sel])
+                if not len(sel):
+                    continue
+                inverse = flow_inverse(flow._transform, contexts[k])
+                for part in sel.split(CHUNK_ROWS):  # a chunk's intermediates stay in cache
+                    out[part] = inverse(noise[part], context_of[part])
         return out
 
     def sample_in_box(self, contexts: list[torch.Tensor], context_of: torch.Tensor,
@@ -250,37 +255,40 @@ def _context_terms(net, contexts: torch.Tensor):
     return run
 
 
-def flow_inverse(transform, noise: torch.Tensor, contexts: torch.Tensor,
-                 context_of: torch.Tensor) -> torch.Tensor:
-    """nflows' ``CompositeTransform.inverse`` of ``noise`` (rows, dims), row i conditioned on
-    ``contexts[context_of[i]]``: the spline couplings' context terms computed once per context
-    (``_context_terms``), other transforms (sbi's standardisation, ``LULinear``) run as nflows
-    runs them; no log-determinant (sampling needs none)."""
+def flow_inverse(transform, contexts: torch.Tensor):
+    """nflows' ``CompositeTransform.inverse``, prepared for ``contexts``: a function
+    ``(noise (rows, dims), context_of) -> samples``, row i conditioned on
+    ``contexts[context_of[i]]``. The spline couplings' context terms are computed here, once
+    per context (``_context_terms``); other transforms (sbi's standardisation, ``LULinear``) run
+    as nflows runs them; no log-determinant (sampling needs none)."""
     from nflows.transforms import CompositeTransform, LULinear, PointwiseAffineTransform
     from nflows.transforms.coupling import PiecewiseCouplingTransform
 
     steps = transform._transforms if isinstance(transform, CompositeTransform) else [transform]
-    z, rows_context = noise, None
-    for step in reversed(steps):
-        if isinstance(step, (LULinear, PointwiseAffineTransform)):  # context-free
-            z = step.inverse(z)[0]
-            continue
-        run = (_context_terms(step.transform_net, contexts)
-               if isinstance(step, PiecewiseCouplingTransform)
-               and step.unconditional_transform is None else None)
-        if run is None:  # a transform of another kind: nflows' own inverse, context per row
-            if rows_context is None:
-                rows_context = contexts[context_of]
-            z = step.inverse(z, context=rows_context)[0]
-            continue
-        identity = z[:, step.identity_features]
-        params = run(identity, context_of)
-        moved, _ = step._coupling_transform_inverse(z[:, step.transform_features], params)
-        out = torch.empty_like(z)
-        out[:, step.identity_features] = identity
-        out[:, step.transform_features] = moved
-        z = out
-    return z
+    runs = [None if isinstance(step, (LULinear, PointwiseAffineTransform))
+            or not isinstance(step, PiecewiseCouplingTransform)
+            or step.unconditional_transform is not None
+            else _context_terms(step.transform_net, contexts) for step in steps]
+
+    def inverse(noise: torch.Tensor, context_of: torch.Tensor) -> torch.Tensor:
+        z, rows_context = noise, None
+        for step, run in zip(reversed(steps), reversed(runs), strict=True):
+            if isinstance(step, (LULinear, PointwiseAffineTransform)):  # context-free
+                z = step.inverse(z)[0]
+            elif run is None:  # a transform of another kind: nflows' own, context per row
+                if rows_context is None:
+                    rows_context = contexts[context_of]
+                z = step.inverse(z, context=rows_context)[0]
+            else:
+                identity = z[:, step.identity_features]
+                moved, _ = step._coupling_transform_inverse(z[:, step.transform_features],
+                                                            run(identity, context_of))
+                z = torch.empty_like(z)
+                z[:, step.identity_features] = identity
+                z[:, step.transform_features] = moved
+        return z
+
+    return inverse
 
 
 def outside_fraction(model: TrainedModel, samples: torch.Tensor) -> float:
