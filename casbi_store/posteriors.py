@@ -192,9 +192,11 @@ class BatchedFlowSampler:
                 sel = torch.nonzero(member == k)[:, 0]
                 if not len(sel):
                     continue
-                inverse = flow_inverse(flow._transform, contexts[k])
-                for part in sel.split(CHUNK_ROWS):  # a chunk's intermediates stay in cache
-                    out[part] = inverse(noise[part], context_of[part])
+                # the contexts these rows use (a redraw of a few rows needs few of them)
+                used, local = torch.unique(context_of[sel], return_inverse=True)
+                inverse = flow_inverse(flow._transform, contexts[k][used])
+                for part in torch.arange(len(sel)).split(CHUNK_ROWS):  # intermediates in cache
+                    out[sel[part]] = inverse(noise[sel[part]], local[part])
         return out
 
     def sample_in_box(self, contexts: list[torch.Tensor], context_of: torch.Tensor,
