@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .modelfolder import TrainedModel, as_model
 from .tasks.nsub_classifier import NsubPosterior
 
-__all__ = ["BatchedFlowSampler", "NsubPosterior", "OutsidePriorError", "box_bounds",
+__all__ = ["BatchedFlowSampler", "FactoredContext", "NsubPosterior", "OutsidePriorError", "box_bounds",
            "credible_set", "flow_inverse", "load_posterior", "nsub_probabilities",
            "outside_fraction", "quiet_sampling", "sample_in_prior", "sample_nsub",
            "sample_rows_in_prior", "seeded_generator"]
@@ -84,7 +84,7 @@ def sample_in_prior(posterior, model: TrainedModel, n: int, x: torch.Tensor,
 
 
 def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
-                         contexts: list[torch.Tensor], context_of: torch.Tensor,
+                         contexts: list[torch.Tensor | FactoredContext], context_of: torch.Tensor,
                          generator: torch.Generator | None = None, min_acceptance: float = 0.005
                          ) -> torch.Tensor:
     """One sample per row inside the prior box (row i conditioned on ``contexts[..][
@@ -126,6 +126,38 @@ def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
     return out
 
 
+class FactoredContext:
+    """Contexts ``cat([features[image_of], extra], dim=1)`` kept apart: a linear map of them is
+    the features' map, once per image, gathered, plus the extra columns' map (the per-rank
+    task: an image's CNN features, then N_sub and the rank, ``RankedEmbedding.combine``)."""
+
+    def __init__(self, features: torch.Tensor, image_of: torch.Tensor, extra: torch.Tensor):
+        self.features, self.image_of, self.extra = features, image_of, extra
+
+    def __len__(self) -> int:
+        return len(self.image_of)
+
+    def __getitem__(self, rows) -> FactoredContext:
+        return FactoredContext(self.features, self.image_of[rows], self.extra[rows])
+
+    def full(self) -> torch.Tensor:
+        return torch.cat([self.features[self.image_of], self.extra], dim=1)
+
+
+def _full(contexts: torch.Tensor | FactoredContext) -> torch.Tensor:
+    return contexts.full() if isinstance(contexts, FactoredContext) else contexts
+
+
+def _linear(contexts: torch.Tensor | FactoredContext, weight: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` of contexts, a factored one's image part once per image."""
+    if not isinstance(contexts, FactoredContext):
+        return F.linear(contexts, weight, bias)
+    n = contexts.features.shape[1]
+    return (F.linear(contexts.features, weight[:, :n])[contexts.image_of]
+            + F.linear(contexts.extra, weight[:, n:], bias))
+
+
 class BatchedFlowSampler:
     """Exactly as many samples as each row asks of an sbi NSF posterior (a ``DirectPosterior``
     or an ``EnsemblePosterior`` of them), for many conditions at once: the evaluation's sampler.
@@ -165,20 +197,23 @@ class BatchedFlowSampler:
 
     @torch.no_grad()
     def ranked_contexts(self, images: torch.Tensor, image_of: np.ndarray, n_sub: torch.Tensor,
-                        rank: torch.Tensor) -> list[torch.Tensor]:
+                        rank: torch.Tensor) -> list[FactoredContext]:
         """Each member's embedding of the per-rank conditions (``images[image_of]``, ``n_sub``,
-        ``rank``), each image's CNN run once (members with ``RankedEmbedding`` only)."""
+        ``rank``), each image's CNN run once (members with ``RankedEmbedding`` only), kept
+        factored: the flow's context terms are then computed once per image and once per
+        (N_sub, rank), not once per (image, N_sub, rank)."""
         rows = (len(image_of), 1)
         out = []
         for flow in self.flows:
             net = flow._embedding_net
             features = net.image_net(images.reshape(len(images), 1, *images.shape[-2:]))
-            out.append(net.combine(features[torch.as_tensor(image_of)],
-                                   n_sub.reshape(rows).float(), rank.reshape(rows).float()))
+            extra = net.combine(features.new_zeros(len(image_of), 0),  # what follows the CNN
+                                n_sub.reshape(rows).float(), rank.reshape(rows).float())
+            out.append(FactoredContext(features, torch.as_tensor(image_of), extra))
         return out
 
     @torch.no_grad()
-    def sample(self, contexts: list[torch.Tensor], context_of: torch.Tensor,
+    def sample(self, contexts: list[torch.Tensor | FactoredContext], context_of: torch.Tensor,
                generator: torch.Generator) -> torch.Tensor:
         """One sample for each row, ``(rows, dims)``; row i conditioned on context
         ``context_of[i]``."""
@@ -199,7 +234,7 @@ class BatchedFlowSampler:
                     out[sel[part]] = inverse(noise[sel[part]], local[part])
         return out
 
-    def sample_in_box(self, contexts: list[torch.Tensor], context_of: torch.Tensor,
+    def sample_in_box(self, contexts: list[torch.Tensor | FactoredContext], context_of: torch.Tensor,
                       low: torch.Tensor, high: torch.Tensor, generator: torch.Generator,
                       rounds: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample per row inside the box [low, high], by redrawing the rows outside up to
@@ -217,7 +252,7 @@ class BatchedFlowSampler:
         return out, outside
 
 
-def _context_terms(net, contexts: torch.Tensor):
+def _context_terms(net, contexts: torch.Tensor | FactoredContext):
     """What a coupling transform's conditioner computes from the context alone, once per
     context: a function ``(identity_split, context_of) -> spline parameters`` that gathers it
     per row, or None for a conditioner of another kind (then run as it is).
@@ -232,7 +267,7 @@ def _context_terms(net, contexts: torch.Tensor):
     from sbi.neural_nets.net_builders.flow import ContextSplineMap
 
     if isinstance(net, ContextSplineMap):
-        params = net(None, contexts)
+        params = net(None, _full(contexts))
         return lambda identity, context_of: params[context_of]
     if (not isinstance(net, ResidualNet) or net.context_features is None
             or any(b.use_batch_norm or b.activation not in (F.relu, torch.relu)
@@ -240,8 +275,9 @@ def _context_terms(net, contexts: torch.Tensor):
         return None
     n_in = net.initial_layer.in_features - net.context_features
     weight_x = net.initial_layer.weight[:, :n_in]
-    first = F.linear(contexts, net.initial_layer.weight[:, n_in:], net.initial_layer.bias)
-    gates = [torch.sigmoid(b.context_layer(contexts)) for b in net.blocks]
+    first = _linear(contexts, net.initial_layer.weight[:, n_in:], net.initial_layer.bias)
+    gates = [torch.sigmoid(_linear(contexts, b.context_layer.weight, b.context_layer.bias))
+             for b in net.blocks]
 
     def linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(layer.bias, x, layer.weight.T)  # ~2x F.linear's speed on CPU here
@@ -257,7 +293,7 @@ def _context_terms(net, contexts: torch.Tensor):
     return run
 
 
-def flow_inverse(transform, contexts: torch.Tensor):
+def flow_inverse(transform, contexts: torch.Tensor | FactoredContext):
     """nflows' ``CompositeTransform.inverse``, prepared for ``contexts``: a function
     ``(noise (rows, dims), context_of) -> samples``, row i conditioned on
     ``contexts[context_of[i]]``. The spline couplings' context terms are computed here, once
@@ -279,7 +315,7 @@ def flow_inverse(transform, contexts: torch.Tensor):
                 z = step.inverse(z)[0]
             elif run is None:  # a transform of another kind: nflows' own, context per row
                 if rows_context is None:
-                    rows_context = contexts[context_of]
+                    rows_context = _full(contexts[context_of])
                 z = step.inverse(z, context=rows_context)[0]
             else:
                 identity = z[:, step.identity_features]

@@ -156,6 +156,11 @@ def test_batched_sampler_inverts_the_flow_as_nflows_does(models):
             theirs = flow._transform.inverse(noise, context=contexts[context_of])[0]
         assert ours.shape == theirs.shape and not torch.equal(ours[:5], ours[5:10])
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    # the per-rank contexts kept factored (the CNN once per image) sample as the full ones
+    n_sub, rank = cond[:, -2], cond[:, -1]
+    factored = sampler.ranked_contexts(x, np.arange(5), n_sub, rank)
+    draw = lambda c: sampler.sample(c, context_of, torch.Generator().manual_seed(1))  # noqa: E731
+    torch.testing.assert_close(draw(factored), draw(sampler.contexts(cond)), rtol=1e-4, atol=1e-4)
 
 
 def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
