@@ -89,10 +89,10 @@ def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
                          ) -> torch.Tensor:
     """One sample per row inside the prior box (row i conditioned on ``contexts[..][
     context_of[i]]``), by rejection per row: a row outside is redrawn, with 2, 4, .. 1024 draws
-    per round, its first draw inside kept (the truncated posterior, exactly). A bound: once a
-    condition's draws pass 20 x its rows + 20,000 with fewer than ``min_acceptance`` of them
-    inside, raise ``OutsidePriorError`` (unbounded rejection would loop for hours on such an
-    observation)."""
+    per round (at most 2^17 draws a round), its first draw inside kept (the truncated posterior,
+    exactly). A bound: once a condition's draws pass 20 x its rows + 20,000 with fewer than
+    ``min_acceptance`` of them inside, raise ``OutsidePriorError`` (unbounded rejection would
+    loop for hours on such an observation)."""
     low, high = (torch.as_tensor(b) for b in box_bounds(model))
     generator = generator if generator is not None else torch.default_generator
     n_ctx = len(contexts[0])
@@ -122,7 +122,7 @@ def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
                 "posterior samples fall inside the prior box (the training range of "
                 f"{', '.join(model.parameters)}): the observation looks unlike the training "
                 "halos (other binning? other survey selection?) or the model is untrained")
-        copies = min(2 * copies, 1024)
+        copies = max(1, min(2 * copies, 1024, 2**17 // max(len(todo), 1)))  # <= 2^17 a round
     return out
 
 
