@@ -56,7 +56,14 @@ from . import calibration as cal
 from . import schema as S
 from . import trainingsets
 from .modelfolder import TrainedModel, load_model
-from .posteriors import BatchedFlowSampler, NsubPosterior, box_bounds, credible_set, load_posterior
+from .posteriors import (
+    BatchedFlowSampler,
+    NsubPosterior,
+    box_bounds,
+    credible_set,
+    load_posterior,
+    seeded_generator,
+)
 from .tasks import block_parameters, by_preference
 
 log = logging.getLogger(__name__)
@@ -230,12 +237,6 @@ def evaluate_nsub(model: TrainedModel, data: SplitData, n_samples: int = 500, se
             "confusion": confusion, "draws": draws}
 
 
-def _generator(seed: int, *tags: int) -> torch.Generator:
-    """A torch generator of its own for each batched flow pass (as ``_rng``)."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *tags])
-                                             .generate_state(1, np.uint64)[0] >> 1))
-
-
 def _flow_samples(posterior, cond: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """``(n, rows, dims)`` flow samples (outside the prior box too: the leakage is measured) for
     many conditions, each embedded once, ``ROWS_PER_PASS`` samples per pass."""
@@ -246,7 +247,7 @@ def _flow_samples(posterior, cond: torch.Tensor, n: int, seed: int) -> torch.Ten
         part = cond[start:start + per_pass]
         contexts = sampler.contexts(part)
         context_of = torch.arange(len(part)).repeat(n)  # sample-major
-        s = sampler.sample(contexts, context_of, _generator(seed, 20, start))
+        s = sampler.sample(contexts, context_of, seeded_generator(seed, 20, start))
         out.append(s.reshape(n, len(part), -1))
     return torch.cat(out, dim=1)
 
@@ -336,7 +337,7 @@ def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ran
                 x[halos][job_h].reshape(len(job_h), -1), torch.as_tensor(job_n, dtype=torch.float32),
                 torch.as_tensor(job_r, dtype=torch.float32)))
         samples, outside = sampler.sample_in_box(contexts, torch.as_tensor(context_of), low, high,
-                                                 _generator(seed, 21, start))
+                                                 seeded_generator(seed, 21, start))
         out[s_i, halos[h_i], r_i - 1] = samples.double().numpy()
         used_outside += int(outside.sum())
         used += len(context_of)

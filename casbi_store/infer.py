@@ -41,12 +41,13 @@ from .observe import (
     warn_if_outside_n_obs,
 )
 from .posteriors import (
-    FlowSamples,
-    box_bounds,
+    BatchedFlowSampler,
     load_posterior,
     nsub_probabilities,
     sample_in_prior,
     sample_nsub,
+    sample_rows_in_prior,
+    seeded_generator,
 )
 from .tasks import by_preference, task_names
 
@@ -215,38 +216,28 @@ def at_n_obs(histogram: np.ndarray, n_obs: float, models: list[TrainedModel]) ->
 
 
 def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np.ndarray,
-                    ranks: int) -> np.ndarray:
+                    ranks: int, generator: torch.Generator) -> np.ndarray:
     """theta of ranks 1..ranks for each N_sub draw: (draws, ranks, 3), NaN above N_sub.
 
-    Batched calls sample the (N_sub, rank) pairs the draws need, pairs needing similar counts
-    together (the flows' own samples); pairs left short by samples outside the prior box are
-    topped up by bounded rejection.
+    One sample per (draw, rank), as evaluation's mixture samples it (``BatchedFlowSampler``:
+    each distinct (N_sub, rank) condition embedded once, the image's CNN run once, an
+    ensemble's member drawn per sample from the weights), kept inside the prior box by
+    rejection per sample (``sample_rows_in_prior``).
     """
     out = np.full((len(n_draws), ranks, len(model.parameters)), np.nan)
-    values, counts = np.unique(n_draws, return_counts=True)
-    pairs = [(int(n), r, c) for n, c in zip(values, counts, strict=True)
-             for r in range(1, min(int(n), ranks) + 1)]
-    flat = x.reshape(1, -1).expand(len(pairs), -1)
-    cond = model.task_spec.condition(flat, torch.tensor([float(n) for n, _, _ in pairs]),
-                                     torch.tensor([float(r) for _, r, _ in pairs]))
-    low, high = (torch.as_tensor(b) for b in box_bounds(model))
-    need = np.array([c for _, _, c in pairs])
-    bucket = np.ceil(np.log2(need)).astype(int)  # pairs needing similar counts share a call
-    for b in np.unique(bucket):
-        idx = np.flatnonzero(bucket == b)
-        draws = FlowSamples(posterior).sample_batched((int(1.1 * need[idx].max()) + 5,),
-                                                      x=cond[idx])
-        # an ensemble's samples come member by member; taking the first ``count`` would draw
-        # mostly from member 0: shuffle (seeded by infer's torch seed) so they mix by weight
-        draws = draws[torch.randperm(draws.shape[0])]
-        inside = ((draws >= low) & (draws <= high)).all(dim=-1)  # (S, pairs in the bucket)
-        for col, j in enumerate(idx):
-            n, rank, count = pairs[j]
-            kept = draws[inside[:, col], col][:count].numpy()
-            if len(kept) < count:
-                extra = sample_in_prior(posterior, model, count - len(kept), cond[j:j + 1])
-                kept = np.concatenate([kept, extra])
-            out[n_draws == n, rank - 1] = kept
+    draw_i, rank_i = np.nonzero(np.arange(1, ranks + 1)[None, :] <= n_draws[:, None])
+    keys, context_of = np.unique(n_draws[draw_i] * (ranks + 1) + rank_i + 1, return_inverse=True)
+    n_sub, rank = (torch.as_tensor(keys // (ranks + 1)).float(),
+                   torch.as_tensor(keys % (ranks + 1)).float())
+    sampler = BatchedFlowSampler(posterior)
+    if sampler.ranked:
+        contexts = sampler.ranked_contexts(x, np.zeros(len(keys), dtype=int), n_sub, rank)
+    else:
+        contexts = sampler.contexts(model.task_spec.condition(
+            x.reshape(1, -1).expand(len(keys), -1), n_sub, rank))
+    samples = sample_rows_in_prior(sampler, model, contexts, torch.as_tensor(context_of),
+                                   generator)
+    out[draw_i, rank_i] = samples.numpy()
     return out
 
 
@@ -341,15 +332,18 @@ def infer(models: list[TrainedModel | str | os.PathLike],
                                  f"{by_preference(task_names(), 1)}) among "
                                  "the model folders")
             if nsub_draw == "mode":
-                values, p = nsub_probabilities(step1[0], load_posterior(step1[0]), x)
+                values, p = nsub_probabilities(step1[0], load_posterior(step1[0]), x,
+                                               generator=seeded_generator(seed, 33))
                 draws = np.full(n_samples, values[np.argmax(p[0])])
-            theta = _ranked_samples(load_posterior(model), model, x, draws, ranks)
+            theta = _ranked_samples(load_posterior(model), model, x, draws, ranks,
+                                    seeded_generator(seed, 31))
             for k, name in enumerate(model.parameters):
                 data[name] = _var(theta[..., k], ("sample", "rank"), name, model,
                                   nsub_draw=nsub_draw)
             ranked = True
         else:
-            s = sample_in_prior(load_posterior(model), model, n_samples, x)
+            s = sample_in_prior(load_posterior(model), model, n_samples, x,
+                                seeded_generator(seed, 32))
             for k, name in enumerate(model.parameters):
                 data[name] = _var(s[:, k], "sample", name, model, n_sub=model.joint_n_sub)
     coords = {"rank": np.arange(1, ranks + 1)} if ranked else {}

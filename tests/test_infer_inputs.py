@@ -1,6 +1,7 @@
 """Inference inputs that cannot mislead: a model folder is complete or refused, an observation
 without information is an error, numeric options are checked, observation files carry their
-provenance into the samples, and the public Python calls are as quiet as the CLI."""
+provenance into the samples, an ensemble's samples mix its members by weight, and the public
+Python calls are as quiet as the CLI."""
 
 from __future__ import annotations
 
@@ -284,6 +285,48 @@ def test_seed_changes_the_samples_and_repeats_them(trained):
     again = infer([trained["step1"], trained["theta"]], trained["x"], n_samples=200, seed=1)
     assert not np.array_equal(a["log10_mstar"].values, b["log10_mstar"].values, equal_nan=True)
     np.testing.assert_array_equal(a["log10_mstar"].values, again["log10_mstar"].values)
+
+
+def test_an_ensemble_s_samples_mix_its_members_by_weight(trained, tmp_path):
+    """Every sample's member is drawn from the weights, in infer's per-rank mixture and in
+    ``sample_in_prior`` (infer's path for a joint-mode model and the N_sub NPE). Before, sbi
+    returned an ensemble's samples member by member and the first draws kept were member 0's."""
+    import torch
+
+    from casbi_store.modelfolder import write_ensemble
+    from casbi_store.posteriors import box_bounds, load_posterior, sample_in_prior, seeded_generator
+
+    folder = tmp_path / "theta2"
+    shutil.copytree(trained["theta"], folder)
+    shutil.copytree(folder / "member-0", folder / "member-1")
+    model = load_model(trained["theta"])
+    low, high = (torch.as_tensor(b) for b in box_bounds(model))
+    spikes = [low + 0.25 * (high - low), low + 0.75 * (high - low)]  # inside the prior box
+    for k, at in enumerate(spikes):  # member k: a spike at spikes[k]
+        weights = torch.load(folder / f"member-{k}" / "model.pt", weights_only=True)
+        affine = "net._transform._transforms.0."  # sbi's z-score of theta: x = (y - shift) / scale
+        weights[affine + "_scale"] = weights[affine + "_scale"] * 1e4
+        weights[affine + "_shift"] = -at * weights[affine + "_scale"]
+        torch.save(weights, folder / f"member-{k}" / "model.pt")
+    write_ensemble(folder, {"best_val_loss": [1.0, 1.0], "weights": [0.25, 0.75]})
+    ensemble = load_model(folder)
+
+    def member(s: np.ndarray) -> np.ndarray:
+        near = [(np.abs(s - at.numpy()) < 1e-2 * (high - low).numpy()).all(axis=-1) for at in spikes]
+        assert (near[0] ^ near[1]).all()  # every sample is one member's
+        return near[1].astype(int)
+
+    x = torch.as_tensor(trained["x"])[None, None]
+    cond = model.task_spec.condition(x.reshape(1, -1), torch.tensor([4.0]), torch.tensor([1.0]))
+    second = member(sample_in_prior(load_posterior(ensemble), ensemble, 500, cond,
+                                    seeded_generator(0, 2)))
+    assert abs(second.mean() - 0.75) < 0.08, second.mean()  # sd 0.02
+    assert 0 < second[:40].sum() < 40  # the first draws mix members
+
+    samples = infer([trained["step1"], folder], trained["x"], n_samples=500, seed=0)
+    second = member(np.stack([samples[p].values[:, 0] for p in ensemble.parameters], axis=-1))
+    assert abs(second.mean() - 0.75) < 0.08, second.mean()
+    assert 0 < second[:40].sum() < 40
 
 
 QUIET = """
