@@ -315,14 +315,13 @@ def n_obs_range(meta: dict) -> tuple[float, float, str] | None:
         origin = f"the training halos and observation model of {meta['set']}:{meta['version']}"
         return float(lo), float(hi), origin
     try:
-        from .trainingsets import versions
+        from .trainingsets import observation_model
 
-        entry = versions(meta["store"], meta["set"], consolidated=False)[meta["version"]]
-        spec = entry["source"]["observation"]
-        return (float(spec["n_obs_min"]), float(spec["n_obs_max"]),
-                f"the observation model of {meta['set']}:{meta['version']}")
+        spec = observation_model(meta["store"], meta["set"], meta["version"], consolidated=False)
+        lo, hi = float(spec["n_obs_min"]), float(spec["n_obs_max"])
     except Exception:  # a moved or remote store, a set without observation model: unknown
         return None
+    return lo, hi, f"the observation model of {meta['set']}:{meta['version']}"
 
 
 def load_model(out: str | os.PathLike, device: str = "cpu") -> TrainedModel:

@@ -228,8 +228,7 @@ def _n_obs_range(totals: np.ndarray, store, name: str, version: str,
 
     lo, hi = float(totals.min()), float(totals.max())
     try:
-        entry = trainingsets.versions(store, name, storage_options)[version]
-        observation = (entry.get("source") or {}).get("observation")
+        observation = trainingsets.observation_model(store, name, version, storage_options)
     except Exception:  # a registry that cannot be read: the counts alone
         observation = None
     if observation:

@@ -133,6 +133,15 @@ def versions(store: str | os.PathLike, name: str, storage_options: dict | None =
         return {}
 
 
+def observation_model(store: str | os.PathLike, name: str, version: str,
+                      storage_options: dict | None = None, *, consolidated: bool = True
+                      ) -> dict | None:
+    """The observation model (``n_obs_min``, ``n_obs_max``, errors, ...) a published set was
+    composed with, from its registry entry; None if it has none or is not published."""
+    entry = versions(store, name, storage_options, consolidated=consolidated).get(version) or {}
+    return (entry.get("source") or {}).get("observation")
+
+
 def resolve_version(store: str | os.PathLike, name: str, version: str,
                     storage_options: dict | None = None) -> tuple[str, dict]:
     """``(version, entry)`` of a published version, ``"latest"`` meaning the highest."""
