@@ -308,7 +308,6 @@ def infer(models: list[TrainedModel | str | os.PathLike],
             break
     misspecification = assess([m.path for m in loaded], histogram)
     warn_if_flagged(misspecification)
-    torch.manual_seed(seed)
     by_task = {}
     for m in loaded:
         other = by_task.setdefault(m.task, m)

@@ -215,8 +215,12 @@ def read_ensemble(out: Path) -> tuple[list[str], np.ndarray]:
 
 
 def build_member(meta: dict, stats: dict, seed: int) -> torch.nn.Module:
-    """The untrained network of a model folder's ``config.json`` and ``transform.npz``."""
-    return get_task(meta["task"]).build(stats, meta["config"], tuple(meta["n_sub_range"]), seed)
+    """The untrained network of a model folder's ``config.json`` and ``transform.npz``. The
+    builders seed torch (weights initialised from ``seed``); the caller's global random state
+    is restored after, so loading a model in a user's session moves none of their draws."""
+    with torch.random.fork_rng(devices=[]):
+        return get_task(meta["task"]).build(stats, meta["config"], tuple(meta["n_sub_range"]),
+                                            seed)
 
 
 def _shape_mismatch(path: Path, meta: dict, net: torch.nn.Module, saved: dict) -> str:

@@ -166,7 +166,7 @@ class BatchedFlowSampler:
     mixture over N_sub draws (a few samples for each of many (halo, N_sub, rank) conditions) paid
     for padding, and its embedding runs the CNN once per condition. Here each condition is
     embedded once (per-rank conditions: the image's CNN features once per image,
-    ``RankedEmbedding.combine`` for each (N_sub, rank)), then one flow pass maps one normal draw
+    ``RankedEmbedding.after_features`` for each (N_sub, rank)), then one flow pass maps one normal draw
     per row through the flow's inverse with its condition's embedding. Ensembles draw the member
     of every row from the weights (sbi's ``sample_batched`` gives every condition the same member
     counts, in member order). Randomness comes from a ``torch.Generator`` only.
@@ -202,14 +202,15 @@ class BatchedFlowSampler:
         ``rank``), each image's CNN run once (members with ``RankedEmbedding`` only), kept
         factored: the flow's context terms are then computed once per image and once per
         (N_sub, rank), not once per (image, N_sub, rank)."""
-        rows = (len(image_of), 1)
+        rows, image_of = (len(image_of), 1), torch.as_tensor(image_of)
         out = []
         for flow in self.flows:
             net = flow._embedding_net
             features = net.image_net(images.reshape(len(images), 1, *images.shape[-2:]))
-            extra = net.combine(features.new_zeros(len(image_of), 0),  # what follows the CNN
-                                n_sub.reshape(rows).float(), rank.reshape(rows).float())
-            out.append(FactoredContext(features, torch.as_tensor(image_of), extra))
+            extra = net.after_features(  # what follows the CNN (a point estimate: per row)
+                features[image_of] if net.estimate is not None else None,
+                n_sub.reshape(rows).float(), rank.reshape(rows).float())
+            out.append(FactoredContext(features, image_of, extra))
         return out
 
     @torch.no_grad()
@@ -339,7 +340,9 @@ def load_posterior(model: TrainedModel | str | os.PathLike):
     """The posterior its task makes of a model folder: sbi's (NPE tasks) or ``NsubPosterior``
     (classifier)."""
     model = as_model(model)
-    with quiet_sampling():  # sbi's EnsemblePosterior copy-constructs its weights' tensor
+    # sbi's EnsemblePosterior copy-constructs its weights' tensor; sbi's posteriors draw from
+    # the global generator when built: the caller's random state is restored after
+    with quiet_sampling(), torch.random.fork_rng(devices=[]):
         return model.task_spec.posterior(model)
 
 
