@@ -68,6 +68,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "batch 32, flow 5x50, 10 ep": ("flow", {"batch_size": 32, "num_transforms": 5,
                                            "hidden_features": 50}),
     "regressor (cnn, MSE)": ("regressor", {}),
+    # the fix of τ that the regressor suggests: its MSE head on the flow's embedding, trained
+    # jointly, its estimate appended to the flow's condition (``estimators.PointEstimate``)
+    "point estimate 1.0": ("flow", {"point_estimate_weight": 1.0}),
+    "point estimate 0.3": ("flow", {"point_estimate_weight": 0.3}),
+    "point estimate 3.0": ("flow", {"point_estimate_weight": 3.0}),
+    "point estimate 10": ("flow", {"point_estimate_weight": 10.0}),
 }
 COLUMNS = ("log10_mstar_1", "log10_mdm_1", "tau_1")  # the flow's theta order, rank 1
 

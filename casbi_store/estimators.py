@@ -38,43 +38,119 @@ def image_embedding(mean: np.ndarray, std: np.ndarray, conv_channels: tuple[int,
     return plane_embedding(stats, representation, embedding, conv_channels, embedding_dim)
 
 
+class PointEstimate(nn.Module):
+    """A learned summary: an MLP from the flow's embedding to an estimate of the standardised
+    theta, trained by mean squared error beside the flow's likelihood (``point_estimate_loss``,
+    ``TrainConfig.point_estimate_weight``) and appended to the flow's condition.
+
+    Why: the posterior mean is the summary that keeps what a point estimate needs (Fearnhead &
+    Prangle 2012), and a regressor on the flow's own CNN learns the infall time where the flow's
+    likelihood alone does not (bench/README.md, "Power for a fixed CPU budget"). The estimate of
+    the last training forward pass is kept for the loss (``last``); evaluation ignores it."""
+
+    def __init__(self, n_in: int, hidden: int, theta_example: np.ndarray):
+        super().__init__()
+        theta = torch.as_tensor(np.asarray(theta_example, dtype=np.float64))
+        self.register_buffer("theta_mean", theta.mean(dim=0).float())
+        self.register_buffer("theta_std", theta.std(dim=0).clamp(min=1e-6).float())
+        n_out = theta.shape[1]
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Linear(hidden, n_out))
+        self.last: torch.Tensor | None = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        estimate = self.net(features)
+        if self.training:
+            self.last = estimate
+        return estimate
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """Per-row mean squared error of the last training pass's estimate (then forgotten)."""
+        if self.last is None or len(self.last) != len(theta):
+            raise RuntimeError("point_estimate_loss needs the estimator's loss of the same "
+                               "batch first, in training mode")
+        target = (theta - self.theta_mean) / self.theta_std
+        error, self.last = ((self.last - target) ** 2).mean(dim=1), None
+        return error
+
+
+def point_estimate_loss(estimator: nn.Module, theta: torch.Tensor) -> torch.Tensor:
+    """Per-row MSE of the estimator's ``PointEstimate`` on the batch its ``loss`` just saw."""
+    for module in estimator.modules():
+        if isinstance(module, PointEstimate):
+            return module.loss(theta)
+    raise ValueError("this estimator has no point-estimate head (point_estimate_weight is 0 "
+                     "in its config, or its task has no flow)")
+
+
+class WithEstimate(nn.Module):
+    """An embedding's features with the ``PointEstimate`` made from them appended."""
+
+    def __init__(self, embedding: nn.Module, estimate: PointEstimate):
+        super().__init__()
+        self.embedding, self.estimate = embedding, estimate
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        features = self.embedding(condition)
+        return torch.cat([features, self.estimate(features)], dim=1)
+
+
 class RankedEmbedding(nn.Module):
     """Per-rank condition (flattened histogram, N_sub, rank) -> CNN features of the image with
-    log10 N_sub, log10 rank and rank / N_sub appended after the CNN."""
+    log10 N_sub, log10 rank and rank / N_sub appended after the CNN (and, with a
+    ``PointEstimate``, its estimate of theta from all of them)."""
 
-    def __init__(self, image_net: nn.Module):
+    def __init__(self, image_net: nn.Module, estimate: PointEstimate | None = None):
         super().__init__()
         self.image_net = image_net
+        self.estimate = estimate
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         image = condition[:, :N_PIXELS].reshape(-1, 1, S.N_BINS, S.N_BINS)
         n_sub, rank = condition[:, N_PIXELS:N_PIXELS + 1], condition[:, N_PIXELS + 1:N_PIXELS + 2]
         return self.combine(self.image_net(image), n_sub, rank)
 
-    @staticmethod
-    def combine(features: torch.Tensor, n_sub: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    def combine(self, features: torch.Tensor, n_sub: torch.Tensor, rank: torch.Tensor
+                ) -> torch.Tensor:
         """The embedding from the image's CNN ``features`` (rows, dim) and (rows, 1) N_sub and
-        rank: one image's features serve every (N_sub, rank) asked of it (batched sampling)."""
-        return torch.cat([features, torch.log10(n_sub), torch.log10(rank), rank / n_sub], dim=1)
+        rank."""
+        return torch.cat([features, self.after_features(features, n_sub, rank)], dim=1)
+
+    def after_features(self, features: torch.Tensor | None, n_sub: torch.Tensor,
+                       rank: torch.Tensor) -> torch.Tensor:
+        """The columns after the CNN features: log10 N_sub, log10 rank, rank / N_sub, then the
+        point estimate if the model has one (which needs the rows' ``features``; without one
+        they may be None). Batched sampling computes these once per (image, N_sub, rank) and the
+        flow's terms of the features once per image (``posteriors.FactoredContext``)."""
+        ranks = torch.cat([torch.log10(n_sub), torch.log10(rank), rank / n_sub], dim=1)
+        if self.estimate is None:
+            return ranks
+        return torch.cat([ranks, self.estimate(torch.cat([features, ranks], dim=1))], dim=1)
 
 
 def build_npe(mean: np.ndarray, std: np.ndarray, theta_example: np.ndarray,
               condition_shape: tuple[int, ...], *, hidden_features: int, num_transforms: int,
               embedding_dim: int, conv_channels: tuple[int, ...], seed: int,
-              wrap: Callable[[nn.Module], nn.Module] | None = None,
+              wrap: Callable[..., nn.Module] | None = None,
               representation: str = DEFAULT_REPRESENTATION, embedding: str = DEFAULT_EMBEDDING,
-              extra_stats: dict | None = None) -> nn.Module:
+              extra_stats: dict | None = None, point_estimate: bool = False) -> nn.Module:
     """sbi's NSF (``posterior_nn``) with our embedding (``wrap``ped, e.g. by ``RankedEmbedding``,
-    for conditions other than the image); ``theta_example`` sets the flow's standardisation of
-    theta. ``z_score_x="none"``: our transform standardises the image. ``representation`` and
-    ``embedding`` choose the input (``casbi_store.representations``; ``extra_stats``: the
-    statistics of its extra features)."""
+    for conditions other than the image; ``wrap(net, estimate)``); ``theta_example`` sets the
+    flow's standardisation of theta. ``z_score_x="none"``: our transform standardises the image.
+    ``representation`` and ``embedding`` choose the input (``casbi_store.representations``;
+    ``extra_stats``: the statistics of its extra features). ``point_estimate``: a
+    ``PointEstimate`` head (``hidden_features`` wide) appended to the embedding."""
     from sbi.neural_nets import posterior_nn
 
+    wrap = wrap or (lambda net, estimate=None: net if estimate is None else WithEstimate(net, estimate))
     torch.manual_seed(seed)
     net = image_embedding(mean, std, conv_channels, embedding_dim, representation, embedding,
                           extra_stats)
-    embedding_net = wrap(net) if wrap is not None else net
+    embedding_net = wrap(net)
+    if point_estimate:
+        with torch.no_grad():  # the width of what the head sees: the embedding's output
+            n_in = embedding_net.eval()(torch.ones(2, *condition_shape)).shape[1]
+        embedding_net = wrap(net, PointEstimate(n_in, hidden_features, theta_example)).train()
     build = posterior_nn("nsf", z_score_x="none", z_score_theta="independent",
                          embedding_net=embedding_net, hidden_features=hidden_features,
                          num_transforms=num_transforms)

@@ -25,6 +25,7 @@ import torch
 
 from . import modelfolder as F
 from . import schema as S
+from .estimators import point_estimate_loss
 from .misspecification import calibrate_after_training
 from .provenance import package_versions, utc_now
 from .representations import (
@@ -35,13 +36,13 @@ from .representations import (
     chunk_statistics,
 )
 from .streaming import TrainingSetStream, x_chunks
-from .tasks import Task, get_task
+from .tasks import FlowTask, Task, get_task
 
 log = logging.getLogger(__name__)
 
 # options that shape the network or its data: a resumed model folder must keep them
 SHAPING = ("hidden_features", "num_transforms", "embedding_dim", "conv_channels", "max_rank",
-           "joint_n_sub", "seed", "representation", "embedding")
+           "joint_n_sub", "seed", "representation", "embedding", "point_estimate_weight")
 EXAMPLE_ROWS = 4096  # training rows that set the prior box and the flow's theta standardisation
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 
@@ -53,7 +54,10 @@ class TrainConfig:
     what the network sees of the plane (``casbi_store.representations``); ``lr_schedule``:
     ``constant`` (``learning_rate`` throughout), ``cosine`` (from ``learning_rate`` down to 0
     over ``epochs``) or ``onecycle`` (warm-up to ``learning_rate`` as peak over the first 30%
-    of the steps, then down; see ``scheduled_lr``, figures in bench/README.md)."""
+    of the steps, then down; see ``scheduled_lr``, figures in bench/README.md);
+    ``point_estimate_weight`` > 0 gives a flow a ``PointEstimate`` head (an MLP estimate of the
+    standardised theta, appended to the flow's condition) trained by MSE with this weight beside
+    the negative log-likelihood (0: none, the seed's network)."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -74,6 +78,7 @@ class TrainConfig:
     representation: str = DEFAULT_REPRESENTATION
     embedding: str = DEFAULT_EMBEDDING
     lr_schedule: str = "constant"
+    point_estimate_weight: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
@@ -81,6 +86,8 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"not {self.lr_schedule!r}")
+        if not self.point_estimate_weight >= 0:
+            raise ValueError(f"point_estimate_weight must be >= 0, not {self.point_estimate_weight!r}")
         if min(self.epochs, self.batch_size, self.ensemble, self.hidden_features,
                self.num_transforms, self.embedding_dim) < 1 or self.learning_rate <= 0:
             raise ValueError("epochs, batch_size, ensemble, network sizes and learning_rate "
@@ -245,6 +252,8 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     cfg = cfg or TrainConfig()
     spec = get_task(task)
     spec.parameters(cfg.joint_n_sub)  # theta_joint without joint_n_sub fails here, before any work
+    if cfg.point_estimate_weight and not isinstance(spec, FlowTask):
+        raise ValueError(f"point_estimate_weight is an option of flow tasks; {task} has no flow")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     streams = {split: TrainingSetStream(store, name, version, split, target=spec.target,
@@ -295,17 +304,21 @@ def _train_member(meta: dict, stats: dict, sources: dict, out: Path, cfg: TrainC
         start = time.perf_counter()
         sources["train"].set_epoch(epoch)
         estimator.train()
-        losses = []
+        losses, estimate_mse = [], []
         for i, (theta, condition) in enumerate(_pairs(sources["train"], task, cfg, epoch, seed)):
             if cfg.lr_schedule != "constant":
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(cfg, epoch * per_epoch + i, cfg.epochs * per_epoch)
             optimizer.zero_grad()
             loss = estimator.loss(theta, condition).mean()
+            losses.append(loss.item())
+            if cfg.point_estimate_weight:
+                mse = point_estimate_loss(estimator, theta).mean()
+                estimate_mse.append(mse.item())
+                loss = loss + cfg.point_estimate_weight * mse
             loss.backward()
             torch.nn.utils.clip_grad_norm_(estimator.parameters(), cfg.clip_norm)
             optimizer.step()
-            losses.append(loss.item())
         estimator.eval()
         with torch.no_grad():  # validation ranks drawn the same way every epoch
             val = [(estimator.loss(theta, condition).sum().item(), len(theta))
@@ -313,6 +326,8 @@ def _train_member(meta: dict, stats: dict, sources: dict, out: Path, cfg: TrainC
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                   "val_loss": sum(v for v, _ in val) / max(sum(n for _, n in val), 1),
                   "seconds": time.perf_counter() - start}
+        if estimate_mse:  # the point estimate's MSE on the standardised theta
+            record["train_estimate_mse"] = float(np.mean(estimate_mse))
         state["history"].append(record)
         if record["val_loss"] < state["best"]:
             state["best"], state["stale"] = record["val_loss"], 0

@@ -154,8 +154,14 @@ def test_two_step_inference_returns_samples_inside_the_prior(store, trained, tmp
     models = {task: trained(task)[0] for task in ("nsub_classifier", "nsub", "theta")}
     test = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True)
     x = test.x.values[0]
+    torch.manual_seed(2024)
+    state = torch.get_rng_state()
     samples = infer([models["nsub_classifier"], models["nsub"], models["theta"]], x,
                     n_samples=400)
+    assert torch.equal(torch.get_rng_state(), state)  # the user's global generator untouched
+    torch.manual_seed(7)  # and none of the samples come from it
+    again = infer([models["nsub_classifier"], models["nsub"], models["theta"]], x, n_samples=400)
+    xr.testing.assert_identical(again, samples)
     assert samples.sizes == {"sample": 400, "rank": 3}
     assert set(np.unique(samples.n_sub)) <= set(range(3, 9))
     assert set(np.unique(samples.n_sub_npe)) <= set(range(3, 9))
@@ -280,3 +286,52 @@ def test_training_steps_the_learning_rate_by_the_schedule(store, tmp_path):
     total = cfg.epochs * per_epoch
     assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
         scheduled_lr(cfg, total - 1, total))
+
+
+def test_point_estimate_head_is_learnt_and_conditions_the_flow(store, trained, tmp_path):
+    """``point_estimate_weight``: an MLP estimate of theta trained by MSE beside the NLL and
+    appended to the flow's condition; batched sampling's factored contexts carry it too."""
+    from casbi_store.estimators import PointEstimate, point_estimate_loss
+    from casbi_store.posteriors import BatchedFlowSampler
+
+    with pytest.raises(ValueError, match="nsub_classifier has no flow"):
+        train(store, "t", "v1", "nsub_classifier", tmp_path / "c", tiny(point_estimate_weight=1.0))
+    with pytest.raises(ValueError, match="point_estimate_weight must be >= 0"):
+        tiny(point_estimate_weight=-1.0)
+    folder = tmp_path / "pe"
+    history = train(store, "t", "v1", "theta", folder, tiny(point_estimate_weight=1.0))["members"][0]
+    mse = [h["train_estimate_mse"] for h in history]
+    assert mse[-1] < mse[0] < 2.0  # standardised theta: ~1 for a constant guess
+    assert all("train_estimate_mse" not in h for h in json.loads(
+        (F.member_dir(trained("theta")[0], 0) / "history.json").read_text()))
+    with pytest.raises(ValueError, match="other point_estimate_weight"):
+        train(store, "t", "v1", "theta", folder, tiny(point_estimate_weight=0.5))
+
+    model = load_model(folder)
+    flow = model.members[0].net
+    head = flow._embedding_net.estimate
+    assert isinstance(head, PointEstimate) and not head.training
+    with pytest.raises(ValueError, match="no point-estimate head"):
+        point_estimate_loss(load_model(trained("theta")[0]).members[0], torch.zeros(2, 3))
+
+    import xarray as xr
+
+    split = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True)
+    x = torch.as_tensor(split.x.values[:4], dtype=torch.float32)[:, None]
+    n_sub = torch.tensor([3.0, 5.0, 8.0, 4.0])
+    rank = torch.tensor([1.0, 2.0, 3.0, 1.0])
+    cond = model.task_spec.condition(x, n_sub, rank)
+    sampler = BatchedFlowSampler(model.task_spec.posterior(model))
+    full = sampler.contexts(cond)[0]
+    factored = sampler.ranked_contexts(x, np.arange(4), n_sub, rank)[0]
+    torch.testing.assert_close(factored.full(), full, rtol=1e-5, atol=1e-5)
+    # the last 3 context columns are the head's estimate, and the flow depends on them
+    with torch.no_grad():
+        features = flow._embedding_net.image_net(x)
+        ranks = torch.stack([n_sub.log10(), rank.log10(), rank / n_sub], dim=1)
+        torch.testing.assert_close(full[:, -3:], head(torch.cat([features, ranks], dim=1)))
+        theta = torch.zeros(4, 3) + head.theta_mean
+        shifted = full.clone()
+        shifted[:, -3:] += 3.0
+        assert not torch.allclose(flow._transform(theta, context=full)[0],
+                                  flow._transform(theta, context=shifted)[0])

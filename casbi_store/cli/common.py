@@ -12,7 +12,8 @@ from collections.abc import Iterator
 TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transforms", "embedding_dim")
 TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
                  "num_transforms", "embedding_dim", "ensemble", "max_rank", "joint_n_sub",
-                 "in_memory", "seed", "device", "representation", "embedding", "lr_schedule")
+                 "in_memory", "seed", "device", "representation", "embedding", "lr_schedule",
+                 "point_estimate_weight")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -104,6 +105,9 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="learning rate over the steps: constant (default), cosine from "
                         "--learning-rate to 0, or onecycle (warm-up to it, then down)")
+    p.add_argument("--point-estimate-weight", type=float,
+                   help="flows: weight of a point-estimate head's MSE (an MLP estimate of theta "
+                        "appended to the flow's condition; default 0: none)")
     if tuned:
         p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import schema as S
-from ..estimators import build_npe
+from ..estimators import WithEstimate, build_npe
 from .common import UNITS, input_options
 
 _REGISTRY: dict[str, Task] = {}
@@ -104,9 +104,10 @@ class FlowTask(Task):
     """A task learnt by sbi's NSF (NPE): a ``DirectPosterior`` (``EnsemblePosterior`` for
     several members) with a ``BoxUniform`` prior over the training parameters' range."""
 
-    def wrap_embedding(self, embedding: nn.Module) -> nn.Module:
-        """The image embedding adapted to the task's condition (identity: the image alone)."""
-        return embedding
+    def wrap_embedding(self, embedding: nn.Module, estimate: nn.Module | None = None) -> nn.Module:
+        """The image embedding adapted to the task's condition (the image alone), with the
+        ``estimators.PointEstimate`` head's output appended where the model has one."""
+        return embedding if estimate is None else WithEstimate(embedding, estimate)
 
     def build(self, stats: dict, config: dict[str, Any], n_sub_range: tuple[int, int],
               seed: int) -> nn.Module:
@@ -115,7 +116,8 @@ class FlowTask(Task):
                          num_transforms=int(config["num_transforms"]),
                          embedding_dim=int(config["embedding_dim"]),
                          conv_channels=tuple(int(c) for c in config["conv_channels"]), seed=seed,
-                         wrap=self.wrap_embedding, **input_options(stats, config))
+                         wrap=self.wrap_embedding, **input_options(stats, config),
+                         point_estimate=float(config.get("point_estimate_weight") or 0) > 0)
 
     def prior(self, theta_example: np.ndarray):
         """sbi's ``BoxUniform`` over ``box_bounds``."""

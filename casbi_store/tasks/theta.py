@@ -64,5 +64,5 @@ class Theta(FlowTask):
         return [(f"{p}_{r}", rank_of == r, k) for r in range(1, ranks + 1)
                 for k, p in enumerate(BLOCK_PARAMETERS)]
 
-    def wrap_embedding(self, embedding):
-        return RankedEmbedding(embedding)
+    def wrap_embedding(self, embedding, estimate=None):
+        return RankedEmbedding(embedding, estimate)
