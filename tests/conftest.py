@@ -82,6 +82,17 @@ def assert_same_arrays(a: dict, b: dict, skip: tuple[str, ...] = ()) -> None:
         assert np.array_equal(a[key], b[key], equal_nan=a[key].dtype.kind == "f"), key
 
 
+def consolidate_whole_store(store: Path) -> None:
+    """Rebuild a store's whole ``.zmetadata`` from what is on disk, as a test that edits arrays
+    behind the store's back needs (``trainingsets.consolidate`` rewrites only the training sets);
+    zarr's note that the ``.locks`` folder is not Zarr is expected and silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at \.locks is not recognized")
+        zarr.consolidate_metadata(store, zarr_format=2)
+
+
 def store_with_set(tiny_store_path: Path, folder: Path, **spec) -> Path:
     """A copy of the tiny store with one training set composed into it (spec fields as kwargs)."""
     from casbi_store.compose import ComposeSpec, compose

@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 import yaml
 import zarr
-from conftest import serve_http
+from conftest import consolidate_whole_store, serve_http
 
 from casbi_store.catalog import read_registry, sorted_versions, update_catalog, write_catalog
 from casbi_store.intake_source import GalaxiesSource, TrainingSetSource
@@ -66,7 +66,7 @@ def _add_training_sets(store: Path) -> dict[tuple[str, str], xr.Dataset]:
     group = zarr.open_group(store, path=f"training_sets/{SET}", mode="a", zarr_format=2,
                             use_consolidated=False)
     group.attrs["versions"] = registry
-    zarr.consolidate_metadata(store, zarr_format=2)
+    consolidate_whole_store(store)
     return written
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import assert_same_arrays, copy_suite, store_arrays
+from conftest import assert_same_arrays, consolidate_whole_store, copy_suite, store_arrays
 
 from casbi_store import locks
 from casbi_store.binning import Binning, BinningSpec, bin_index, bin_stars, histogram_stack, resolve_binning
@@ -124,7 +124,7 @@ def test_duplicate_names_and_unequal_table_lengths(tiny_store, tmp_path):
     names = root["galaxies/name"]
     names[1] = names[0]
     root["errors/kind"].resize((1,))
-    zarr.consolidate_metadata(store, zarr_format=2)
+    consolidate_whole_store(store)
     found = {p.path: p.message for p in validate_store(store)}
     assert "stored more than once" in found["galaxies/name"]
     assert "differs from galaxies/name" in found["histograms/name"]

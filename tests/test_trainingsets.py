@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 import yaml
 import zarr
-from conftest import serve_http, store_with_set
+from conftest import consolidate_whole_store, serve_http, store_with_set
 
 from casbi_store import open_store, trainingsets
 from casbi_store.compose import ComposeError, ComposeSpec, compose
@@ -84,7 +84,7 @@ def test_set_stores_its_binning_and_is_read_over_http_without_the_galaxies(tiny_
     for group in ("galaxies", "stars", "histograms", "errors"):
         shutil.rmtree(served / group)
     shutil.rmtree(served / ".locks", ignore_errors=True)
-    zarr.consolidate_metadata(str(served), zarr_format=2)  # a full rebuild: what is left on disk
+    consolidate_whole_store(str(served))  # a full rebuild: what is left on disk
     with pytest.raises(StoreError):
         open_store(served)  # nothing to learn the binning from there
     with serve_http(served.parent) as base:
