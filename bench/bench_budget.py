@@ -74,6 +74,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "point estimate 0.3": ("flow", {"point_estimate_weight": 0.3}),
     "point estimate 3.0": ("flow", {"point_estimate_weight": 3.0}),
     "point estimate 10": ("flow", {"point_estimate_weight": 10.0}),
+    "point estimate 30": ("flow", {"point_estimate_weight": 30.0}),
+    "point estimate 100": ("flow", {"point_estimate_weight": 100.0}),
 }
 COLUMNS = ("log10_mstar_1", "log10_mdm_1", "tau_1")  # the flow's theta order, rank 1
 

@@ -82,12 +82,14 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
+        weight = self.point_estimate_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"point_estimate_weight must be a number >= 0, not {weight!r}")
+        object.__setattr__(self, "point_estimate_weight", float(weight))
         check_choice(self.representation, self.embedding)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"not {self.lr_schedule!r}")
-        if not self.point_estimate_weight >= 0:
-            raise ValueError(f"point_estimate_weight must be >= 0, not {self.point_estimate_weight!r}")
         if min(self.epochs, self.batch_size, self.ensemble, self.hidden_features,
                self.num_transforms, self.embedding_dim) < 1 or self.learning_rate <= 0:
             raise ValueError("epochs, batch_size, ensemble, network sizes and learning_rate "

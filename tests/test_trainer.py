@@ -296,8 +296,9 @@ def test_point_estimate_head_is_learnt_and_conditions_the_flow(store, trained, t
 
     with pytest.raises(ValueError, match="nsub_classifier has no flow"):
         train(store, "t", "v1", "nsub_classifier", tmp_path / "c", tiny(point_estimate_weight=1.0))
-    with pytest.raises(ValueError, match="point_estimate_weight must be >= 0"):
-        tiny(point_estimate_weight=-1.0)
+    for bad in (-1.0, "high", float("nan")):
+        with pytest.raises(ValueError, match="point_estimate_weight must be a number >= 0"):
+            tiny(point_estimate_weight=bad)
     folder = tmp_path / "pe"
     history = train(store, "t", "v1", "theta", folder, tiny(point_estimate_weight=1.0))["members"][0]
     mse = [h["train_estimate_mse"] for h in history]
