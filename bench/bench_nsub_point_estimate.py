@@ -1,5 +1,6 @@
-"""Does the point-estimate head help step 1? The N_sub NPE trained with demo.yaml's settings (one
-member, 10 epochs, batch 128, lr 1e-3, seed 0) with ``point_estimate_weight`` W, judged with
+"""Does the point-estimate head help step 1? The N_sub NPE (``--task nsub``) or classifier
+(``--task nsub_classifier``) trained with demo.yaml's settings (one member, 10 epochs, batch
+128, lr 1e-3, seed 0 or ``--seed``) with ``point_estimate_weight`` W, judged with
 ``evaluate.evaluate_nsub`` (500 samples) on 200 halos each of the set's validation split (in
 distribution), its test split (held-out simulations) and ``--external`` (another suite, the same
 bin edges); with ``--weight 0`` the demo's classifier (``--classifier``) is judged beside it.
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", required=True, help="folder for the model folders")
     p.add_argument("--out", required=True, help="folder for the JSON")
     p.add_argument("--weight", type=float, required=True)
+    p.add_argument("--task", choices=("nsub", "nsub_classifier"), default="nsub")
+    p.add_argument("--seed", type=int, default=0, help="the member's seed")
     args = p.parse_args(argv)
 
     import torch
@@ -39,15 +42,16 @@ def main(argv: list[str] | None = None) -> None:
     ext_store, ext_name, ext_version = args.external.rsplit(":", 2)
     sets = {"val": (args.store, name, version, "val"), "test": (args.store, name, version, "test"),
             "external": (ext_store, ext_name, ext_version, "test")}
-    folder = Path(args.work) / f"nsub_pe{args.weight:g}"
+    slug = f"{args.task}_pe{args.weight:g}" + (f"_s{args.seed}" if args.seed else "")
+    folder = Path(args.work) / slug
     row: dict = {}
     if not (folder / "ensemble.json").exists():
         cpu = time.process_time()
-        train(args.store, name, version, "nsub", folder,
-              TrainConfig(epochs=10, patience=3, batch_size=128, learning_rate=1e-3, seed=0,
+        train(args.store, name, version, args.task, folder,
+              TrainConfig(epochs=10, patience=3, batch_size=128, learning_rate=1e-3, seed=args.seed,
                           point_estimate_weight=args.weight))
         row["train_cpu_seconds"] = time.process_time() - cpu
-    models = {f"nsub pe {args.weight:g}": folder}
+    models = {f"{args.task} pe {args.weight:g}": folder}
     if args.weight == 0 and args.classifier:
         models["demo classifier"] = Path(args.classifier)
     keep = ("coverage_68", "coverage_95", "median_rel_error", "skill", "rmse")
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             row[f"{label} {condition}"] = {k: metrics[k] for k in keep if k in metrics}
             print(label, condition, row[f"{label} {condition}"], flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"nsub_pe{args.weight:g}.json").write_text(json.dumps(row, indent=1))
+    (Path(args.out) / f"{slug}.json").write_text(json.dumps(row, indent=1))
 
 
 if __name__ == "__main__":

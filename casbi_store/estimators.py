@@ -80,7 +80,7 @@ def point_estimate_loss(estimator: nn.Module, theta: torch.Tensor) -> torch.Tens
         if isinstance(module, PointEstimate):
             return module.loss(theta)
     raise ValueError("this estimator has no point-estimate head (point_estimate_weight is 0 "
-                     "in its config, or its task has no flow)")
+                     "in its config)")
 
 
 class WithEstimate(nn.Module):
@@ -183,11 +183,14 @@ class NsubClassifier(nn.Module):
 
     ``loss(theta, x)`` is the per-row cross entropy with ``theta`` the true N_sub (shape (N, 1)),
     i.e. the negative log-likelihood of the discrete posterior, comparable to the NPE's loss.
+    ``estimate_example`` (training N_sub values): a ``PointEstimate`` of N_sub from the pooled
+    features, appended to them before the head (``point_estimate_weight``).
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, n_min: int, n_max: int,
                  channels: tuple[int, ...] = (8, 16, 32), width: int = 128, seed: int = 0,
-                 representation: str = DEFAULT_REPRESENTATION, extra_stats: dict | None = None):
+                 representation: str = DEFAULT_REPRESENTATION, extra_stats: dict | None = None,
+                 estimate_example: np.ndarray | None = None):
         super().__init__()
         if n_max <= n_min:
             raise ValueError(f"N_sub range [{n_min}, {n_max}] has fewer than two values")
@@ -207,13 +210,17 @@ class NsubClassifier(nn.Module):
             c_in = c
         layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten()]
         head = [nn.Linear(c_in * 16, width), nn.ReLU(), nn.Linear(width, self.n_max - self.n_min + 1)]
-        if default:
-            self.net = nn.Sequential(*layers, *head)
-        else:
-            self.net = nn.Sequential(*layers)
-            n_extra = self.representation.extra_mean.numel()
-            head[0] = nn.Linear(c_in * 16 + n_extra, width)
-            self.head = nn.Sequential(*head)
+        self.estimate: PointEstimate | None = None
+        if default and estimate_example is None:  # the seed's layout: one Sequential
+            self.net, self.head = nn.Sequential(*layers, *head), None
+            return
+        self.net = nn.Sequential(*layers)
+        n_in = c_in * 16 + (0 if default else self.representation.extra_mean.numel())
+        if estimate_example is not None:  # its estimate of N_sub joins the pooled features
+            self.estimate = PointEstimate(n_in, width, estimate_example)
+            n_in += self.estimate.theta_mean.numel()
+        head[0] = nn.Linear(n_in, width)
+        self.head = nn.Sequential(*head)
 
     @property
     def values(self) -> torch.Tensor:
@@ -221,11 +228,17 @@ class NsubClassifier(nn.Module):
         return torch.arange(self.n_min, self.n_max + 1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.representation is None:
+        if self.head is None:
             return self.net(x)
-        image, extra = self.representation(x)
-        features = self.net(image)
-        return self.head(features if extra is None else torch.cat([features, extra], dim=1))
+        if self.representation is None:
+            features = self.net(x)
+        else:
+            image, extra = self.representation(x)
+            features = self.net(image)
+            features = features if extra is None else torch.cat([features, extra], dim=1)
+        if self.estimate is not None:
+            features = torch.cat([features, self.estimate(features)], dim=1)
+        return self.head(features)
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """(N, n_classes) posterior probabilities; rows sum to 1."""

@@ -36,7 +36,7 @@ from .representations import (
     chunk_statistics,
 )
 from .streaming import TrainingSetStream, x_chunks
-from .tasks import FlowTask, Task, get_task
+from .tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,8 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     cfg = cfg or TrainConfig()
     spec = get_task(task)
     spec.parameters(cfg.joint_n_sub)  # theta_joint without joint_n_sub fails here, before any work
-    if cfg.point_estimate_weight and not isinstance(spec, FlowTask):
-        raise ValueError(f"point_estimate_weight is an option of flow tasks; {task} has no flow")
+    if cfg.point_estimate_weight and not spec.point_estimate:
+        raise ValueError(f"point_estimate_weight: task {task} has no point-estimate head")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     streams = {split: TrainingSetStream(store, name, version, split, target=spec.target,

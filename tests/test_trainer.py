@@ -294,8 +294,14 @@ def test_point_estimate_head_is_learnt_and_conditions_the_flow(store, trained, t
     from casbi_store.estimators import PointEstimate, point_estimate_loss
     from casbi_store.posteriors import BatchedFlowSampler
 
-    with pytest.raises(ValueError, match="nsub_classifier has no flow"):
-        train(store, "t", "v1", "nsub_classifier", tmp_path / "c", tiny(point_estimate_weight=1.0))
+    # the classifier's head: its N_sub estimate joins the pooled features before the softmax
+    history = train(store, "t", "v1", "nsub_classifier", tmp_path / "c",
+                    tiny(point_estimate_weight=1.0))["members"][0]
+    assert history[-1]["train_estimate_mse"] < history[0]["train_estimate_mse"]
+    classifier = load_model(tmp_path / "c")
+    assert isinstance(classifier.members[0].estimate, PointEstimate)
+    probs = T.get_task("nsub_classifier").posterior(classifier).probs(torch.rand(5, 1, 64, 64))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     for bad in (-1.0, "high", float("nan")):
         with pytest.raises(ValueError, match="point_estimate_weight must be a number >= 0"):
             tiny(point_estimate_weight=bad)

@@ -40,6 +40,7 @@ class Task:
     needs_nsub: ClassVar[bool] = False  # step 2 conditioned on step 1's N_sub draws (infer)
     infer_suffix: ClassVar[str] = ""  # step 1: samples named n_sub_<suffix> when not driving
     tuned: ClassVar[tuple[str, ...]] = FLOW_TUNED  # TrainConfig fields a tune samples
+    point_estimate: ClassVar[bool] = False  # its network takes a PointEstimate head
 
     def parameters(self, joint_n_sub: int | None = None) -> list[str]:
         """Names of the parameters the estimator infers, in order (raises for bad options)."""
@@ -103,6 +104,8 @@ class Task:
 class FlowTask(Task):
     """A task learnt by sbi's NSF (NPE): a ``DirectPosterior`` (``EnsemblePosterior`` for
     several members) with a ``BoxUniform`` prior over the training parameters' range."""
+
+    point_estimate = True
 
     def wrap_embedding(self, embedding: nn.Module, estimate: nn.Module | None = None) -> nn.Module:
         """The image embedding adapted to the task's condition (the image alone), with the

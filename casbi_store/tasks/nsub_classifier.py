@@ -50,6 +50,7 @@ class NsubClassifierTask(NsubParameter, Task):
     preference = 0
     infer_suffix = "classifier"
     tuned = ("learning_rate", "batch_size", "embedding_dim")  # no flow
+    point_estimate = True
 
     def build(self, stats, config, n_sub_range, seed):
         n_min, n_max = n_sub_range
@@ -61,7 +62,9 @@ class NsubClassifierTask(NsubParameter, Task):
                               channels=tuple(int(c) for c in config["conv_channels"]),
                               width=int(config["embedding_dim"]), seed=seed,
                               representation=options["representation"],
-                              extra_stats=options["extra_stats"])
+                              extra_stats=options["extra_stats"],
+                              estimate_example=(stats["theta_example"] if float(
+                                  config.get("point_estimate_weight") or 0) > 0 else None))
 
     def posterior(self, model) -> NsubPosterior:
         return NsubPosterior(model)
