@@ -39,9 +39,10 @@ def image_embedding(mean: np.ndarray, std: np.ndarray, conv_channels: tuple[int,
 
 
 class PointEstimate(nn.Module):
-    """A learned summary: an MLP from the flow's embedding to an estimate of the standardised
-    theta, trained by mean squared error beside the flow's likelihood (``point_estimate_loss``,
-    ``TrainConfig.point_estimate_weight``) and appended to the flow's condition.
+    """A learned summary: an MLP from the flow's embedding (the classifier's pooled features) to
+    an estimate of the standardised parameters, trained by mean squared error beside the
+    estimator's own loss (``point_estimate_loss``, ``TrainConfig.point_estimate_weight``) and
+    appended to the flow's condition (to the features the classifier's softmax layer sees).
 
     Why: the posterior mean is the summary that keeps what a point estimate needs (Fearnhead &
     Prangle 2012), and a regressor on the flow's own CNN learns the infall time where the flow's

@@ -166,10 +166,11 @@ class BatchedFlowSampler:
     mixture over N_sub draws (a few samples for each of many (halo, N_sub, rank) conditions) paid
     for padding, and its embedding runs the CNN once per condition. Here each condition is
     embedded once (per-rank conditions: the image's CNN features once per image,
-    ``RankedEmbedding.after_features`` for each (N_sub, rank)), then one flow pass maps one normal draw
-    per row through the flow's inverse with its condition's embedding. Ensembles draw the member
-    of every row from the weights (sbi's ``sample_batched`` gives every condition the same member
-    counts, in member order). Randomness comes from a ``torch.Generator`` only.
+    ``RankedEmbedding.after_features`` for each (N_sub, rank)), then one flow pass maps one
+    normal draw per row through the flow's inverse with its condition's embedding. Ensembles
+    draw the member of every row from the weights (sbi's ``sample_batched`` gives every
+    condition the same member counts, in member order). Randomness comes from a
+    ``torch.Generator`` only.
     """
 
     def __init__(self, posterior):

@@ -106,8 +106,9 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="learning rate over the steps: constant (default), cosine from "
                         "--learning-rate to 0, or onecycle (warm-up to it, then down)")
     p.add_argument("--point-estimate-weight", type=float,
-                   help="flows: weight of a point-estimate head's MSE (an MLP estimate of theta "
-                        "appended to the flow's condition; default 0: none)")
+                   help="weight of a point-estimate head's MSE (an MLP estimate of the "
+                        "parameters appended to the flow's condition or the classifier's "
+                        "features; default 0: none)")
     if tuned:
         p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
 

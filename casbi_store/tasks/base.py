@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import schema as S
 from ..estimators import WithEstimate, build_npe
-from .common import UNITS, input_options
+from .common import UNITS, has_point_estimate, input_options
 
 _REGISTRY: dict[str, Task] = {}
 FLOW_TUNED = ("learning_rate", "batch_size", "hidden_features", "num_transforms", "embedding_dim")
@@ -120,7 +120,7 @@ class FlowTask(Task):
                          embedding_dim=int(config["embedding_dim"]),
                          conv_channels=tuple(int(c) for c in config["conv_channels"]), seed=seed,
                          wrap=self.wrap_embedding, **input_options(stats, config),
-                         point_estimate=float(config.get("point_estimate_weight") or 0) > 0)
+                         point_estimate=has_point_estimate(config))
 
     def prior(self, theta_example: np.ndarray):
         """sbi's ``BoxUniform`` over ``box_bounds``."""

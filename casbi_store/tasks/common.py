@@ -14,7 +14,8 @@ UNITS = {"n_sub": "", "log10_mstar": "log10 Msol", "log10_mdm": "log10 Msol", "t
          "rank": ""}
 
 __all__ = ["BLOCK_PARAMETERS", "N_PIXELS", "UNITS", "NsubParameter", "block_parameters",
-           "count_blocks", "input_options", "joint_pair", "rank_pair", "ranked_condition"]
+           "count_blocks", "has_point_estimate", "input_options", "joint_pair", "rank_pair",
+           "ranked_condition"]
 
 
 def input_options(stats: dict, config: dict) -> dict:
@@ -25,6 +26,12 @@ def input_options(stats: dict, config: dict) -> dict:
     extra = {k: stats[k] for k in ("extra_mean", "extra_std") if k in stats}
     return {"representation": config.get("representation") or DEFAULT_REPRESENTATION,
             "embedding": config.get("embedding") or DEFAULT_EMBEDDING, "extra_stats": extra}
+
+
+def has_point_estimate(config: dict) -> bool:
+    """Whether a model's config asks for a ``PointEstimate`` head (``point_estimate_weight`` > 0;
+    folders written before the option: no)."""
+    return float(config.get("point_estimate_weight") or 0) > 0
 
 
 def block_parameters(theta: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from ..calibration import fit_temperature
 from ..estimators import NsubClassifier
 from .base import Task, register
-from .common import NsubParameter, input_options
+from .common import NsubParameter, has_point_estimate, input_options
 
 
 class NsubPosterior:
@@ -63,8 +63,8 @@ class NsubClassifierTask(NsubParameter, Task):
                               width=int(config["embedding_dim"]), seed=seed,
                               representation=options["representation"],
                               extra_stats=options["extra_stats"],
-                              estimate_example=(stats["theta_example"] if float(
-                                  config.get("point_estimate_weight") or 0) > 0 else None))
+                              estimate_example=(stats["theta_example"]
+                                                if has_point_estimate(config) else None))
 
     def posterior(self, model) -> NsubPosterior:
         return NsubPosterior(model)
