@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="tiny: small networks, to check that the script runs")
     p.add_argument("--workdir", help="keep the store copy and models here (reused if present)")
     p.add_argument("--result-name", default="evaluate.json")
+    p.add_argument("--point-estimate-weight", type=float, default=0.0,
+                   help="the models' point-estimate head (demo.yaml and seed.yaml: 100)")
     args = p.parse_args(argv)
 
     import torch
@@ -74,10 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
             compose(store, ComposeSpec(name="bench", version="v1", n_sub_min=args.n_sub_min,
                                        n_sub_max=args.n_sub_max, train_per_n=args.train_per_n,
                                        test_per_n=args.test_per_n, seed=args.seed), progress=False)
-        config = TrainConfig(epochs=args.epochs, seed=args.seed)  # the seed's network size
+        common = dict(epochs=args.epochs, seed=args.seed,
+                      point_estimate_weight=args.point_estimate_weight)
+        config = TrainConfig(**common)  # the seed's network size
         if args.network == "tiny":
-            config = TrainConfig(epochs=args.epochs, seed=args.seed, hidden_features=16,
-                                 num_transforms=2, embedding_dim=16, conv_channels=(4, 8))
+            config = TrainConfig(**common, hidden_features=16, num_transforms=2, embedding_dim=16,
+                                 conv_channels=(4, 8))
         models = []
         for task in ("nsub_classifier", "theta"):
             if not (tmp / task / "ensemble.json").exists():

@@ -1,5 +1,5 @@
 """Does the point-estimate head help step 1? The N_sub NPE (``--task nsub``) or classifier
-(``--task nsub_classifier``) trained with demo.yaml's settings (one member, 10 epochs, batch
+(``--task nsub_classifier``) trained with demo.yaml's settings (one member, 10 epochs (``--epochs``), batch
 128, lr 1e-3, seed 0 or ``--seed``) with ``point_estimate_weight`` W, judged with
 ``evaluate.evaluate_nsub`` (500 samples) on 200 halos each of the set's validation split (in
 distribution), its test split (held-out simulations) and ``--external`` (another suite, the same
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weight", type=float, required=True)
     p.add_argument("--task", choices=("nsub", "nsub_classifier"), default="nsub")
     p.add_argument("--seed", type=int, default=0, help="the member's seed")
+    p.add_argument("--epochs", type=int, default=10, help="at most (patience 3; demo.yaml: 10)")
     args = p.parse_args(argv)
 
     import torch
@@ -42,13 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     ext_store, ext_name, ext_version = args.external.rsplit(":", 2)
     sets = {"val": (args.store, name, version, "val"), "test": (args.store, name, version, "test"),
             "external": (ext_store, ext_name, ext_version, "test")}
-    slug = f"{args.task}_pe{args.weight:g}" + (f"_s{args.seed}" if args.seed else "")
+    slug = (f"{args.task}_pe{args.weight:g}" + (f"_s{args.seed}" if args.seed else "")
+            + (f"_e{args.epochs}" if args.epochs != 10 else ""))
     folder = Path(args.work) / slug
     row: dict = {}
     if not (folder / "ensemble.json").exists():
         cpu = time.process_time()
         train(args.store, name, version, args.task, folder,
-              TrainConfig(epochs=10, patience=3, batch_size=128, learning_rate=1e-3, seed=args.seed,
+              TrainConfig(epochs=args.epochs, patience=3, batch_size=128, learning_rate=1e-3,
+                          seed=args.seed,
                           point_estimate_weight=args.weight))
         row["train_cpu_seconds"] = time.process_time() - cpu
     models = {f"{args.task} pe {args.weight:g}": folder}
