@@ -41,7 +41,7 @@ def image_embedding(mean: np.ndarray, std: np.ndarray, conv_channels: tuple[int,
 class PointEstimate(nn.Module):
     """A learned summary: an MLP from the flow's embedding (the classifier's pooled features) to
     an estimate of the standardised parameters, trained by mean squared error beside the
-    estimator's own loss (``point_estimate_loss``, ``TrainConfig.point_estimate_weight``) and
+    estimator's own loss (``PointEstimate.loss``, ``TrainConfig.point_estimate_weight``) and
     appended to the flow's condition (to the features the classifier's softmax layer sees).
 
     Why: the posterior mean is the summary that keeps what a point estimate needs (Fearnhead &
@@ -68,18 +68,19 @@ class PointEstimate(nn.Module):
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         """Per-row mean squared error of the last training pass's estimate (then forgotten)."""
         if self.last is None or len(self.last) != len(theta):
-            raise RuntimeError("point_estimate_loss needs the estimator's loss of the same "
+            raise RuntimeError("PointEstimate.loss needs the estimator's loss of the same "
                                "batch first, in training mode")
         target = (theta - self.theta_mean) / self.theta_std
         error, self.last = ((self.last - target) ** 2).mean(dim=1), None
         return error
 
 
-def point_estimate_loss(estimator: nn.Module, theta: torch.Tensor) -> torch.Tensor:
-    """Per-row MSE of the estimator's ``PointEstimate`` on the batch its ``loss`` just saw."""
+def point_estimate_head(estimator: nn.Module) -> PointEstimate:
+    """The estimator's ``PointEstimate`` (its ``loss(theta)``: the per-row MSE on the batch the
+    estimator's own loss just saw); found once per training, not per step."""
     for module in estimator.modules():
         if isinstance(module, PointEstimate):
-            return module.loss(theta)
+            return module
     raise ValueError("this estimator has no point-estimate head (point_estimate_weight is 0 "
                      "in its config)")
 
@@ -96,6 +97,12 @@ class WithEstimate(nn.Module):
         return torch.cat([features, self.estimate(features)], dim=1)
 
 
+def with_estimate(embedding: nn.Module, estimate: PointEstimate | None = None) -> nn.Module:
+    """The embedding of a flow whose condition is the image alone: ``embedding`` itself, or
+    ``WithEstimate`` when the model has a ``PointEstimate``."""
+    return embedding if estimate is None else WithEstimate(embedding, estimate)
+
+
 class RankedEmbedding(nn.Module):
     """Per-rank condition (flattened histogram, N_sub, rank) -> CNN features of the image with
     log10 N_sub, log10 rank and rank / N_sub appended after the CNN (and, with a
@@ -109,12 +116,7 @@ class RankedEmbedding(nn.Module):
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         image = condition[:, :N_PIXELS].reshape(-1, 1, S.N_BINS, S.N_BINS)
         n_sub, rank = condition[:, N_PIXELS:N_PIXELS + 1], condition[:, N_PIXELS + 1:N_PIXELS + 2]
-        return self.combine(self.image_net(image), n_sub, rank)
-
-    def combine(self, features: torch.Tensor, n_sub: torch.Tensor, rank: torch.Tensor
-                ) -> torch.Tensor:
-        """The embedding from the image's CNN ``features`` (rows, dim) and (rows, 1) N_sub and
-        rank."""
+        features = self.image_net(image)
         return torch.cat([features, self.after_features(features, n_sub, rank)], dim=1)
 
     def after_features(self, features: torch.Tensor | None, n_sub: torch.Tensor,
@@ -143,7 +145,7 @@ def build_npe(mean: np.ndarray, std: np.ndarray, theta_example: np.ndarray,
     ``PointEstimate`` head (``hidden_features`` wide) appended to the embedding."""
     from sbi.neural_nets import posterior_nn
 
-    wrap = wrap or (lambda net, estimate=None: net if estimate is None else WithEstimate(net, estimate))
+    wrap = wrap or with_estimate
     torch.manual_seed(seed)
     net = image_embedding(mean, std, conv_channels, embedding_dim, representation, embedding,
                           extra_stats)

@@ -129,7 +129,8 @@ def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
 class FactoredContext:
     """Contexts ``cat([features[image_of], extra], dim=1)`` kept apart: a linear map of them is
     the features' map, once per image, gathered, plus the extra columns' map (the per-rank
-    task: an image's CNN features, then N_sub and the rank, ``RankedEmbedding.combine``)."""
+    task: an image's CNN features, then the columns of ``RankedEmbedding.after_features``:
+    N_sub, the rank and, with a point-estimate head, its estimate)."""
 
     def __init__(self, features: torch.Tensor, image_of: torch.Tensor, extra: torch.Tensor):
         self.features, self.image_of, self.extra = features, image_of, extra

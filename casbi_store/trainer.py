@@ -25,7 +25,7 @@ import torch
 
 from . import modelfolder as F
 from . import schema as S
-from .estimators import point_estimate_loss
+from .estimators import point_estimate_head
 from .misspecification import calibrate_after_training
 from .provenance import package_versions, utc_now
 from .representations import (
@@ -55,9 +55,10 @@ class TrainConfig:
     ``constant`` (``learning_rate`` throughout), ``cosine`` (from ``learning_rate`` down to 0
     over ``epochs``) or ``onecycle`` (warm-up to ``learning_rate`` as peak over the first 30%
     of the steps, then down; see ``scheduled_lr``, figures in bench/README.md);
-    ``point_estimate_weight`` > 0 gives a flow a ``PointEstimate`` head (an MLP estimate of the
-    standardised theta, appended to the flow's condition) trained by MSE with this weight beside
-    the negative log-likelihood (0: none, the seed's network)."""
+    ``point_estimate_weight`` > 0 gives the network a ``PointEstimate`` head (an MLP estimate of
+    the standardised parameters, appended to a flow's condition or to the classifier's pooled
+    features) trained by MSE with this weight beside the negative log-likelihood (0: none, the
+    seed's network)."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -293,6 +294,7 @@ def _train_member(meta: dict, stats: dict, sources: dict, out: Path, cfg: TrainC
     optimizer = torch.optim.Adam(estimator.parameters(), lr=cfg.learning_rate)
     state = {"epoch": 0, "best": float("inf"), "stale": 0, "history": []}
     per_epoch = _steps_per_epoch(sources["train"], cfg.batch_size)
+    head = point_estimate_head(estimator) if cfg.point_estimate_weight else None
     checkpoint = out / F.CHECKPOINT
     if checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=True, map_location=cfg.device)
@@ -314,8 +316,8 @@ def _train_member(meta: dict, stats: dict, sources: dict, out: Path, cfg: TrainC
             optimizer.zero_grad()
             loss = estimator.loss(theta, condition).mean()
             losses.append(loss.item())
-            if cfg.point_estimate_weight:
-                mse = point_estimate_loss(estimator, theta).mean()
+            if head is not None:
+                mse = head.loss(theta).mean()
                 estimate_mse.append(mse.item())
                 loss = loss + cfg.point_estimate_weight * mse
             loss.backward()

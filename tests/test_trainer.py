@@ -291,7 +291,7 @@ def test_training_steps_the_learning_rate_by_the_schedule(store, tmp_path):
 def test_point_estimate_head_is_learnt_and_conditions_the_flow(store, trained, tmp_path):
     """``point_estimate_weight``: an MLP estimate of theta trained by MSE beside the NLL and
     appended to the flow's condition; batched sampling's factored contexts carry it too."""
-    from casbi_store.estimators import PointEstimate, point_estimate_loss
+    from casbi_store.estimators import PointEstimate, point_estimate_head
     from casbi_store.posteriors import BatchedFlowSampler
 
     # the classifier's head: its N_sub estimate joins the pooled features before the softmax
@@ -319,7 +319,7 @@ def test_point_estimate_head_is_learnt_and_conditions_the_flow(store, trained, t
     head = flow._embedding_net.estimate
     assert isinstance(head, PointEstimate) and not head.training
     with pytest.raises(ValueError, match="no point-estimate head"):
-        point_estimate_loss(load_model(trained("theta")[0]).members[0], torch.zeros(2, 3))
+        point_estimate_head(load_model(trained("theta")[0]).members[0])
 
     import xarray as xr
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import schema as S
-from ..estimators import WithEstimate, build_npe
+from ..estimators import build_npe, with_estimate
 from .common import UNITS, has_point_estimate, input_options
 
 _REGISTRY: dict[str, Task] = {}
@@ -110,7 +110,7 @@ class FlowTask(Task):
     def wrap_embedding(self, embedding: nn.Module, estimate: nn.Module | None = None) -> nn.Module:
         """The image embedding adapted to the task's condition (the image alone), with the
         ``estimators.PointEstimate`` head's output appended where the model has one."""
-        return embedding if estimate is None else WithEstimate(embedding, estimate)
+        return with_estimate(embedding, estimate)
 
     def build(self, stats: dict, config: dict[str, Any], n_sub_range: tuple[int, int],
               seed: int) -> nn.Module:
