@@ -64,7 +64,7 @@ def _row(metrics: dict, parameter: str, ridge: dict) -> dict:
 
 
 def run_variant(name: str, args, sets: dict, test, ridge: dict) -> dict:
-    from casbi_store.trainer import TrainConfig, train
+    from casbi_store.learn.trainer import TrainConfig, train
 
     task, options, which = VARIANTS[name]
     set_name, version = sets[which]
@@ -85,8 +85,8 @@ def run_variant(name: str, args, sets: dict, test, ridge: dict) -> dict:
 
 def judge(name: str, args, data, ridge: dict) -> dict:
     """A trained variant's per-parameter figures on ``data``."""
-    from casbi_store import evaluate as ev
-    from casbi_store.modelfolder import load_model
+    from casbi_store.evaluation import evaluate as ev
+    from casbi_store.learn.modelfolder import load_model
 
     task = VARIANTS[name][0]
     model = load_model(Path(args.work) / _slug(name))
@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from casbi_store import baselines, trainingsets
-    from casbi_store import evaluate as ev
+    from casbi_store.evaluation import baselines
+    from casbi_store.evaluation import evaluate as ev
+    from casbi_store.store import trainingsets
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -64,8 +64,8 @@ def test_simulations(store: Path, name: str) -> list[str]:
     """Simulations whose galaxies are blocks of the set's test split."""
     import xarray as xr
 
-    from casbi_store import schema as S
-    from casbi_store.store import as_strings, open_store
+    from casbi_store.store import schema as S
+    from casbi_store.store.io import as_strings, open_store
 
     members = xr.open_zarr(store, group=f"training_sets/{name}/v1/test", consolidated=True).members.values
     sims = np.asarray(as_strings(open_store(store)[S.SIMULATION.name].values))
@@ -73,8 +73,8 @@ def test_simulations(store: Path, name: str) -> list[str]:
 
 
 def judge(model_dir: Path, task: str, conditions: dict, samples: int, seed: int) -> dict:
-    from casbi_store.evaluate import evaluate_nsub, evaluate_theta, read_split
-    from casbi_store.modelfolder import load_model
+    from casbi_store.evaluation.evaluate import evaluate_nsub, evaluate_theta, read_split
+    from casbi_store.learn.modelfolder import load_model
 
     model = load_model(model_dir)
     out = {}
@@ -96,7 +96,7 @@ def _train_one(job: tuple) -> float:
     """One estimator in its own process (one torch thread): ``(store, set, task, folder, cfg)``."""
     import torch
 
-    from casbi_store.trainer import train
+    from casbi_store.learn.trainer import train
 
     torch.set_num_threads(1)
     store, name, task, folder, cfg = job
@@ -161,8 +161,8 @@ def main() -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     from casbi_store.compose import ComposeSpec, compose
+    from casbi_store.learn.trainer import TrainConfig
     from casbi_store.surrogate import SurrogateConfig, train_surrogate
-    from casbi_store.trainer import TrainConfig
 
     args.work.mkdir(parents=True, exist_ok=True)
     store, external = args.work / "store.zarr", args.work / "external.zarr"

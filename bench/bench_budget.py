@@ -86,7 +86,7 @@ def _slug(name: str, seed: int = 0) -> str:
 
 
 def _config(args, name: str):
-    from casbi_store.trainer import TrainConfig
+    from casbi_store.learn.trainer import TrainConfig
 
     return TrainConfig(**{**BASE, **VARIANTS[name][1], "seed": args.seed})
 
@@ -100,7 +100,7 @@ def _sets(args) -> dict[str, tuple[str, str, str, str]]:
 
 
 def _read(args, condition: str):
-    from casbi_store import evaluate as ev
+    from casbi_store.evaluation import evaluate as ev
 
     return ev.read_split(*_sets(args)[condition], args.halos)
 
@@ -110,14 +110,14 @@ def baselines(args, condition: str) -> dict:
     (rank-1 targets), fitted on 2,000 training rows; cached in ``--out``."""
     from threadpoolctl import threadpool_limits
 
-    from casbi_store import baselines as base
+    from casbi_store.evaluation import baselines as base
 
     cache = Path(args.out) / "baselines.json"
     cached = json.loads(cache.read_text()) if cache.exists() else {}
     if condition in cached:
         return cached[condition]
     store, name, version, _ = _sets(args)["val"]
-    from casbi_store import evaluate as ev
+    from casbi_store.evaluation import evaluate as ev
 
     train = ev.read_split(store, name, version, "train", 2000)
     data = _read(args, condition)
@@ -141,7 +141,7 @@ def baselines(args, condition: str) -> dict:
 
 
 def train_flow(args, name: str) -> dict:
-    from casbi_store.trainer import train
+    from casbi_store.learn.trainer import train
 
     set_name, version = args.set.split(":")
     trained = train(args.store, set_name, version, "theta", Path(args.work) / _slug(name, args.seed),
@@ -154,7 +154,7 @@ def train_flow(args, name: str) -> dict:
 def _regressor(stats: dict, cfg):
     import torch
 
-    from casbi_store.estimators import RankedEmbedding, image_embedding
+    from casbi_store.learn.estimators import RankedEmbedding, image_embedding
 
     torch.manual_seed(cfg.seed)
     embedding = RankedEmbedding(image_embedding(stats["mean"], stats["std"], cfg.conv_channels,
@@ -171,9 +171,9 @@ def train_regressor(args, name: str) -> dict:
     the trainer's streams, batches, optimizer, clipping and epochs (no early stopping)."""
     import torch
 
-    from casbi_store import trainer as T
-    from casbi_store.streaming import TrainingSetStream
-    from casbi_store.tasks import get_task
+    from casbi_store.learn import trainer as T
+    from casbi_store.learn.streaming import TrainingSetStream
+    from casbi_store.learn.tasks import get_task
 
     cfg = _config(args, name)
     task = get_task("theta")
@@ -206,8 +206,8 @@ def judge(args, name: str, condition: str) -> dict:
     """Rank-1 figures of a trained variant on one condition's halos."""
     import torch
 
-    from casbi_store import evaluate as ev
-    from casbi_store.modelfolder import load_model
+    from casbi_store.evaluation import evaluate as ev
+    from casbi_store.learn.modelfolder import load_model
 
     data = _read(args, condition)
     folder = Path(args.work) / _slug(name, args.seed)
@@ -218,8 +218,8 @@ def judge(args, name: str, condition: str) -> dict:
         per = {c: {k: metrics.get(f"{k}_{c}") for k in ("coverage_68", "coverage_95", "skill", "rmse")}
                for c in COLUMNS}
     else:
-        from casbi_store.modelfolder import read_transform
-        from casbi_store.tasks import get_task
+        from casbi_store.learn.modelfolder import read_transform
+        from casbi_store.learn.tasks import get_task
 
         saved = torch.load(folder / "regressor.pt", weights_only=True)
         net = _regressor(read_transform(folder), _config(args, name))
@@ -263,10 +263,10 @@ def step_costs(args, names: list[str]) -> dict:
 
     import torch
 
-    from casbi_store import modelfolder as F
-    from casbi_store import trainer as T
-    from casbi_store.streaming import TrainingSetStream
-    from casbi_store.tasks import get_task
+    from casbi_store.learn import modelfolder as F
+    from casbi_store.learn import trainer as T
+    from casbi_store.learn.streaming import TrainingSetStream
+    from casbi_store.learn.tasks import get_task
 
     torch.set_num_threads(1)
     task, (set_name, version) = get_task("theta"), args.set.split(":")

@@ -29,8 +29,8 @@ import numpy as np
 def rebin_per_halo(store: Path, members: np.ndarray) -> float:
     """Seconds per halo to rebuild x from the members' stars (np.histogram2d per halo)."""
     from casbi_store import open_stars, open_store
-    from casbi_store.binning import Binning
-    from casbi_store.store import store_attrs
+    from casbi_store.store.binning import Binning
+    from casbi_store.store.io import store_attrs
 
     binning = Binning.from_dict(store_attrs(str(store))["binning"])
     ds = open_store(store)

@@ -34,9 +34,9 @@ def main() -> None:
 
     from casbi_store.cli.common import setup_logging
     from casbi_store.cli.compose import compose_and_register
+    from casbi_store.cli.config import load_pipeline
     from casbi_store.cli.survey import survey_check
     from casbi_store.cli.train import train_model
-    from casbi_store.config import load_pipeline
 
     setup_logging(False)
     pipe = dataclasses.replace(load_pipeline(args.pipeline), workdir=Path(args.workdir))

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from casbi_store.compose import ComposeSpec, compose
-    from casbi_store.evaluate import evaluate
-    from casbi_store.trainer import TrainConfig, train
+    from casbi_store.evaluation.evaluate import evaluate
+    from casbi_store.learn.trainer import TrainConfig, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)

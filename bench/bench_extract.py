@@ -40,8 +40,8 @@ def histogram_speed(store: Path) -> dict:
     one bincount over all galaxies vs two ``np.histogram2d`` calls per galaxy."""
     import xarray as xr
 
-    from casbi_store.binning import Binning, histogram_stack
-    from casbi_store.store import open_stars, store_attrs
+    from casbi_store.store.binning import Binning, histogram_stack
+    from casbi_store.store.io import open_stars, store_attrs
 
     binning = Binning.from_dict(store_attrs(str(store))["binning"])
     stars = open_stars(store).load()
@@ -72,7 +72,7 @@ def cpu_seconds() -> float:
 def floor_seconds(suite: Path, names: list[str]) -> tuple[float, float]:
     import pynbody
 
-    from casbi_store.snapshots import find_snapshots
+    from casbi_store.store.snapshots import find_snapshots
 
     pynbody.config["number_of_threads"] = 1
     refs = [r for r in find_snapshots(suite) if r.name in set(names)]
@@ -86,7 +86,7 @@ def floor_seconds(suite: Path, names: list[str]) -> tuple[float, float]:
 
 
 def run_extract(suite: Path, store: Path, workers: int) -> dict:
-    from casbi_store.extraction_run import extract_suite
+    from casbi_store.store.extraction_run import extract_suite
 
     shutil.rmtree(store, ignore_errors=True)
     start, cpu = time.perf_counter(), cpu_seconds()

@@ -61,8 +61,8 @@ def cpu_seconds() -> float:
 def build_store(work: Path, name: str, seed: int, n_sim: int | None, physics: dict,
                 binning=None) -> Path:
     """Mock suite + extraction into ``work/name``; reused when already complete."""
-    from casbi_store.extraction_run import extract_suite
     from casbi_store.mock import Physics, generate_suite, preset
+    from casbi_store.store.extraction_run import extract_suite
 
     suite, store = work / name / "suite", work / name / "store.zarr"
     overrides = {"n_simulations": n_sim} if n_sim else {}
@@ -88,7 +88,7 @@ def compose_set(store: Path, **spec) -> None:
 def split_x(store: Path, name: str, split: str) -> np.ndarray:
     import zarr
 
-    from casbi_store import schema as S
+    from casbi_store.store import schema as S
 
     return np.asarray(zarr.open_array(store, path=f"{S.TRAINING_SETS}/{name}/v1/{split}/{S.X.name}",
                                       mode="r", zarr_format=S.ZARR_FORMAT)[:])
@@ -115,10 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    from casbi_store import schema as S
-    from casbi_store.binning import Binning, BinningSpec
-    from casbi_store.misspecification import calibrate
-    from casbi_store.store import store_attrs
+    from casbi_store.learn.misspecification import calibrate
+    from casbi_store.store import schema as S
+    from casbi_store.store.binning import Binning, BinningSpec
+    from casbi_store.store.io import store_attrs
 
     fid = build_store(work, "fiducial", 42, None, {})
     compose_set(fid, name="nsub_uniform", scheme="uniform", seed=42, split_by="simulation",

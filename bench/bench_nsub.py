@@ -35,9 +35,9 @@ def npe_diagnostics(model, data, n_samples: int, seed: int) -> dict:
     """Raw and rounded NPE samples against the truth."""
     import torch
 
-    from casbi_store import calibration as cal
-    from casbi_store import evaluate as ev
-    from casbi_store.posteriors import box_bounds, load_posterior
+    from casbi_store.apply.posteriors import box_bounds, load_posterior
+    from casbi_store.evaluation import evaluate as ev
+    from casbi_store.learn import calibration as cal
 
     torch.manual_seed(seed)
     raw = ev._flow_samples(load_posterior(model), torch.as_tensor(data.x)[:, None],
@@ -63,7 +63,7 @@ def npe_diagnostics(model, data, n_samples: int, seed: int) -> dict:
 
 def classifier_diagnostics(model, data, seed: int) -> dict:
     """Coverage and error at T = 1 and at the folder's temperature."""
-    from casbi_store import evaluate as ev
+    from casbi_store.evaluation import evaluate as ev
 
     stored = dict(model.calibration)
     out = {"temperature": stored.get("temperature", 1.0)}
@@ -80,7 +80,7 @@ def distinct_share(store, name: str, version: str, split: str, rows: np.ndarray)
     """Distinct simulations / N_sub of each halo (``members`` -> the galaxies' simulation)."""
     import xarray as xr
 
-    from casbi_store import trainingsets
+    from casbi_store.store import trainingsets
 
     sims = xr.open_zarr(store, group="galaxies", consolidated=True).simulation.values
     sims = np.array([str(v) for v in sims], dtype=object)
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from casbi_store import evaluate as ev
-    from casbi_store.modelfolder import load_model
+    from casbi_store.evaluation import evaluate as ev
+    from casbi_store.learn.modelfolder import load_model
 
     torch.set_num_threads(args.threads)
     name, version = args.set.split(":")

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from casbi_store import evaluate as ev
-    from casbi_store.modelfolder import load_model
-    from casbi_store.trainer import TrainConfig, train
+    from casbi_store.evaluation import evaluate as ev
+    from casbi_store.learn.modelfolder import load_model
+    from casbi_store.learn.trainer import TrainConfig, train
 
     torch.set_num_threads(1)
     name, version = args.set.split(":")

@@ -168,10 +168,10 @@ def extract_run(suite: Path, store: Path, workers: int) -> dict:
     import xarray as xr
     from dask.distributed import WorkerPlugin
 
-    from casbi_store.cluster import ClusterSpec, cluster_client
-    from casbi_store.extract import ExtractionSettings
-    from casbi_store.extraction_run import extract_suite
-    from casbi_store.snapshots import find_snapshots
+    from casbi_store.store.cluster import ClusterSpec, cluster_client
+    from casbi_store.store.extract import ExtractionSettings
+    from casbi_store.store.extraction_run import extract_suite
+    from casbi_store.store.snapshots import find_snapshots
 
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(f"{store}.staging", ignore_errors=True)
@@ -211,7 +211,7 @@ def extract_run(suite: Path, store: Path, workers: int) -> dict:
 def compose_run(store: Path, train_per_n: int, test_per_n: int, n_sub_max: int) -> dict:
     """Compose a uniform set (N_sub 2-``n_sub_max``) into ``store``: time, halos/s, bytes on disk."""
     from casbi_store.compose import ComposeSpec, compose
-    from casbi_store.trainingsets import versions
+    from casbi_store.store.trainingsets import versions
 
     version = f"v{len(versions(store, 'scale')) + 1}" if (store / "training_sets").exists() else "v1"
     spec = ComposeSpec(name="scale", version=version, seed=1, train_per_n=train_per_n,
@@ -236,7 +236,7 @@ def _stream_child(store: str, version: str, batch_size: int, every: int, queue) 
 
     import torch
 
-    from casbi_store.streaming import TrainingSetStream
+    from casbi_store.learn.streaming import TrainingSetStream
 
     torch.set_num_threads(1)
     rss_imports = _rss()

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from casbi_store import trainingsets
-    from casbi_store.trainer import TrainConfig, train
+    from casbi_store.learn.trainer import TrainConfig, train
+    from casbi_store.store import trainingsets
 
     torch.set_num_threads(args.threads)
     name, _, version = args.set.partition(":")

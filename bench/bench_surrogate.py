@@ -33,7 +33,12 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from casbi_store.surrogate import SurrogateConfig, load_surrogate, train_surrogate, validate_surrogate
+    from casbi_store.surrogate import (
+        SurrogateConfig,
+        load_surrogate,
+        train_surrogate,
+        validate_surrogate,
+    )
 
     work = Path(args.work)
     cfg = SurrogateConfig(epochs=args.epochs, stars_per_galaxy=args.stars_per_galaxy,

@@ -161,9 +161,9 @@ def compose_sets(store: Path, sizes: list[int]) -> dict[int, dict]:
 def data_pass(store: Path, name: str, version: str, in_memory: bool, batch_size: int) -> dict:
     """Seconds to build the training split's source and to iterate its batches once (no network),
     the way the trainer does."""
-    from casbi_store.streaming import TrainingSetStream
-    from casbi_store.tasks import get_task
-    from casbi_store.trainer import _InMemory, _rows
+    from casbi_store.learn.streaming import TrainingSetStream
+    from casbi_store.learn.tasks import get_task
+    from casbi_store.learn.trainer import _InMemory, _rows
 
     start = time.perf_counter()
     stream = TrainingSetStream(store, name, version, "train", target=get_task("nsub").target)
@@ -178,13 +178,13 @@ def child(args: argparse.Namespace) -> None:
     """One training in this (fresh) process; writes its figures as JSON to ``args.result``."""
     import torch
 
-    from casbi_store.trainer import TrainConfig, train
+    from casbi_store.learn.trainer import TrainConfig, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     rss_before = peak_rss_mib()  # interpreter + torch + sbi + casbi_store, before any data
     clock = EpochMarks()
-    trainer_log = logging.getLogger("casbi_store.trainer")
+    trainer_log = logging.getLogger("casbi_store.learn.trainer")
     trainer_log.addHandler(clock)
     trainer_log.setLevel(logging.INFO)
     first = mark()

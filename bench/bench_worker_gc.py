@@ -40,7 +40,7 @@ def main() -> None:
     args = p.parse_args()
     gen = B.generate(args.work, (99,), 0, 1)
     print("generated", gen["wall_seconds"], gen["cpu_seconds"], flush=True)
-    from casbi_store import cluster
+    from casbi_store.store import cluster
 
     real = cluster.cluster_client
     results = {}

@@ -35,7 +35,7 @@ CUDA_VISIBLE_DEVICES="" cs evaluate tiny-run/models/nsub_classifier tiny-run/mod
 cp /tmp/eval_cpu/metrics.json "$OUT/eval_cpu_metrics.json"
 python3 - <<'PY'
 import numpy as np, xarray as xr
-from casbi_store import trainingsets
+from casbi_store.store import trainingsets
 g = trainingsets.open_split_group("tiny-run/store.zarr", "tiny_set", "v1", "test")
 np.save("/tmp/halo0.npy", np.asarray(g["x"][0]))
 PY

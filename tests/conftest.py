@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import zarr
 
-from casbi_store.extraction_run import extract_suite
 from casbi_store.mock import generate_suite, preset
+from casbi_store.store.extraction_run import extract_suite
 
 TINY_SEED = 1
 
@@ -35,7 +35,7 @@ def dask_client():
     import dask
     from dask.distributed import Client, LocalCluster
 
-    from casbi_store.cluster import DASK_SETTINGS, WORKER_ENV
+    from casbi_store.store.cluster import DASK_SETTINGS, WORKER_ENV
 
     with dask.config.set(DASK_SETTINGS):  # read when the scheduler and workers start
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -113,8 +113,8 @@ SURVEY_NET = dict(epochs=1, batch_size=64, hidden_features=8, num_transforms=1, 
 def tiny_survey(tiny_store, tmp_path_factory):
     """(store, [classifier, theta]): models of the normalised representation trained for one
     epoch on a tiny observation-model set ``sky:v1`` (N_sub 3-6, 100-3000 stars per halo)."""
-    from casbi_store.modelfolder import load_model
-    from casbi_store.trainer import TrainConfig, train
+    from casbi_store.learn.modelfolder import load_model
+    from casbi_store.learn.trainer import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("survey")
     store = store_with_set(tiny_store[0], folder, name="sky", n_sub_min=3, n_sub_max=6,

@@ -29,12 +29,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import store_arrays  # noqa: E402
 
-from casbi_store import commit, locks  # noqa: E402
-from casbi_store.extract import ExtractionSettings, extract_outcome  # noqa: E402
-from casbi_store.extraction_run import Staging, extract_suite  # noqa: E402
-from casbi_store.snapshots import find_snapshots, fingerprint  # noqa: E402
-from casbi_store.store import StoreError, open_store  # noqa: E402
-from casbi_store.validate import validate_store  # noqa: E402
+from casbi_store.store import commit, locks  # noqa: E402
+from casbi_store.store.extract import ExtractionSettings, extract_outcome  # noqa: E402
+from casbi_store.store.extraction_run import Staging, extract_suite  # noqa: E402
+from casbi_store.store.io import StoreError, open_store  # noqa: E402
+from casbi_store.store.snapshots import find_snapshots, fingerprint  # noqa: E402
+from casbi_store.store.validate import validate_store  # noqa: E402
 
 
 def _child_commit(suite: Path, store: Path, env: dict[str, str]) -> int:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from casbi_store.abundances import XSOL_FE, XSOL_H, XSOL_O, abundance_ratios
+from casbi_store.store.abundances import XSOL_FE, XSOL_H, XSOL_O, abundance_ratios
 
 
 def test_solar_mixture_gives_zero():

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from casbi_store import baselines as B
+from casbi_store.evaluation import baselines as B
 
 
 def test_plane_features_are_the_log1p_marginals_and_log_total():

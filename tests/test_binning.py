@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from casbi_store.binning import Binning, BinningSpec, bin_index, histogram_stack, resolve_binning
+from casbi_store.store.binning import Binning, BinningSpec, bin_index, histogram_stack, resolve_binning
 
 
 def _values(rng, n=200_000):

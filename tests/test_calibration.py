@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from casbi_store import calibration as cal
+from casbi_store.learn import calibration as cal
 
 
 def gaussian_case(rows: int = 3000, samples: int = 400, width: float = 1.0, seed: int = 0):

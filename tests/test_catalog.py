@@ -18,8 +18,8 @@ import yaml
 import zarr
 from conftest import consolidate_whole_store, serve_http
 
-from casbi_store.catalog import read_registry, sorted_versions, update_catalog, write_catalog
-from casbi_store.intake_source import GalaxiesSource, TrainingSetSource
+from casbi_store.compose.catalog import read_registry, sorted_versions, update_catalog, write_catalog
+from casbi_store.compose.intake_source import GalaxiesSource, TrainingSetSource
 
 # intake 2.0.9 warns about shell commands for every string parameter, shell() or not
 pytestmark = pytest.mark.filterwarnings("ignore:Shell command not executed:UserWarning")
@@ -177,7 +177,7 @@ def test_catalog_is_relative_atomic_and_movable(served, tmp_path, monkeypatch):
     _assert_same(src.read(), written["v1", "test"])
 
     # a failed write leaves the old catalog whole and no temporary file behind
-    monkeypatch.setattr("casbi_store.catalog.os.replace", _fail)
+    monkeypatch.setattr("casbi_store.compose.catalog.os.replace", _fail)
     with pytest.raises(OSError):
         write_catalog(moved / "casbi.yaml", moved / "tiny.zarr", {})
     assert (moved / "casbi.yaml").read_text() == text

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from casbi_store.cluster import ClusterSpec, job_script
-from casbi_store.config import ConfigError, load_pipeline
+from casbi_store.cli.config import ConfigError, load_pipeline
+from casbi_store.store.cluster import ClusterSpec, job_script
 
 
 def _directives(script: str, prefix: str) -> list[str]:

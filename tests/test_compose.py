@@ -94,7 +94,7 @@ def test_deterministic_immutable_and_idempotent(store, tmp_path):
 
 
 def test_a_killed_compose_is_invisible(store, monkeypatch):
-    from casbi_store import compose as module
+    from casbi_store.compose import halos as module
 
     def die(*args):
         raise KeyboardInterrupt

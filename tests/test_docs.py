@@ -1,8 +1,8 @@
-"""docs/STORE.md documents every name that casbi_store/schema.py defines."""
+"""docs/STORE.md documents every name that casbi_store/store/schema.py defines."""
 
 from pathlib import Path
 
-from casbi_store import schema as S
+from casbi_store.store import schema as S
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "STORE.md").read_text()
 
@@ -23,6 +23,6 @@ def test_every_schema_name_is_documented():
 
 
 def test_error_kinds_are_documented():
-    from casbi_store.extract import ErrorKind
+    from casbi_store.store.extract import ErrorKind
 
     assert not [k for k in ErrorKind if f"`{k.value}`" not in DOC]

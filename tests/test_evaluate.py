@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import store_with_set
 
-from casbi_store.evaluate import TARGETS
-from casbi_store.posteriors import credible_set
-from casbi_store.trainer import TrainConfig, train
+from casbi_store.apply.posteriors import credible_set
+from casbi_store.evaluation.evaluate import TARGETS
+from casbi_store.learn.trainer import TrainConfig, train
 
 TINY = TrainConfig(epochs=2, batch_size=64, hidden_features=16, num_transforms=2,
                    embedding_dim=16, conv_channels=(4, 8), learning_rate=2e-3, patience=10)
@@ -40,8 +40,8 @@ def test_credible_set_is_the_smallest_set_reaching_the_level():
 
 
 def test_nsub_metrics_match_a_direct_computation(models):
-    from casbi_store.evaluate import evaluate_nsub, read_split
-    from casbi_store.modelfolder import load_model
+    from casbi_store.evaluation.evaluate import evaluate_nsub, read_split
+    from casbi_store.learn.modelfolder import load_model
 
     store, paths = models
     model = load_model(paths["nsub_classifier"])
@@ -118,8 +118,8 @@ def _assert_survey_section(page: str, survey) -> None:
 
     import xarray as xr
 
-    from casbi_store.misspecification import Assessment
-    from casbi_store.report import SURVEY_TITLE
+    from casbi_store.evaluation.report import SURVEY_TITLE
+    from casbi_store.learn.misspecification import Assessment
 
     section = page.split(f"<h2>{html.escape(SURVEY_TITLE)}</h2>")[1].split("<h2>")[0]
     with xr.open_dataset(survey / "posterior.nc") as ds:
@@ -137,7 +137,7 @@ def _assert_survey_section(page: str, survey) -> None:
 
 
 def test_survey_section_says_what_is_missing(tmp_path):
-    from casbi_store.report import survey_section
+    from casbi_store.evaluation.report import survey_section
 
     title, parts = survey_section(tmp_path / "nothing", tmp_path / "figures")
     assert title.startswith("Survey-style inference") and len(parts) == 1
@@ -145,9 +145,9 @@ def test_survey_section_says_what_is_missing(tmp_path):
 
 
 def test_two_step_mixture_conditions_each_draw_on_its_n_sub(models):
-    from casbi_store.evaluate import mixture_samples, read_split
-    from casbi_store.modelfolder import load_model
-    from casbi_store.posteriors import load_posterior
+    from casbi_store.apply.posteriors import load_posterior
+    from casbi_store.evaluation.evaluate import mixture_samples, read_split
+    from casbi_store.learn.modelfolder import load_model
 
     store, paths = models
     model = load_model(paths["theta"])
@@ -174,9 +174,9 @@ def test_batched_sampler_inverts_the_flow_as_nflows_does(models):
     """The sampler's flow inverse (context terms computed once per condition) maps noise to
     nflows' own samples, to float rounding: for the 1-d N_sub NPE (sbi's ContextSplineMap) and
     the per-rank theta flow (ResidualNet conditioners)."""
-    from casbi_store.evaluate import read_split
-    from casbi_store.modelfolder import load_model
-    from casbi_store.posteriors import BatchedFlowSampler, flow_inverse, load_posterior
+    from casbi_store.apply.posteriors import BatchedFlowSampler, flow_inverse, load_posterior
+    from casbi_store.evaluation.evaluate import read_split
+    from casbi_store.learn.modelfolder import load_model
 
     store, paths = models
     data = read_split(store, "t", "v1", "test", max_halos=5)
@@ -208,9 +208,9 @@ def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
 
     from sbi.inference import EnsemblePosterior
 
-    from casbi_store.evaluate import read_split
-    from casbi_store.modelfolder import load_model
-    from casbi_store.posteriors import BatchedFlowSampler, box_bounds, load_posterior
+    from casbi_store.apply.posteriors import BatchedFlowSampler, box_bounds, load_posterior
+    from casbi_store.evaluation.evaluate import read_split
+    from casbi_store.learn.modelfolder import load_model
 
     store, paths = models
     model = load_model(paths["theta"])
@@ -241,11 +241,11 @@ def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
 
 def test_external_store_is_a_third_condition_and_other_bin_edges_are_refused(
         models, tiny_suite, tiny_store, dask_client, tmp_path):
-    from casbi_store.binning import BinningSpec
     from casbi_store.compose import ComposeSpec, compose
-    from casbi_store.evaluate import BinningMismatch, evaluate
-    from casbi_store.extraction_run import extract_suite
-    from casbi_store.modelfolder import load_model
+    from casbi_store.evaluation.evaluate import BinningMismatch, evaluate
+    from casbi_store.learn.modelfolder import load_model
+    from casbi_store.store.binning import BinningSpec
+    from casbi_store.store.extraction_run import extract_suite
 
     store, paths = models
     other = store_with_set(tiny_store[0], tmp_path / "other", name="t", n_sub_min=3, n_sub_max=8,

@@ -13,11 +13,11 @@ from conftest import assert_same_arrays, copy_suite, store_arrays
 from tipsy_reader import main_halo_stars
 
 from casbi_store import galaxy_stars, open_errors, open_store
-from casbi_store.extract import ErrorKind, ExtractionSettings, SnapshotError, extract_snapshot
-from casbi_store.extraction_run import extract_suite
 from casbi_store.mock import generate_suite, preset
-from casbi_store.snapshots import find_snapshots
-from casbi_store.store import StoreError
+from casbi_store.store.extract import ErrorKind, ExtractionSettings, SnapshotError, extract_snapshot
+from casbi_store.store.extraction_run import extract_suite
+from casbi_store.store.io import StoreError
+from casbi_store.store.snapshots import find_snapshots
 
 # Independent [Fe/H], [O/Fe]: pynbody's documented tipsy solar values, written out here again.
 SOLAR_FE, SOLAR_O, SOLAR_H = 1.25e-3, 8.4e-3, 0.706
@@ -181,8 +181,8 @@ def test_interrupted_commit_is_repaired(tiny_suite, tiny_store, dask_client, tmp
 
 
 def test_staged_results_are_reused_after_a_kill(tiny_suite, dask_client, tmp_path):
-    from casbi_store.extraction_run import Staging
-    from casbi_store.snapshots import fingerprint
+    from casbi_store.store.extraction_run import Staging
+    from casbi_store.store.snapshots import fingerprint
 
     store = tmp_path / "staged.zarr"
     refs = find_snapshots(tiny_suite)
@@ -251,7 +251,7 @@ cases = [("2e4 kpc a", ["km", "km s^-1", "Msol", "a", "h"]), ("Msol", ["kpc", "M
 def run():
     return [units.Unit(u).dimensional_project(b) for u, b in cases]
 plain = run()
-from casbi_store.extract import memoize_unit_projection
+from casbi_store.store.extract import memoize_unit_projection
 memoize_unit_projection(); memoize_unit_projection()
 cached_first, cached_again = run(), run()
 cached_again[0][0] = 99  # callers may mutate what they get back

@@ -17,8 +17,8 @@ import pytest
 import torch
 import xarray as xr
 
-from casbi_store.modelfolder import load_model
-from casbi_store.trainer import TrainConfig, train
+from casbi_store.learn.modelfolder import load_model
+from casbi_store.learn.trainer import TrainConfig, train
 
 GOLDEN = Path(__file__).parent / "data" / "golden_training.json"
 SET = dict(name="g", n_sub_min=3, n_sub_max=6, train_per_n=40, test_per_n=3, seed=4)
@@ -93,8 +93,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import TINY_SEED, store_with_set
 
-    from casbi_store.extraction_run import extract_suite
     from casbi_store.mock import generate_suite, preset
+    from casbi_store.store.extraction_run import extract_suite
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

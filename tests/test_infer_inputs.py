@@ -20,11 +20,11 @@ import pytest
 import xarray as xr
 from conftest import store_with_set
 
+from casbi_store.apply.infer import infer, read_input
+from casbi_store.apply.observe import ColumnNames, ObservationError, observe_table, write_observation
 from casbi_store.cli import main
-from casbi_store.infer import infer, read_input
-from casbi_store.modelfolder import ModelFolderError, load_model
-from casbi_store.observe import ColumnNames, ObservationError, observe_table, write_observation
-from casbi_store.trainer import TrainConfig, train
+from casbi_store.learn.modelfolder import ModelFolderError, load_model
+from casbi_store.learn.trainer import TrainConfig, train
 
 TINY = TrainConfig(epochs=1, batch_size=64, hidden_features=16, num_transforms=2,
                    embedding_dim=16, conv_channels=(4, 8), learning_rate=2e-3, patience=10)
@@ -128,7 +128,7 @@ def test_a_folder_killed_while_training_more_is_refused_until_train_finishes(tra
     shutil.copytree(trained["theta"], folder)
     checkpoint = folder / "member-0" / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns
-    script = (f"from casbi_store.trainer import TrainConfig, train\n"
+    script = (f"from casbi_store.learn.trainer import TrainConfig, train\n"
               f"train({str(trained['store'])!r}, 't', 'v1', 'theta', {str(folder)!r}, "
               f"TrainConfig(**{{**{TINY.__dict__!r}, 'ensemble': 2, 'epochs': 200, "
               f"'patience': 200}}))\n")
@@ -293,8 +293,13 @@ def test_an_ensemble_s_samples_mix_its_members_by_weight(trained, tmp_path):
     returned an ensemble's samples member by member and the first draws kept were member 0's."""
     import torch
 
-    from casbi_store.modelfolder import write_ensemble
-    from casbi_store.posteriors import box_bounds, load_posterior, sample_in_prior, seeded_generator
+    from casbi_store.apply.posteriors import (
+        box_bounds,
+        load_posterior,
+        sample_in_prior,
+        seeded_generator,
+    )
+    from casbi_store.learn.modelfolder import write_ensemble
 
     folder = tmp_path / "theta2"
     shutil.copytree(trained["theta"], folder)
@@ -332,7 +337,7 @@ def test_an_ensemble_s_samples_mix_its_members_by_weight(trained, tmp_path):
 QUIET = """
 import sys
 import intake
-from casbi_store.infer import corner_plot, infer
+from casbi_store.apply.infer import corner_plot, infer
 cat = intake.open_catalog(sys.argv[1])
 ds = cat.t(version="v1", split="test").to_dask()
 cat.galaxies.to_dask()
@@ -345,7 +350,7 @@ print("samples", samples.sizes["sample"])
 
 
 def test_the_python_api_is_as_quiet_as_the_cli(trained, tmp_path):
-    from casbi_store.catalog import update_catalog
+    from casbi_store.compose.catalog import update_catalog
 
     catalog = update_catalog(trained["folder"] / "casbi.yaml", trained["store"])
     proc = subprocess.run([sys.executable, "-W", "default", "-c", QUIET, str(catalog),

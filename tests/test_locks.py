@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from casbi_store.locks import LockHeld, acquire, break_lock, list_locks, lock_path, store_lock
+from casbi_store.store.locks import LockHeld, acquire, break_lock, list_locks, lock_path, store_lock
 
 HOLD = """
 import sys, time
-from casbi_store.locks import acquire
+from casbi_store.store.locks import acquire
 acquire(sys.argv[1], "store", "holder-process")
 print("held", flush=True)
 time.sleep(120)

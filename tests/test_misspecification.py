@@ -15,20 +15,20 @@ import xarray as xr
 from conftest import TINY_SEED, store_with_set
 from tipsy_reader import main_halo_stars
 
-from casbi_store.abundances import abundance_ratios
+from casbi_store.apply.infer import infer
 from casbi_store.cli import main
-from casbi_store.infer import infer
-from casbi_store.misspecification import (
+from casbi_store.learn.misspecification import (
     CALIBRATION,
     MisspecificationWarning,
     calibrate,
     read_calibration,
     write_calibration,
 )
+from casbi_store.learn.modelfolder import ModelFolderError
+from casbi_store.learn.trainer import TrainConfig, train
 from casbi_store.mock import Physics, generate_suite, preset
 from casbi_store.mock.chemical_evolution import Y_O_CC
-from casbi_store.modelfolder import ModelFolderError
-from casbi_store.trainer import TrainConfig, train
+from casbi_store.store.abundances import abundance_ratios
 
 TINY = TrainConfig(epochs=1, batch_size=64, hidden_features=16, num_transforms=2,
                    embedding_dim=16, conv_channels=(4, 8), learning_rate=2e-3, patience=10)

@@ -9,11 +9,11 @@ import pynbody
 import pytest
 from tipsy_reader import main_halo_stars, read_aux, read_header
 
-from casbi_store.abundances import XSOL_FE, XSOL_H, XSOL_O, hydrogen_fraction
 from casbi_store.mock import draw_simulations, generate_suite, preset
 from casbi_store.mock.chemical_evolution import Z_PER_FE, Z_PER_O, evolve
 from casbi_store.mock.suite import age_today, nihao_name, snapshot_time
-from casbi_store.snapshots import find_snapshots
+from casbi_store.store.abundances import XSOL_FE, XSOL_H, XSOL_O, hydrogen_fraction
+from casbi_store.store.snapshots import find_snapshots
 
 
 def test_nihao_names():

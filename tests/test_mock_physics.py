@@ -12,10 +12,10 @@ import pytest
 import yaml
 from tipsy_reader import main_halo_stars
 
-from casbi_store.abundances import XSOL_FE, XSOL_O, abundance_ratios
 from casbi_store.cli import main
 from casbi_store.mock import Physics, generate_suite, preset
 from casbi_store.mock.chemical_evolution import Y_FE_CC, Y_O_CC
+from casbi_store.store.abundances import XSOL_FE, XSOL_O, abundance_ratios
 
 GOLDEN = Path(__file__).parent / "data" / "mock_tiny_seed1_defects.sha256.json"
 

@@ -14,11 +14,8 @@ import zarr
 from astropy.table import MaskedColumn, Table
 from conftest import store_with_set
 
-from casbi_store import schema as S
-from casbi_store.binning import Binning
-from casbi_store.cli import main
-from casbi_store.infer import read_histogram
-from casbi_store.observe import (
+from casbi_store.apply.infer import read_histogram
+from casbi_store.apply.observe import (
     FEW_STARS_FACTOR,
     MIN_STARS,
     ColumnNames,
@@ -29,9 +26,12 @@ from casbi_store.observe import (
     read_observation,
     write_observation,
 )
-from casbi_store.quality import QualityExpressionError, parse_quality
-from casbi_store.store import store_attrs
-from casbi_store.trainer import TrainConfig, train
+from casbi_store.apply.quality import QualityExpressionError, parse_quality
+from casbi_store.cli import main
+from casbi_store.learn.trainer import TrainConfig, train
+from casbi_store.store import schema as S
+from casbi_store.store.binning import Binning
+from casbi_store.store.io import store_attrs
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "STORE.md").read_text()
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from casbi_store.catalog import read_registry, update_catalog
 from casbi_store.compose import ComposeSpec, compose
-from casbi_store.validate import validate_store
+from casbi_store.compose.catalog import read_registry, update_catalog
+from casbi_store.store.validate import validate_store
 
 SPEC = dict(name="nsub_uniform", n_sub_min=2, n_sub_max=4, train_per_n=10, test_per_n=4)
 

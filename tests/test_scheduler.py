@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_arrays, store_arrays
 
-from casbi_store.extraction_run import extract_suite
+from casbi_store.store.extraction_run import extract_suite
 
 BIN = Path(sys.executable).parent
 

@@ -12,12 +12,13 @@ import xarray as xr
 from scipy import sparse
 
 from casbi_store import open_stars, open_store
-from casbi_store.binning import Binning
-from casbi_store.compose import BlockData, ComposeError, ComposeSpec, compose, halo_stars
-from casbi_store.sources import SYNTHETIC, get_source, source_names
-from casbi_store.store import store_attrs
+from casbi_store.compose import ComposeError, ComposeSpec, compose
+from casbi_store.compose.halos import BlockData, halo_stars
+from casbi_store.compose.sources import SYNTHETIC, get_source, source_names
+from casbi_store.store.binning import Binning
+from casbi_store.store.io import store_attrs
+from casbi_store.store.validate import validate_store
 from casbi_store.surrogate.model import SurrogateConfig, train_surrogate
-from casbi_store.validate import validate_store
 
 TINY_SURROGATE = dict(epochs=2, stars_per_galaxy=64, batch_size=256, transforms=1,
                       hidden_features=8, bins=4, theta_noise=0.1, holdout_fraction=0.2, seed=3)
@@ -119,7 +120,7 @@ def test_mixed_set_has_the_fraction_and_the_real_sums(store, model):
 def test_a_set_larger_than_the_library_reuses_its_entries(store, model):
     """40 surrogate blocks from a library of 5: every halo sums distinct entries, each entry's
     plane is the one the library samples on its own (the same seed), and the entry counts."""
-    from casbi_store.sources.library import BlockLibrary
+    from casbi_store.compose.sources.library import BlockLibrary
     from casbi_store.surrogate import load_surrogate
 
     spec = ComposeSpec(**SMALL, source="surrogate", surrogate=str(model), surrogate_library=5)
@@ -252,7 +253,7 @@ def test_mixed_with_observation_is_deterministic(store, model, tmp_path):
     ("observation: 12", "observation: must be a mapping"),
     ("source: mixed\nsurrogate: MODEL\nsurrogate_fraction: 1.5", "surrogate_fraction must be in [0, 1]"),
     ("source: mixed\nsurrogate: MODEL\nsurrogate_fraction: -0.1", "surrogate_fraction must be in [0, 1]"),
-    ("surrogate_fraction: 0.2", "surrogate_fraction applies to source mixed"),
+    ("surrogate_fraction: 0.2", "surrogate_fraction applies to sources that mix"),
     ("source: surrogate", "needs surrogate: the surrogate model folder"),
     ("source: surrogate\nsurrogate: /nowhere/model",
      "surrogate: no surrogate model folder at /nowhere/model"),

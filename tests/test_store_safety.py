@@ -16,14 +16,21 @@ import pytest
 import zarr
 from conftest import assert_same_arrays, consolidate_whole_store, copy_suite, store_arrays
 
-from casbi_store import locks
-from casbi_store.binning import Binning, BinningSpec, bin_index, bin_stars, histogram_stack, resolve_binning
+from casbi_store.apply.infer import read_star_table
 from casbi_store.cli import main
-from casbi_store.extraction_run import extract_suite
-from casbi_store.infer import read_star_table
 from casbi_store.mock import generate_suite, preset
-from casbi_store.snapshots import find_snapshots
-from casbi_store.validate import validate_store
+from casbi_store.store import locks
+from casbi_store.store.binning import (
+    Binning,
+    BinningSpec,
+    bin_index,
+    bin_stars,
+    histogram_stack,
+    resolve_binning,
+)
+from casbi_store.store.extraction_run import extract_suite
+from casbi_store.store.snapshots import find_snapshots
+from casbi_store.store.validate import validate_store
 
 TESTS = Path(__file__).parent
 CLI = [sys.executable, "-m", "casbi_store.cli"]
@@ -57,7 +64,7 @@ def test_stale_lock_is_reported_and_broken_only_by_unlock(tiny_store, tmp_path):
     store = tmp_path / "stale.zarr"
     shutil.copytree(tiny_store[0], store)
     # a writer that dies holding the lock (SIGKILL leaves the lock file behind)
-    code = ("import os, signal, sys; from casbi_store.locks import acquire; "
+    code = ("import os, signal, sys; from casbi_store.store.locks import acquire; "
             "acquire(sys.argv[1], 'store'); os.kill(os.getpid(), signal.SIGKILL)")
     subprocess.run([sys.executable, "-c", code, str(store)], env=ENV, check=False)
     with pytest.raises(locks.LockHeld, match="stale lock"):

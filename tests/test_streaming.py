@@ -8,8 +8,8 @@ import torch
 import xarray as xr
 from conftest import serve_http, store_with_set
 
-from casbi_store.estimators import Log1pStandardize
-from casbi_store.streaming import TrainingSetStream, streamed_moments
+from casbi_store.learn.estimators import Log1pStandardize
+from casbi_store.learn.streaming import TrainingSetStream, streamed_moments
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_stream_from_the_intake_catalog_over_http_with_forked_workers(store):
     """Opened inside each worker: an fsspec HTTP array opened in the parent fails in a fork."""
     import intake
 
-    from casbi_store.catalog import update_catalog
+    from casbi_store.compose.catalog import update_catalog
 
     update_catalog(store.parent / "casbi.yaml", store)
     with serve_http(store.parent) as base:

@@ -13,7 +13,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import gaussian_kde, wasserstein_distance
 
 from casbi_store.cli import main
-from casbi_store.store import as_strings, galaxy_stars, open_stars, open_store
+from casbi_store.store.io import as_strings, galaxy_stars, open_stars, open_store
 from casbi_store.surrogate.data import holdout_simulations, read_galaxies, read_star_rows, sample_rows
 from casbi_store.surrogate.metrics import (
     binned_median,

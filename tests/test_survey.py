@@ -13,12 +13,12 @@ import torch
 import xarray as xr
 from astropy.table import Table
 
+from casbi_store.apply.infer import infer, read_input
+from casbi_store.apply.observe import observe_table
+from casbi_store.apply.survey import make_survey_tables
 from casbi_store.cli import main
-from casbi_store.config import ConfigError, load_pipeline
-from casbi_store.estimators import NsubClassifier, build_npe
-from casbi_store.infer import infer, read_input
-from casbi_store.observe import observe_table
-from casbi_store.survey import make_survey_tables
+from casbi_store.cli.config import ConfigError, load_pipeline
+from casbi_store.learn.estimators import NsubClassifier, build_npe
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_survey_stage_is_validated(tmp_path, stage, message):
         load_pipeline(p)
 
 
-@pytest.mark.filterwarnings("ignore::casbi_store.misspecification.MisspecificationWarning")
+@pytest.mark.filterwarnings("ignore::casbi_store.learn.misspecification.MisspecificationWarning")
 def test_n_obs_outside_the_training_range_warns_in_infer_and_observe(trained, tmp_path,
                                                                       capsys):
     """A normalised model knows the N_obs range of its training halos (config.json, recorded at
@@ -175,8 +175,8 @@ def test_n_obs_outside_the_training_range_warns_in_infer_and_observe(trained, tm
 
     import zarr
 
-    from casbi_store.modelfolder import N_OBS_RANGE, n_obs_range
-    from casbi_store.observe import NObsRangeWarning
+    from casbi_store.apply.observe import NObsRangeWarning
+    from casbi_store.learn.modelfolder import N_OBS_RANGE, n_obs_range
 
     store, models = trained
     x = zarr.open_array(store, path="training_sets/sky/v1/train/x", mode="r")

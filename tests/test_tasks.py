@@ -13,11 +13,11 @@ import torch
 import xarray as xr
 from conftest import store_with_set
 
-from casbi_store import schema as S
-from casbi_store.modelfolder import load_model
-from casbi_store.tasks import FlowTask, block_parameters, get_task, register, task_names
-from casbi_store.tasks import base as task_base
-from casbi_store.trainer import TrainConfig, train
+from casbi_store.learn.modelfolder import load_model
+from casbi_store.learn.tasks import FlowTask, block_parameters, get_task, register, task_names
+from casbi_store.learn.tasks import base as task_base
+from casbi_store.learn.trainer import TrainConfig, train
+from casbi_store.store import schema as S
 
 TINY = TrainConfig(epochs=2, batch_size=32, hidden_features=8, num_transforms=2, embedding_dim=8,
                    conv_channels=(2, 4), learning_rate=2e-3, patience=10, seed=5)
@@ -59,10 +59,10 @@ def store(tiny_store, tmp_path_factory):
 
 def test_a_task_defined_outside_the_package_trains_samples_and_evaluates(store, top_mass,
                                                                           tmp_path, capsys):
+    from casbi_store.apply.infer import infer
+    from casbi_store.apply.posteriors import load_posterior
     from casbi_store.cli import build_parser
-    from casbi_store.evaluate import evaluate
-    from casbi_store.infer import infer
-    from casbi_store.posteriors import load_posterior
+    from casbi_store.evaluation.evaluate import evaluate
 
     assert TopMass.name in task_names()
     with pytest.raises(SystemExit):
@@ -110,7 +110,7 @@ def test_no_module_outside_tasks_branches_on_a_task_name():
 
 def test_model_folders_written_with_the_old_n_sub_key_still_load(store, tmp_path):
     """Before the rename, TrainConfig.joint_n_sub was called n_sub in config.json."""
-    from casbi_store.infer import infer
+    from casbi_store.apply.infer import infer
 
     out = tmp_path / "j"
     train(store, "p", "v1", "theta_joint", out, TrainConfig(**{**TINY.__dict__, "epochs": 1,

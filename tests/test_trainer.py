@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import store_with_set
 
-from casbi_store import modelfolder as F
 from casbi_store import open_store
-from casbi_store import tasks as T
-from casbi_store.estimators import NsubClassifier
-from casbi_store.modelfolder import load_model
-from casbi_store.streaming import TrainingSetStream
-from casbi_store.trainer import TrainConfig, _steps_per_epoch, scheduled_lr, train
+from casbi_store.learn import modelfolder as F
+from casbi_store.learn import tasks as T
+from casbi_store.learn.estimators import NsubClassifier
+from casbi_store.learn.modelfolder import load_model
+from casbi_store.learn.streaming import TrainingSetStream
+from casbi_store.learn.trainer import TrainConfig, _steps_per_epoch, scheduled_lr, train
 
 TINY = TrainConfig(epochs=3, batch_size=64, hidden_features=16, num_transforms=2,
                    embedding_dim=16, conv_channels=(4, 8), learning_rate=2e-3, patience=10)
@@ -123,7 +123,7 @@ def test_per_rank_pairs_pick_the_block_of_the_drawn_rank():
 def test_ensemble_members_are_weighted_by_validation_likelihood(store, tmp_path):
     from sbi.inference import EnsemblePosterior
 
-    from casbi_store.posteriors import load_posterior
+    from casbi_store.apply.posteriors import load_posterior
 
     result = train(store, "t", "v1", "theta", tmp_path / "e", tiny(epochs=2, ensemble=2))
     best = np.asarray(result["best_val_loss"])
@@ -148,8 +148,8 @@ def test_two_step_inference_returns_samples_inside_the_prior(store, trained, tmp
 
     import xarray as xr
 
-    from casbi_store.infer import infer, read_star_table
-    from casbi_store.posteriors import load_posterior
+    from casbi_store.apply.infer import infer, read_star_table
+    from casbi_store.apply.posteriors import load_posterior
 
     models = {task: trained(task)[0] for task in ("nsub_classifier", "nsub", "theta")}
     test = xr.open_zarr(store, group="training_sets/t/v1/test", consolidated=True)
@@ -195,7 +195,7 @@ def test_two_step_inference_returns_samples_inside_the_prior(store, trained, tmp
 
 
 def test_star_table_errors_name_the_file(tmp_path):
-    from casbi_store.infer import read_star_table
+    from casbi_store.apply.infer import read_star_table
 
     edges = np.linspace(-3, 0, 65)
     bad = tmp_path / "bad.csv"
@@ -215,7 +215,7 @@ def _write(path, text):
 
 def test_flow_standardisation_spans_the_whole_parameter_range():
     """Example parameters arrive sorted by N_sub; the flow must still learn at N_sub = 100."""
-    from casbi_store.estimators import build_npe
+    from casbi_store.learn.estimators import build_npe
 
     theta = np.repeat(np.arange(2.0, 101.0), 40)[:, None]  # 3,960 rows, sorted
     net = build_npe(np.zeros((64, 64)), np.ones((64, 64)), theta, (1, 64, 64), hidden_features=8,
@@ -230,7 +230,7 @@ def test_flow_standardisation_spans_the_whole_parameter_range():
 def test_joint_mode_learns_all_blocks_of_one_n_sub(store, tmp_path):
     import xarray as xr
 
-    from casbi_store.infer import infer
+    from casbi_store.apply.infer import infer
 
     with pytest.raises(ValueError, match="theta_joint needs a fixed n_sub"):
         train(store, "t", "v1", "theta_joint", tmp_path / "j0", TINY)
@@ -291,8 +291,8 @@ def test_training_steps_the_learning_rate_by_the_schedule(store, tmp_path):
 def test_point_estimate_head_is_learnt_and_conditions_the_flow(store, trained, tmp_path):
     """``point_estimate_weight``: an MLP estimate of theta trained by MSE beside the NLL and
     appended to the flow's condition; batched sampling's factored contexts carry it too."""
-    from casbi_store.estimators import PointEstimate, point_estimate_head
-    from casbi_store.posteriors import BatchedFlowSampler
+    from casbi_store.apply.posteriors import BatchedFlowSampler
+    from casbi_store.learn.estimators import PointEstimate, point_estimate_head
 
     # the classifier's head: its N_sub estimate joins the pooled features before the softmax
     history = train(store, "t", "v1", "nsub_classifier", tmp_path / "c",

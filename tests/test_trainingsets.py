@@ -19,12 +19,13 @@ import yaml
 import zarr
 from conftest import consolidate_whole_store, serve_http, store_with_set
 
-from casbi_store import open_store, trainingsets
+from casbi_store import open_store
 from casbi_store.compose import ComposeError, ComposeSpec, compose
-from casbi_store.locks import break_lock, list_locks
-from casbi_store.schema import TRAINING_FIELDS
-from casbi_store.store import StoreError
-from casbi_store.validate import validate_store
+from casbi_store.store import trainingsets
+from casbi_store.store.io import StoreError
+from casbi_store.store.locks import break_lock, list_locks
+from casbi_store.store.schema import TRAINING_FIELDS
+from casbi_store.store.validate import validate_store
 
 SPEC = dict(name="nsub_uniform", version="v1", n_sub_min=2, n_sub_max=6, train_per_n=150,
             test_per_n=10, seed=3)
@@ -166,7 +167,7 @@ def test_bad_spec_files_name_the_file_and_key(tmp_path, store, text, message):
 
 HOLDER = """
 import sys
-from casbi_store.locks import store_lock
+from casbi_store.store.locks import store_lock
 with store_lock(sys.argv[1], "set-nsub_uniform-v1", purpose="holder test"):
     print("held", flush=True)
     sys.stdin.readline()
@@ -219,7 +220,7 @@ def test_concurrent_composes_of_one_version_publish_exactly_one(store, tmp_path,
 
 KILLER = """
 import os, signal, sys
-from casbi_store import trainingsets
+from casbi_store.store import trainingsets
 from casbi_store.compose import ComposeSpec, compose
 
 point = sys.argv[3]

@@ -11,8 +11,8 @@ import pytest
 from conftest import store_with_set
 from optuna.trial import TrialState
 
-from casbi_store.trainer import TrainConfig, train
-from casbi_store.tune import study_name, suggest, tune
+from casbi_store.learn.trainer import TrainConfig, train
+from casbi_store.learn.tune import study_name, suggest, tune
 
 TINY = TrainConfig(epochs=1, batch_size=64, hidden_features=16, num_transforms=2,
                    embedding_dim=16, conv_channels=(4, 8), learning_rate=2e-3, patience=10)

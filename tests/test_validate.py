@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from casbi_store.compose import ComposeSpec, compose
-from casbi_store.validate import validate_store
+from casbi_store.store.validate import validate_store
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__
-from ..surrogate import cli as surrogate
+from casbi_store import __version__
+from casbi_store.surrogate import cli as surrogate
+
 from . import (
     calibrate_ood,
     cluster_script,

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    from ..misspecification import DEFAULTS
+    from casbi_store.learn.misspecification import DEFAULTS
 
     c = sub.add_parser("calibrate-ood", help="calibrate the misspecification score of model "
                                              "folders on their training set (train does it too)")
@@ -34,7 +34,7 @@ def calibrate_ood(models: list[str], *, quantile: float, k: int, max_reference: 
                   max_calibration: int, split: str = "auto", seed: int = 0,
                   pools: list[str] | None = None) -> int:
     """Calibrate and write ``misspecification.npz`` into each model folder; print the figures."""
-    from ..misspecification import CALIBRATION, DEFAULTS, calibrate_model
+    from casbi_store.learn.misspecification import CALIBRATION, DEFAULTS, calibrate_model
 
     pairs = DEFAULTS["pools"] if pools is None else [parse_pool(p) for p in pools]
     for folder in models:

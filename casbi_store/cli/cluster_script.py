@@ -16,8 +16,9 @@ def add_parser(sub) -> None:
 
 def cluster_script(pipeline: str | os.PathLike) -> int:
     """Print the batch script each job of ``pipeline``'s cluster would run; submits nothing."""
-    from ..cluster import JOBQUEUE_KINDS, job_script
-    from ..config import ConfigError, load_pipeline
+    from casbi_store.store.cluster import JOBQUEUE_KINDS, job_script
+
+    from .config import ConfigError, load_pipeline
 
     spec = load_pipeline(pipeline).cluster
     if spec is None:

@@ -20,8 +20,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a file, an option, a store): ``main`` prints them as
     ``casbi-store: error: ...`` and exits with 2, without a traceback. ValueError covers our
     ConfigError, ComposeError, TrainingSetError, ObservationError and the like."""
-    from ..locks import LockHeld
-    from ..store import StoreError
+    from casbi_store.store.io import StoreError
+    from casbi_store.store.locks import LockHeld
 
     return (ValueError, KeyError, FileNotFoundError, FileExistsError, StoreError, LockHeld)
 
@@ -43,8 +43,8 @@ def setup_logging(verbose: bool) -> None:
 def warnings_as_lines() -> Iterator[None]:
     """Our warnings about an observation (``MisspecificationWarning``, ``NObsRangeWarning``) as
     one ``casbi-store: warning: ...`` line each on stderr, every time; others passed on."""
-    from ..misspecification import MisspecificationWarning
-    from ..observe import NObsRangeWarning
+    from casbi_store.apply.observe import NObsRangeWarning
+    from casbi_store.learn.misspecification import MisspecificationWarning
 
     ours = (MisspecificationWarning, NObsRangeWarning)
     with warnings.catch_warnings(record=True) as caught:
@@ -68,7 +68,7 @@ def split_set(value: str) -> tuple[str, str]:
 
 def add_set_options(p: argparse.ArgumentParser, task_help: str) -> None:
     """The store, ``--set NAME:VERSION`` and ``--task`` arguments of train and tune."""
-    from ..tasks import task_names
+    from casbi_store.learn.tasks import task_names
 
     p.add_argument("store", help="store path or URL")
     p.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
@@ -94,13 +94,13 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="load the split into memory instead of streaming chunks")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
-    from ..representations import EMBEDDINGS, REPRESENTATIONS
+    from casbi_store.learn.representations import EMBEDDINGS, REPRESENTATIONS
 
     p.add_argument("--representation", choices=sorted(REPRESENTATIONS),
                    help="what the network sees of the plane (default log1p)")
     p.add_argument("--embedding", choices=EMBEDDINGS,
                    help="the flows' plane embedding (default cnn, the seed's CNN)")
-    from ..trainer import LR_SCHEDULES
+    from casbi_store.learn.trainer import LR_SCHEDULES
 
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="learning rate over the steps: constant (default), cosine from "
@@ -115,7 +115,7 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
 
 def train_config(args: argparse.Namespace):
     """The validated ``trainer.TrainConfig`` of the options ``add_train_options`` added."""
-    from ..trainer import TrainConfig
+    from casbi_store.learn.trainer import TrainConfig
 
     options = {k: getattr(args, k) for k in TRAIN_OPTIONS}
     if args.conv_channels:

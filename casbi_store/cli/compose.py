@@ -20,13 +20,13 @@ def compose_and_register(store: str | os.PathLike, spec, catalog: str | None, *,
                          progress: bool = True) -> dict:
     """Compose ``spec`` (a ``compose.ComposeSpec``) into ``store`` on the active Dask scheduler
     (a distributed client where one is open), register it in ``catalog`` (if any) and say so."""
-    from ..compose import compose
+    from casbi_store.compose import compose
 
     entry = compose(store, spec, progress=progress)
     counts = ", ".join(f"{k} {v}" for k, v in entry["counts"].items())
     print(f"training set {spec.name}:{spec.version}: {counts} halos, checksum {entry['checksum'][:12]}")
     if catalog:
-        from ..catalog import update_catalog
+        from casbi_store.compose.catalog import update_catalog
 
         path = os.path.normpath(update_catalog(catalog, store))
         print(f"  catalog    {path}")
@@ -36,7 +36,7 @@ def compose_and_register(store: str | os.PathLike, spec, catalog: str | None, *,
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compose import ComposeSpec
+    from casbi_store.compose import ComposeSpec
 
     spec = ComposeSpec.from_yaml(args.spec)
     if args.version:

@@ -52,8 +52,8 @@ def evaluate_models(models: list[str], out: str, *, split: str = "test", halos: 
     """Evaluate the model folders ``models`` in every test condition, write the report into
     ``out``, print the metrics and the targets (the `evaluate` command and the pipeline's stage;
     ``surrogate_validation``/``survey``: folders shown in sections of their own)."""
-    from ..evaluate import evaluate
-    from ..report import corner_for_halo, write_report
+    from casbi_store.evaluation.evaluate import evaluate
+    from casbi_store.evaluation.report import corner_for_halo, write_report
 
     for name, value in (("halos", halos), ("samples", samples)):
         if value < 1:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..binning import BinningSpec
-from ..extract import MAIN_HALO_RULES, ExtractionSettings
+from casbi_store.store.binning import BinningSpec
+from casbi_store.store.extract import MAIN_HALO_RULES, ExtractionSettings
 
 
 def add_parser(sub) -> None:
@@ -48,7 +48,7 @@ def extract(suite: str | os.PathLike, store: str | os.PathLike, *,
             retry_failed: bool = False, progress: bool = True):
     """Extract ``suite`` into ``store`` on ``cluster`` (a ``cluster.ClusterSpec``; default: a
     LocalCluster) or an open ``client``, print what the run did and return its RunSummary."""
-    from ..extraction_run import extract_suite
+    from casbi_store.store.extraction_run import extract_suite
 
     summary = extract_suite(suite, store, settings=settings, binning=binning, cluster=cluster,
                             client=client, retry_failed=retry_failed, progress=progress)
@@ -57,7 +57,7 @@ def extract(suite: str | os.PathLike, store: str | os.PathLike, *,
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import ClusterSpec
+    from casbi_store.store.cluster import ClusterSpec
 
     extract(args.suite, args.store,
             settings=ExtractionSettings(main_halo=args.main_halo, mstar_limit=args.mstar_limit),

@@ -30,9 +30,10 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
                ranks: int = 3, seed: int = 0, n_obs: float | None = None) -> int:
     """Sample the posterior of one halo (a histogram file or a star table) with the model
     folders ``models``; write the samples (NetCDF) and a corner plot, print the summary."""
-    from ..infer import corner_plot, infer, read_input
-    from ..misspecification import Assessment
-    from ..modelfolder import load_model
+    from casbi_store.apply.infer import corner_plot, infer, read_input
+    from casbi_store.learn.misspecification import Assessment
+    from casbi_store.learn.modelfolder import load_model
+
     from .common import warnings_as_lines
 
     if bool(histogram) == bool(stars):

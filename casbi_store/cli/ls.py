@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
 def list_store(store: str | os.PathLike) -> int:
     """Print the listing of ``store``."""
-    from ..store import describe_store
+    from casbi_store.store.io import describe_store
 
     print(describe_store(store))
     return 0

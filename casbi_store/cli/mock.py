@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..mock import PRESETS, Physics, SuiteSpec
+from casbi_store.mock import PRESETS, Physics, SuiteSpec
 
 # option (dest) -> mock.Physics field
 PHYSICS_OPTIONS = {"ia_delay": "ia_min_delay", "dtd_slope": "dtd_slope", "yield_o_cc": "y_o_cc",
@@ -41,7 +41,7 @@ def suite_spec(preset_name: str, *, seed: int = 0, defects: bool = False,
                physics: Physics | None = None, **sizes) -> SuiteSpec:
     """The ``mock.SuiteSpec`` of a preset, a seed, the defects flag, the physics (None: the
     fiducial) and size overrides (n_simulations, n_star_max, n_dm_final; None: the preset's)."""
-    from ..mock import preset
+    from casbi_store.mock import preset
 
     overrides = {k: v for k, v in sizes.items() if v is not None}
     if physics is not None:
@@ -52,7 +52,7 @@ def suite_spec(preset_name: str, *, seed: int = 0, defects: bool = False,
 def make_suite(out: str | os.PathLike, spec: SuiteSpec, *, workers: int | None = None,
                progress: bool = True) -> str:
     """Write the suite of ``spec`` into ``out``; returns a one-line summary."""
-    from ..mock import generate_suite
+    from casbi_store.mock import generate_suite
 
     manifest = generate_suite(out, spec, workers=workers or os.cpu_count() or 1, progress=progress)
     n_snap = sum(len(spec.steps) for _ in manifest["simulations"])

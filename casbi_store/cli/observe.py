@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..observe import ColumnNames
+    from casbi_store.apply.observe import ColumnNames
 
 
 def add_parser(sub) -> None:
@@ -36,7 +36,8 @@ def observe(table: str, binning: str, out: str, columns: ColumnNames | None = No
     """Bin the star ``table`` with the binning of ``binning`` (model folder or store) after the
     cuts, write the observation NetCDF ``out``, print what was kept and dropped and, with a
     model folder, the misspecification score."""
-    from ..observe import ColumnNames, ObservationError, observe_table, write_observation
+    from casbi_store.apply.observe import ColumnNames, ObservationError, observe_table, write_observation
+
     from .common import warnings_as_lines
 
     if not out.endswith(".nc"):  # before reading a large table
@@ -54,8 +55,8 @@ def observe(table: str, binning: str, out: str, columns: ColumnNames | None = No
 
 def observation_score(obs) -> str:
     """The misspecification line of the summary: scored against the model folder's training
-    halos (``casbi_store.misspecification``), unavailable with a store's binning."""
-    from ..misspecification import Assessment, assess
+    halos (``casbi_store.learn.misspecification``), unavailable with a store's binning."""
+    from casbi_store.learn.misspecification import Assessment, assess
 
     if obs.source.kind != "model":
         return Assessment(False, obs.source.path, note="binned with a store's binning: give "
@@ -65,7 +66,7 @@ def observation_score(obs) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..observe import ColumnNames
+    from casbi_store.apply.observe import ColumnNames
 
     columns = ColumnNames(feh=args.feh_col, ofe=args.ofe_col, feh_err=args.feh_err_col,
                           ofe_err=args.ofe_err_col, flag=args.flag_col)

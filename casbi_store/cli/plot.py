@@ -16,8 +16,8 @@ def add_parser(sub) -> None:
 
 def plot_store(store: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     """Write the chemical planes and trends of ``store`` into the folder ``out``; their paths."""
-    from ..plots import plot_chemical_planes, plot_trends
-    from ..store import open_store
+    from casbi_store.plots.planes import plot_chemical_planes, plot_trends
+    from casbi_store.store.io import open_store
 
     ds = open_store(store).load()
     return [plot_chemical_planes(ds, Path(out) / "chemical_planes.png"),

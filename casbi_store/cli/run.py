@@ -18,8 +18,8 @@ import logging
 import os
 from collections.abc import Iterator
 
-from ..config import Pipeline, load_pipeline
 from .compose import compose_and_register
+from .config import Pipeline, load_pipeline
 from .evaluate import evaluate_models, parse_against
 from .extract import extract
 from .ls import list_store
@@ -47,7 +47,7 @@ def _stage_client(pipe: Pipeline) -> Iterator:
     if pipe.cluster is None or not (pipe.extract or pipe.compose):
         yield None
         return
-    from ..cluster import cluster_client
+    from casbi_store.store.cluster import cluster_client
 
     log.info("cluster: %s", pipe.cluster.kind)
     with cluster_client(pipe.cluster) as client:
@@ -58,7 +58,7 @@ def _stage_client(pipe: Pipeline) -> Iterator:
 def on_device(pipe: Pipeline, device: str) -> Pipeline:
     """The pipeline with every tune and train config on ``device`` (validated: 'cuda' without a
     GPU is a ValueError)."""
-    from ..trainer import TrainConfig
+    from casbi_store.learn.trainer import TrainConfig
 
     TrainConfig(device=device)
     move = lambda m: dataclasses.replace(m, config=dataclasses.replace(m.config, device=device))  # noqa: E731
@@ -96,7 +96,7 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
                 compose_and_register(pipe.path(pipe.extract.store), spec, catalog,
                                      progress=progress)
     if pipe.tune:
-        from ..tune import tuned_parameters  # optuna: only when a pipeline tunes
+        from casbi_store.learn.tune import tuned_parameters  # optuna: only when a pipeline tunes
 
         for study in pipe.tune.studies:
             m = study.model
@@ -158,7 +158,7 @@ def _surrogate_stage(pipe: Pipeline, progress: bool) -> None:
     on its held-out simulations unless that validation is already there."""
     import time
 
-    from ..surrogate import train_surrogate, validate_surrogate
+    from casbi_store.surrogate import train_surrogate, validate_surrogate
 
     st = pipe.surrogate
     store, model, folder = pipe.path(pipe.extract.store), pipe.path(st.out), pipe.path(st.validation)

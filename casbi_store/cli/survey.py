@@ -40,7 +40,8 @@ def survey_check(store: str | os.PathLike, set_name: str, version: str, models: 
     (observation.nc) and ``infer`` (posterior.nc, corner plot; at least ``FIRST_TABLE_SAMPLES``
     samples) as the commands do, then every table through ``survey.survey_coverage`` (``samples``
     each); print and return the coverage."""
-    from ..survey import make_survey_tables, survey_coverage
+    from casbi_store.apply.survey import make_survey_tables, survey_coverage
+
     from .infer import infer_halo
     from .observe import observe
 

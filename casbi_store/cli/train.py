@@ -9,7 +9,7 @@ from .common import add_set_options, add_train_options, split_set, train_config
 
 
 def add_parser(sub) -> None:
-    from ..tasks import get_task, task_names
+    from casbi_store.learn.tasks import get_task, task_names
 
     t = sub.add_parser("train", help="train an estimator (step 1 or 2) on a training set, streaming")
     add_set_options(t, "; ".join(f"{n}: {get_task(n).help}" for n in task_names()))
@@ -22,7 +22,7 @@ def train_model(store: str | os.PathLike, set_name: str, version: str, task: str
                 out: str | os.PathLike, config, *, per_member: bool = True) -> dict:
     """Train ``task`` on ``set_name:version`` of ``store`` into the model folder ``out`` with a
     ``trainer.TrainConfig``; print each member's losses (``per_member``) or one line."""
-    from ..trainer import train
+    from casbi_store.learn.trainer import train
 
     result = train(store, set_name, version, task, out, config)
     if not per_member:

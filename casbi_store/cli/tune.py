@@ -28,7 +28,7 @@ def tune_task(store: str | os.PathLike, set_name: str, version: str, task: str,
               out: str | os.PathLike, trials: int, config, *, sampler_seed: int = 0,
               search: tuple[str, ...] | None = None) -> int:
     """Run the missing trials up to ``trials``, print them and the best; 1 if none is complete."""
-    from ..tune import tune
+    from casbi_store.learn.tune import tune
 
     result = tune(store, set_name, version, task, out, trials, config, seed=sampler_seed,
                   search=search)

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 def unlock(store: str, name: str = "store", *, force: bool = False) -> int:
     """Break the lock ``name`` of ``store`` and say whose it was."""
-    from ..locks import break_lock
+    from casbi_store.store.locks import break_lock
 
     holder = break_lock(store, name, force=force)
     print(f"{store}: broke lock {name!r} held by host {holder.get('host', '?')}, "

@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
 
 def validate(store: str) -> int:
     """Print every problem of ``store`` and a verdict; 1 if there is any problem."""
-    from ..validate import validate_store
+    from casbi_store.store.validate import validate_store
 
     problems = validate_store(store)
     for problem in problems:

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..abundances import XSOL_FE, XSOL_H, XSOL_O, hydrogen_fraction
+from casbi_store.store.abundances import XSOL_FE, XSOL_H, XSOL_O, hydrogen_fraction
+
 from .chemical_evolution import Z_PER_FE, Z_PER_O, OneZoneParams, Physics, evolve
 from .nihao_files import (
     HUBBLE,

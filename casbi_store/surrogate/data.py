@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import schema as S
-from ..binning import Binning
-from ..store import StoreError, as_strings, open_stars, open_store, store_attrs
+from casbi_store.store import schema as S
+from casbi_store.store.binning import Binning
+from casbi_store.store.io import StoreError, as_strings, open_stars, open_store, store_attrs
 
 THETA_NAMES = ("log10_mstar", "log10_mdm", "tau")
 THETA_UNITS = ("log10 Msol", "log10 Msol", "Gyr")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plots import _pyplot, _save
+from casbi_store.plots.planes import _pyplot, _save
 
 TITLES = {"true": "true (held out)", "surrogate": "surrogate (N from M*)",
           "surrogate_density": "surrogate density", "baseline": "nearest-θ baseline"}

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 import zuko
 
-from ..binning import Binning, histogram_stack
-from ..provenance import package_versions, utc_now
+from casbi_store.store.binning import Binning, histogram_stack
+from casbi_store.store.provenance import package_versions, utc_now
+
 from .data import (
     THETA_NAMES,
     THETA_UNITS,

@@ -23,11 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import schema as S
-from ..store import open_store
+from casbi_store.store import schema as S
+from casbi_store.store.io import open_store
+
 from .data import THETA_NAMES, read_galaxies, store_binning
 from .figures import plot_physics, plot_planes, plot_strip
-from .metrics import classifier_auc, js_divergence, knee_feh, marginal_distances, median_feh, nearest_theta
+from .metrics import (
+    classifier_auc,
+    js_divergence,
+    knee_feh,
+    marginal_distances,
+    median_feh,
+    nearest_theta,
+)
 from .model import Surrogate, load_surrogate, split_rows
 
 log = logging.getLogger(__name__)
