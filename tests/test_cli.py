@@ -1,7 +1,9 @@
+
 """The command line and pipeline files, run as a user would (separate processes)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +109,12 @@ def test_run_tiny_pipeline(tmp_path):
     assert "Surrogate simulator: validation on held-out simulations" in page
     assert page.split("Surrogate simulator")[1].count("data:image/png") >= 2  # planes, strip, ...
     assert "median JSD surrogate" in out  # the surrogate stage's one-line summary
+    # the external condition: its own suite and store, judged in the targets table
+    assert (tmp_path / "tiny-run" / "external" / "store.zarr").is_dir()
+    metrics = json.loads((tmp_path / "tiny-run" / "report" / "metrics.json").read_text())
+    assert metrics["conditions"]["external"]["set"] == "tiny_external:v1"
+    assert metrics["conditions"]["external"]["targets"]["r2_log10_mstar_1"]["target"] == [">=", 0.8]
+    assert "Can the answer be trusted?" in page
     kept = [tmp_path / "tiny-run" / p for p in ("models/surrogate/model.pt", "surrogate/validation.json")]
     stamps = [p.stat().st_mtime_ns for p in kept]
     again = run("run", repo / "pipelines" / "tiny.yaml", "-q", cwd=tmp_path).stdout

@@ -51,6 +51,7 @@ from .posteriors import (
     sample_rows_in_prior,
     seeded_generator,
 )
+from .support import MIN_SIMULATIONS, flagged, model_blocks, support, warn_if_thin
 
 NSUB_DRAWS = ("mixture", "mode")
 
@@ -341,6 +342,7 @@ def infer(models: list[TrainedModel | str | os.PathLike],
                 data[name] = _var(theta[..., k], ("sample", "rank"), name, model,
                                   nsub_draw=nsub_draw)
             ranked = True
+            observed.update(_support_attrs(model, theta[:, 0]))
         else:
             s = sample_in_prior(load_posterior(model), model, n_samples, x,
                                 seeded_generator(seed, 32))
@@ -352,6 +354,18 @@ def infer(models: list[TrainedModel | str | os.PathLike],
                              "representations": json.dumps([m.representation for m in loaded]),
                              "n_samples": n_samples, "seed": seed, "nsub_draw": nsub_draw,
                              **observed, **misspecification.attrs()})
+
+
+def _support_attrs(model: TrainedModel, top: np.ndarray) -> dict:
+    """The thin-support signal of the top block's posterior median (``apply.support``), with a
+    ``ThinSupportWarning`` when it fires; nothing where the training store cannot be read."""
+    blocks = model_blocks(model.meta)
+    if blocks is None:
+        return {"support_simulations": -1}
+    count = int(support(blocks, np.nanmedian(top, axis=0))[0])
+    warn_if_thin(count, str(model.path))
+    return {"support_simulations": count, "support_flagged": int(flagged(count)),
+            "support_min_simulations": MIN_SIMULATIONS}
 
 
 def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray]:

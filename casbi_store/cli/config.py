@@ -262,6 +262,39 @@ class SurveyStage:
 
 
 @dataclass(frozen=True)
+class ExternalStage:
+    """An external condition: a second mock suite of the same physics (another seed: other
+    galaxies, other halo masses), extracted with the main store's bin edges, and a set of its
+    halos that the evaluate stage judges as ``external`` (galaxies no model trained or was
+    selected on). Its folder ``out`` (relative to workdir) holds ``suite/`` and ``store.zarr``."""
+
+    mock: MockStage
+    set: object  # a compose.ComposeSpec (test split: the halos judged)
+    out: str = "external"
+
+    @classmethod
+    def parse(cls, data, where: str) -> ExternalStage:
+        from casbi_store.compose import ComposeError, ComposeSpec
+
+        if not isinstance(data, dict) or set(data) - {"mock", "set", "out"} or not {
+                "mock", "set"} <= set(data):
+            raise ConfigError(f"{where}: expected keys 'mock' and 'set' (and optionally 'out')")
+        mock = _mock_stage(data["mock"], f"{where}: mock")
+        try:
+            spec = ComposeSpec.from_dict(data["set"], where=f"{where}: set")
+        except ComposeError as exc:
+            raise ConfigError(str(exc)) from exc
+        out = data.get("out", "external")
+        if not isinstance(out, str) or not out:
+            raise ConfigError(f"{where}: out must be a folder name, not {out!r}")
+        return cls(mock=mock, set=spec, out=out)
+
+    def against(self, workdir: Path) -> tuple:
+        """``(store, set, version)`` for ``evaluate``'s external condition."""
+        return (workdir / self.out / "store.zarr", self.set.name, self.set.version)
+
+
+@dataclass(frozen=True)
 class Pipeline:
     workdir: Path
     mock: MockStage | None
@@ -274,6 +307,7 @@ class Pipeline:
     cluster: ClusterSpec | None = None  # where extract and compose run (default: LocalCluster)
     surrogate: SurrogateStage | None = None  # after extract, before compose (sets may use it)
     survey: SurveyStage | None = None  # mock survey tables through observe -> infer
+    external: ExternalStage | None = None  # another suite, judged as the external condition
 
     def path(self, p: str) -> Path:
         return self.workdir / p
@@ -321,7 +355,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
     allowed = {"workdir", "mock", "extract", "compose", "tune", "train", "evaluate", "cluster",
-               "surrogate", "survey"}
+               "surrogate", "survey", "external"}
     if not isinstance(data, dict) or set(data) - allowed:
         raise ConfigError(f"{path}: top-level keys must be among {sorted(allowed)}")
     mock = _mock_stage(data["mock"], f"{path}: mock") if "mock" in data else None
@@ -363,7 +397,14 @@ def load_pipeline(path: str | Path) -> Pipeline:
         survey = SurveyStage.parse(data["survey"], f"{path}: survey", train)
         if extract is None:
             raise ConfigError(f"{path}: survey needs the extract stage's store")
+    external = (ExternalStage.parse(data["external"], f"{path}: external")
+                if "external" in data else None)
+    if external is not None and extract is None:
+        raise ConfigError(f"{path}: external needs the extract stage's store (its bin edges)")
+    if external is not None and evaluate is not None and evaluate.against:
+        raise ConfigError(f"{path}: evaluate: 'against' and an 'external' section both name the "
+                          "external condition: keep one")
     workdir = Path(os.path.expandvars(os.path.expanduser(str(data.get("workdir", ".")))))
     return Pipeline(workdir=workdir, mock=mock, extract=extract,
                     source=path, compose=compose, train=train, tune=tune, evaluate=evaluate,
-                    cluster=cluster, surrogate=surrogate, survey=survey)
+                    cluster=cluster, surrogate=surrogate, survey=survey, external=external)

@@ -18,6 +18,8 @@ import logging
 import os
 from collections.abc import Iterator
 
+from casbi_store.store import schema as S
+
 from .compose import compose_and_register
 from .config import Pipeline, load_pipeline
 from .evaluate import evaluate_models, parse_against
@@ -95,6 +97,8 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
             for spec in pipe.compose.sets:
                 compose_and_register(pipe.path(pipe.extract.store), spec, catalog,
                                      progress=progress)
+        if pipe.external:
+            _external_stage(pipe, client, progress)
     if pipe.tune:
         from casbi_store.learn.tune import tuned_parameters  # optuna: only when a pipeline tunes
 
@@ -126,6 +130,8 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
     if pipe.evaluate:
         ev = pipe.evaluate
         against = parse_against(str(pipe.path(ev.against))) if ev.against else None
+        if pipe.external:
+            against = pipe.external.against(pipe.workdir)
         evaluate_models([str(pipe.path(m)) for m in ev.models], str(pipe.path(ev.out)),
                         split=ev.split, halos=ev.halos, samples=ev.samples, seed=ev.seed,
                         against=against, surrogate_validation=(
@@ -151,6 +157,30 @@ def _extract_stage(pipe: Pipeline, suite, client, progress: bool) -> None:
     print(f"  store      {store}   (casbi_store.open_store({str(store)!r}))")
     print(f"  pictures   {planes}\n             {trends}")
     print(f"  listing    casbi-store ls {store}")
+
+
+def _external_stage(pipe: Pipeline, client, progress: bool) -> None:
+    """The external condition's suite (mock), store (extracted with the main store's bin edges,
+    so the models read it) and set (composed from it alone)."""
+    from casbi_store.store.binning import BinningSpec
+    from casbi_store.store.io import open_store
+
+    ext = pipe.external
+    folder = pipe.path(ext.out)
+    m = ext.mock
+    log.info("stage external: preset %s, seed %s -> %s", m.preset, m.seed, folder)
+    spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics, **m.sizes())
+    log.info(make_suite(folder / "suite", spec, workers=m.workers, progress=progress))
+    main = open_store(pipe.path(pipe.extract.store))
+    feh, ofe = main[S.FEH_EDGES.name].values, main[S.OFE_EDGES.name].values
+    binning = BinningSpec(method="fixed", n_bins=len(feh) - 1, feh_range=(float(feh[0]), float(feh[-1])),
+                          ofe_range=(float(ofe[0]), float(ofe[-1])))
+    store = folder / "store.zarr"
+    extract(folder / "suite", store, settings=pipe.extract.settings(), binning=binning,
+            cluster=None if client is not None else pipe.extract.cluster_spec(), client=client,
+            progress=progress)
+    compose_and_register(store, ext.set, None, progress=progress)
+    print(f"  external   {store}   (judged by evaluate as the external condition)")
 
 
 def _surrogate_stage(pipe: Pipeline, progress: bool) -> None:

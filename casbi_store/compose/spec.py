@@ -19,6 +19,7 @@ from .sources import ComposeError, ObservationSpec, get_source, source_names
 
 SCHEMES = ("uniform", "mass_budget")
 SPLIT_BY = ("combination", "galaxy", "simulation")
+VAL_SPLITS = ("halos", "simulations")
 PARAMETERS = ((S.MSTAR.name, "Msol"), (S.MDM.name, "Msol"), ("tau", "Gyr"))
 VERSION_PATTERN = trainingsets.VERSION_PATTERN
 LIBRARY_DEFAULT = 2000
@@ -35,6 +36,26 @@ class ComposeSpec:
     split_by: str = "combination"
     test_fraction: float = 0.2  # galaxy/simulation splits: share of blocks/simulations for test
     val_fraction: float = 0.2  # share of the training halos kept for validation
+    # "halos": validation halos are new combinations of the training galaxies (the default, as
+    # before); "simulations" (split_by simulation): a val_fraction of the training simulations is
+    # set aside, and validation halos are drawn from them only, so every choice made on the
+    # validation split (early stopping, ensemble weights, temperature, studies) is made on
+    # galaxies never trained on
+    val_split: str = "halos"
+    # uniform: each training halo draws its blocks from the training simulations left after
+    # dropping each with this probability (the galaxies of dropped ones only fill in where too
+    # few remain), so the most massive block of a large halo is not always the same galaxy of
+    # the suite's largest simulation: the networks must read it from the plane (issue 23)
+    simulation_dropout: float = 0.0
+    # uniform: each training halo weights its blocks by 10^(g (log M* - mean)), g uniform in
+    # [-mass_tilt, mass_tilt] per halo: halos of light-leaning and heavy-leaning populations, so
+    # N_sub is not read off one suite's mass function (issue 23)
+    mass_tilt: float = 0.0
+    # split_by simulation, k-fold: with folds = k > 1 the test simulations are fold ``fold`` of
+    # k disjoint folds of the seeded permutation of simulations (test_fraction unused), so k
+    # sets of one seed hold every simulation out once (bench/bench_unseen.py)
+    folds: int = 0
+    fold: int = 0
     n_sub_min: int = 2  # uniform
     n_sub_max: int = 100
     train_per_n: int = 1000
@@ -64,6 +85,23 @@ class ComposeSpec:
             problems.append(f"scheme must be one of {SCHEMES}, not {self.scheme!r}")
         if self.split_by not in SPLIT_BY:
             problems.append(f"split_by must be one of {SPLIT_BY}, not {self.split_by!r}")
+        if self.val_split not in VAL_SPLITS:
+            problems.append(f"val_split must be one of {VAL_SPLITS}, not {self.val_split!r}")
+        elif self.val_split == "simulations" and self.split_by != "simulation":
+            problems.append("val_split simulations needs split_by simulation (validation "
+                            "simulations are set aside like the test ones)")
+        if self.folds and (self.split_by != "simulation" or self.folds < 2
+                           or not 0 <= self.fold < self.folds):
+            problems.append(f"folds needs split_by simulation, folds >= 2 and 0 <= fold < folds, "
+                            f"not folds {self.folds}, fold {self.fold}")
+        if not 0 <= self.simulation_dropout < 1:
+            problems.append(f"simulation_dropout must be in [0, 1), not {self.simulation_dropout}")
+        elif self.simulation_dropout and self.scheme != "uniform":
+            problems.append("simulation_dropout applies to scheme uniform")
+        if not 0 <= self.mass_tilt <= 5:
+            problems.append(f"mass_tilt must be in [0, 5] (per dex of M*), not {self.mass_tilt}")
+        elif self.mass_tilt and self.scheme != "uniform":
+            problems.append("mass_tilt applies to scheme uniform")
         if not 0 < self.test_fraction < 1 or not 0 <= self.val_fraction < 1:
             problems.append("test_fraction must be in (0, 1) and val_fraction in [0, 1)")
         if not 1 <= self.n_sub_min <= self.n_sub_max:
@@ -164,7 +202,9 @@ class ComposeSpec:
         """What makes two specs the same set (the description does not)."""
         d = asdict(self)
         d.pop("description")
-        defaults = {"source": "real", "surrogate": "", "surrogate_fraction": 0.0, "observation": None}
+        defaults = {"source": "real", "surrogate": "", "surrogate_fraction": 0.0, "observation": None,
+                    "val_split": "halos", "simulation_dropout": 0.0, "mass_tilt": 0.0,
+                    "folds": 0, "fold": 0}
         for key, default in defaults.items():  # real sets keep the identity they always had
             if d[key] == default:
                 d.pop(key)

@@ -3,7 +3,10 @@
 Test conditions (``conditions_for``), side by side:
 
 - ``in_distribution``: the set's validation split, new combinations of the training galaxies
-  (the trainer chose its checkpoints on this split's loss, a mild selection);
+  (the trainer chose its checkpoints on this split's loss, a mild selection); for a set whose
+  validation halos come from simulations of their own (``val_split: simulations``) the
+  training split itself (its halos evenly spaced), since the validation halos are unseen
+  galaxies there;
 - ``held_out``: ``split`` (the test split) of the same set, halos of held-out simulations;
 - ``external``: the test split of another store's set (``against``), e.g. a mock suite with
   another seed extracted with the model's bin edges; a set binned otherwise is refused
@@ -24,7 +27,7 @@ In each condition:
 Per parameter (N_sub, theta of ranks 1..3): 68%/95% central-interval coverage, SBC uniformity
 (KS p-value of the ranks), 1-d TARP, RMSE, bias, R^2 with the truth's spread, and the skill
 against the prior (``casbi_store.learn.calibration``); the joint TARP over theta pools the (halo,
-rank) rows. ``TARGETS`` are issue 8's; ``meets`` judges them per condition.
+rank) rows. ``TARGETS`` are issue 23's; ``meets`` judges them per condition.
 
 Posterior samples are the flows' own, drawn by ``posteriors.BatchedFlowSampler``: one flow
 pass per up to ``ROWS_PER_PASS`` samples across halos, each condition embedded once (the CNN once
@@ -59,6 +62,7 @@ from casbi_store.apply.posteriors import (
     load_posterior,
     seeded_generator,
 )
+from casbi_store.apply.support import flagged, model_blocks, support
 from casbi_store.learn import calibration as cal
 from casbi_store.learn.modelfolder import TrainedModel, load_model
 from casbi_store.learn.tasks import block_parameters, by_preference
@@ -72,18 +76,27 @@ log = logging.getLogger(__name__)
 # issue 8's targets (quoted, never tuned to), judged in every test condition; a condition's own
 # threshold, where the issue gives one, in CONDITION_TARGETS
 TARGETS: dict[str, tuple[str, float | tuple[float, float]]] = {
+    # issue 23: targets a memorising network cannot meet. R^2 is against the truth's spread in
+    # the condition judged (not the prior box: skill against the prior stays a column of the
+    # per-parameter table); every RMSE of N_sub and ranks 1-3 is compared with ridge and GBR
+    # fitted on the same training halos (the worst ratio is judged).
     "coverage_68_n_sub": ("within", (0.63, 0.73)),
     "coverage_68_log10_mstar_1": ("within", (0.63, 0.73)),
     "coverage_68_log10_mdm_1": ("within", (0.63, 0.73)),
     "coverage_68_tau_1": ("within", (0.63, 0.73)),
+    "coverage_68_ranks_2_3_min": (">=", 0.60),  # every parameter of ranks 2-3 in 0.60-0.76
+    "coverage_68_ranks_2_3_max": ("<=", 0.76),
     "tarp_max_deviation": ("<=", 0.05),
-    "skill_log10_mstar_1": (">=", 0.9),
-    "skill_tau_1": (">=", 0.5),
-    "median_rel_error_n_sub": ("<=", 0.05),
+    "r2_log10_mstar_1": (">=", 0.8),
+    "r2_log10_mdm_1": (">=", 0.6),
+    "r2_tau_1": (">=", 0.4),
+    "median_rel_error_n_sub": ("<=", 0.10),
     "rmse_over_ridge": ("<=", 1.0),  # never worse than the linear baseline (worst parameter)
+    "rmse_over_gbr": ("<=", 1.0),  # nor than gradient boosting on the same summaries
 }
 CONDITION_TARGETS: dict[str, dict[str, tuple[str, float | tuple[float, float]]]] = {
-    "external": {"skill_log10_mstar_1": (">=", 0.8)},
+    # in distribution: no worse than the models before issue 23 (R^2 0.9 and 0.65)
+    "in_distribution": {"r2_log10_mstar_1": (">=", 0.9), "r2_tau_1": (">=", 0.65)},
 }
 CONDITIONS = ("in_distribution", "held_out", "external")
 ROWS_PER_PASS = 2**17  # samples per batched flow pass (memory: ~0.5 GB at the seed's size)
@@ -146,6 +159,15 @@ def check_binning(model: TrainedModel, store, name: str, version: str,
             "model's bin edges (binning method 'fixed' with these ranges)")
 
 
+def _validation_on_own_simulations(store: str, meta: dict, storage_options: dict | None) -> bool:
+    """Whether the model's set draws its validation halos from simulations of their own."""
+    try:
+        entry = trainingsets.versions(store, meta["set"], storage_options).get(meta["version"]) or {}
+    except Exception:  # noqa: BLE001 - an unreadable registry: the default split
+        return False
+    return (entry.get("spec") or {}).get("val_split") == "simulations"
+
+
 def conditions_for(model: TrainedModel, split: str = "test",
                    in_distribution_split: str | None = "val", against: tuple | None = None,
                    storage_options: dict | None = None
@@ -155,6 +177,8 @@ def conditions_for(model: TrainedModel, split: str = "test",
     meta = model.meta
     store = os.fspath(meta["store"])
     out = []
+    if in_distribution_split == "val" and _validation_on_own_simulations(store, meta, storage_options):
+        in_distribution_split = "train"  # its validation halos are unseen galaxies, not new mixes
     if in_distribution_split and in_distribution_split != split:
         try:
             rows = trainingsets.open_split_group(store, meta["set"], meta["version"],
@@ -366,11 +390,32 @@ def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
                if k not in ("accuracy", "halos") and not k.startswith("hpd")}
     metrics.update(accuracy_n_sub=nsub["metrics"]["accuracy"], halos=len(data.x),
                    outside_prior_fraction=outside, **theta["metrics"])
+    metrics.update(support_metrics(step2, samples[:, :, 0], blocks[:, 0]))
     seconds = time.perf_counter() - start
     return {"metrics": metrics, "tarp": theta["tarp"], "mean": np.nanmean(pooled, axis=0),
             "truth": truth, "rank": rank_idx + 1, "parameters": list(step2.parameters),
             "nsub_mean": np.nanmean(draws, axis=0), "models": (str(step1.path), str(step2.path)),
             "timings": {"seconds": seconds, "halos_per_second": len(data.x) / seconds}}
+
+
+def support_metrics(model: TrainedModel, top_samples: np.ndarray, top_truth: np.ndarray) -> dict:
+    """How often the thin-support signal (``apply.support``) fires on a condition's halos, and
+    whether it fires where it should: on halos whose true top block has fewer than
+    ``MIN_SIMULATIONS`` training simulations near it (``detection``) and on halos whose true
+    log10 M*_1 lies outside the posterior's central 95% (``caught_misses``).
+    ``top_samples``: (samples, halos, 3) rank-1 draws; ``top_truth``: (halos, 3)."""
+    blocks = model_blocks(model.meta)
+    if blocks is None:
+        return {}
+    flags = flagged(support(blocks, np.nanmedian(top_samples, axis=0)))
+    thin_truth = flagged(support(blocks, top_truth))
+    lo, hi = np.nanquantile(top_samples[..., 0], [0.025, 0.975], axis=0)
+    miss = (top_truth[:, 0] < lo) | (top_truth[:, 0] > hi)
+    rate = lambda mask: float(flags[mask].mean()) if mask.any() else float("nan")  # noqa: E731
+    return {"support_flag_rate": float(flags.mean()), "support_thin_truth_rate": float(thin_truth.mean()),
+            "support_detection": rate(thin_truth), "support_false_alarm": rate(~thin_truth),
+            "support_caught_misses": rate(miss), "support_miss_rate_unflagged": (
+                float(miss[~flags].mean()) if (~flags).any() else float("nan"))}
 
 
 def training_summary(model: TrainedModel) -> dict:
@@ -430,10 +475,20 @@ def _prior_by_name(step1: TrainedModel | None, step2: TrainedModel | None,
     return out
 
 
-def _rmse_over_ridge(metrics: dict, ridge: dict) -> float | None:
-    ratios = [metrics[f"rmse_{name}"] / row["rmse"] for name, row in ridge.items()
+def _rmse_over(metrics: dict, baseline: dict) -> float | None:
+    """The worst RMSE ratio of the posterior to a baseline over the parameters both have."""
+    ratios = [metrics[f"rmse_{name}"] / row["rmse"] for name, row in baseline.items()
               if f"rmse_{name}" in metrics and row["rmse"] > 0]
     return max(ratios) if ratios else None
+
+
+def _rank_coverage_range(metrics: dict, ranks: tuple[int, ...] = (2, 3)) -> dict[str, float]:
+    """The lowest and highest 68% coverage over the parameters of ``ranks``."""
+    values = [v for k, v in metrics.items() if k.startswith("coverage_68_")
+              and k.rsplit("_", 1)[-1].isdigit() and int(k.rsplit("_", 1)[-1]) in ranks]
+    if not values:
+        return {}
+    return {"coverage_68_ranks_2_3_min": min(values), "coverage_68_ranks_2_3_max": max(values)}
 
 
 def evaluate(model_dirs: list[str | os.PathLike], split: str = "test", max_halos: int = 300,
@@ -512,11 +567,11 @@ def judged_metrics(results: dict, condition: str) -> dict[str, float]:
             metrics.update({f"{k}_n_sub": v for k, v in by_task[t].items()})
         for t in by_preference(by_task, 2)[:1]:
             metrics.update(by_task[t])
-    ridge = cond.get("baselines", {}).get("ridge")
-    if ridge:
-        ratio = _rmse_over_ridge(metrics, ridge)
+    metrics.update(_rank_coverage_range(metrics))
+    for kind, row in cond.get("baselines", {}).items():
+        ratio = _rmse_over(metrics, row)
         if ratio is not None:
-            metrics["rmse_over_ridge"] = ratio
+            metrics[f"rmse_over_{kind}"] = ratio
     return {k: float(metrics[k]) for k in TARGETS if k in metrics}
 
 

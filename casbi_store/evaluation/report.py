@@ -218,7 +218,7 @@ def _target_text(metric: str, condition: str) -> str:
 
 
 def _targets_table(results: dict) -> str:
-    """Issue 8's targets: measured value and ✔/✘ in each condition."""
+    """The targets (issue 23): measured value and ✔/✘ in each condition."""
     names = _conditions(results)
     head = "".join(f"<th>{c}</th>" for c in names)
     body = []
@@ -251,6 +251,34 @@ def _parameters(results: dict) -> list[str]:
         for rows in cond.get("baselines", {}).values():
             names += list(rows)
     return list(dict.fromkeys(names))
+
+
+SUPPORT_ROWS = {
+    "support_flag_rate": "halos flagged (no training galaxy near the answer)",
+    "support_thin_truth_rate": "halos whose true top block has no training galaxy near it",
+    "support_detection": "detection: flagged among those",
+    "support_false_alarm": "false alarm: flagged among the others",
+    "support_caught_misses": "flagged among halos whose log M*₁ lies outside the 95% interval",
+    "support_miss_rate_unflagged": "95% misses among unflagged halos",
+}
+
+
+def _support_table(results: dict) -> str:
+    """The thin-support signal (``apply.support``) in each condition."""
+    names = [c for c in _conditions(results)
+             if "support_flag_rate" in results["conditions"][c].get("two_step", {}).get("metrics", {})]
+    if not names:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in names)
+    body = "".join(f"<tr><td>{label}</td>" + "".join(
+        f"<td>{_fmt(results['conditions'][c]['two_step']['metrics'].get(key))}</td>" for c in names)
+                   + "</tr>" for key, label in SUPPORT_ROWS.items())
+    return ("<h2>Can the answer be trusted? Training galaxies near the top block</h2>"
+            "<p>The posterior median of the top block (log M*, log M_dm, τ of rank 1) is flagged "
+            "when no training galaxy lies within 0.1 dex, 0.1 dex and 1 Gyr of it: the answer "
+            "lies between or beyond the training suite's galaxies. <code>infer</code> prints the "
+            "same verdict.</p>"
+            f"<table><tr><th></th>{head}</tr>{body}</table>")
 
 
 def _conditions_table(results: dict) -> str:
@@ -537,7 +565,8 @@ per halo, seed {results.get("seed")}):</p><ul>{sources}</ul>
 model, theta of each rank conditioned on each draw. Per-model sections judge step 2 conditioned
 on the true N_sub. Coverage is of central intervals (randomized PIT for the discrete N_sub);
 skill = 1 − MSE / Var(prior).</p>
-<h2>Targets (issue 8)</h2>{_targets_table(results)}
+<h2>Targets (issue 23: judged on unseen galaxies)</h2>{_targets_table(results)}
+{_support_table(results)}
 <h2>Two-step posterior and baselines, per parameter and condition</h2>
 {_conditions_table(results)}
 {tarp_img}

@@ -194,7 +194,7 @@ class NsubClassifier(nn.Module):
     def __init__(self, mean: np.ndarray, std: np.ndarray, n_min: int, n_max: int,
                  channels: tuple[int, ...] = (8, 16, 32), width: int = 128, seed: int = 0,
                  representation: str = DEFAULT_REPRESENTATION, extra_stats: dict | None = None,
-                 estimate_example: np.ndarray | None = None):
+                 estimate_example: np.ndarray | None = None, image: bool = True):
         super().__init__()
         if n_max <= n_min:
             raise ValueError(f"N_sub range [{n_min}, {n_max}] has fewer than two values")
@@ -206,6 +206,9 @@ class NsubClassifier(nn.Module):
         default = representation == DEFAULT_REPRESENTATION
         self.representation = (None if default else representation_module(
             {"mean": mean, "std": std, **(extra_stats or {})}, representation))
+        if not image and (default or self.representation.extra_mean.numel() == 0):
+            raise ValueError("a classifier without the image (embedding mlp) needs a representation "
+                             "with extras (log1p_marginals or normalised)")
         layers: list[nn.Module] = [Log1pStandardize(mean, std)] if default else []
         layers += [nn.Conv2d(1, channels[0], 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)]
         c_in = channels[0]
@@ -218,8 +221,9 @@ class NsubClassifier(nn.Module):
         if default and estimate_example is None:  # the seed's layout: one Sequential
             self.net, self.head = nn.Sequential(*layers, *head), None
             return
-        self.net = nn.Sequential(*layers)
-        n_in = c_in * 16 + (0 if default else self.representation.extra_mean.numel())
+        # image=False (embedding mlp): the extras alone (e.g. the marginals) reach the head
+        self.net = nn.Sequential(*layers) if image else None
+        n_in = (c_in * 16 if image else 0) + (0 if default else self.representation.extra_mean.numel())
         if estimate_example is not None:  # its estimate of N_sub joins the pooled features
             self.estimate = PointEstimate(n_in, width, estimate_example)
             n_in += self.estimate.theta_mean.numel()
@@ -238,8 +242,11 @@ class NsubClassifier(nn.Module):
             features = self.net(x)
         else:
             image, extra = self.representation(x)
-            features = self.net(image)
-            features = features if extra is None else torch.cat([features, extra], dim=1)
+            if self.net is None:
+                features = extra
+            else:
+                features = self.net(image)
+                features = features if extra is None else torch.cat([features, extra], dim=1)
         if self.estimate is not None:
             features = torch.cat([features, self.estimate(features)], dim=1)
         return self.head(features)

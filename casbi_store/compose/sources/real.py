@@ -4,7 +4,8 @@ Schemes: ``uniform`` (N_sub uniform in [n_sub_min, n_sub_max], ``train_per_n`` h
 for training + validation, ``test_per_n`` for test, members without replacement) and
 ``mass_budget`` (block masses from a power law dN/dM* ~ M*^-alpha; the block of nearest log M*
 joins until the budget is used up). Leakage control by ``split_by``: ``combination``, ``galaxy``,
-``simulation``. Validation halos are a random ``val_fraction`` of the training halos.
+``simulation``. Validation halos are a random ``val_fraction`` of the training halos, or
+(``val_split: simulations``) halos of a ``val_fraction`` of the training simulations set aside.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def split_pools(simulation: np.ndarray, spec: ComposeSpec, rng) -> tuple[np.ndar
         return np.sort(perm[n_test:]), np.sort(perm[:n_test])
     sims = np.unique(simulation)
     perm = rng.permutation(len(sims))
-    n_test = max(1, round(spec.test_fraction * len(sims)))
-    test_sims = sims[perm[:n_test]]
+    if spec.folds:
+        test_sims = sims[np.array_split(perm, spec.folds)[spec.fold]]
+    else:
+        test_sims = sims[perm[:max(1, round(spec.test_fraction * len(sims)))]]
     is_test = np.isin(simulation, test_sims)
     return everything[~is_test], everything[is_test]
 
@@ -47,6 +50,29 @@ def draw_uniform(pool: np.ndarray, n_sub: int, count: int, rng) -> np.ndarray:
         raise ComposeError(f"N_sub = {n_sub} needs {n_sub} building blocks but the pool has "
                            f"{len(pool)}; lower n_sub_max or use a split that keeps more blocks")
     keys = rng.random((count, len(pool)))
+    return pool[np.argpartition(keys, n_sub - 1, axis=1)[:, :n_sub]]
+
+
+def draw_uniform_varied(pool: np.ndarray, simulation: np.ndarray, log_mstar: np.ndarray,
+                        n_sub: int, count: int, dropout: float, tilt: float, rng) -> np.ndarray:
+    """As ``draw_uniform``, with the block population varied from halo to halo: each halo leaves
+    out every simulation with probability ``dropout`` (their galaxies get keys above every kept
+    one's, so they join only where the kept ones are too few), and draws its blocks with weights
+    10^(g (log M* - mean)), g uniform in [-tilt, tilt] per halo (Efraimidis-Spirakis keys: a
+    weighted draw without replacement), so its mass function leans to light or heavy blocks."""
+    if n_sub > len(pool):
+        return draw_uniform(pool, n_sub, count, rng)  # its error
+    sims, sim_of = np.unique(simulation[pool], return_inverse=True)
+    dropped = rng.random((count, len(sims))) < dropout
+    u = rng.random((count, len(pool)))
+    if tilt:
+        lm = log_mstar[pool] - log_mstar[pool].mean()
+        g = rng.uniform(-tilt, tilt, size=(count, 1))
+        keys = -np.log(np.maximum(u, 1e-300)) * 10.0 ** (-g * lm)  # -log(u) / weight
+        keys = keys / (1 + keys)  # into [0, 1): the dropped offset below stays above them all
+    else:
+        keys = u
+    keys = keys + dropped[:, sim_of]
     return pool[np.argpartition(keys, n_sub - 1, axis=1)[:, :n_sub]]
 
 
@@ -88,15 +114,11 @@ def draw_members(spec: ComposeSpec, simulation: np.ndarray, log_mstar: np.ndarra
     """Members of every halo of every split, deterministic in the spec and seed."""
     rng = np.random.default_rng(spec.seed)
     train_pool, test_pool = split_pools(simulation, spec, rng)
-    trainval: list[np.ndarray] = []
-    test: list[np.ndarray] = []
-    if spec.scheme == "uniform":
-        for n_sub in range(spec.n_sub_min, spec.n_sub_max + 1):
-            trainval.extend(draw_uniform(train_pool, n_sub, spec.train_per_n, rng))
-            test.extend(draw_uniform(test_pool, n_sub, spec.test_per_n, rng))
-    else:
-        trainval = draw_mass_budget(train_pool, log_mstar, spec, spec.n_train, rng)
-        test = draw_mass_budget(test_pool, log_mstar, spec, spec.n_test, rng)
+    if spec.val_split == "simulations":
+        return _draw_with_validation_simulations(spec, simulation, log_mstar, train_pool,
+                                                 test_pool, rng)
+    trainval, test = _draw_pools(spec, log_mstar, train_pool, test_pool, rng,
+                                 spec.train_per_n, spec.n_train, simulation)
     if spec.split_by == "combination":  # no test halo may repeat a training halo's members
         seen = {_set_key(m) for m in trainval}
         for i, members in enumerate(test):
@@ -113,6 +135,53 @@ def draw_members(spec: ComposeSpec, simulation: np.ndarray, log_mstar: np.ndarra
     return {"train": [trainval[i] for i in np.sort(order[n_val:])],
             "val": [trainval[i] for i in np.sort(order[:n_val])],
             "test": test}
+
+
+def _draw_pools(spec: ComposeSpec, log_mstar: np.ndarray, train_pool: np.ndarray,
+                test_pool: np.ndarray, rng, per_n: int, n_total: int, simulation: np.ndarray
+                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Halos of the first pool (``per_n`` per N_sub, or ``n_total`` by mass budget; with the
+    spec's ``simulation_dropout``) and the test pool's, in the order the seed fixes."""
+    first: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    if spec.scheme == "uniform":
+        for n_sub in range(spec.n_sub_min, spec.n_sub_max + 1):
+            if spec.simulation_dropout or spec.mass_tilt:
+                first.extend(draw_uniform_varied(train_pool, simulation, log_mstar, n_sub, per_n,
+                                                 spec.simulation_dropout, spec.mass_tilt, rng))
+            else:
+                first.extend(draw_uniform(train_pool, n_sub, per_n, rng))
+            test.extend(draw_uniform(test_pool, n_sub, spec.test_per_n, rng))
+    else:
+        first = draw_mass_budget(train_pool, log_mstar, spec, n_total, rng)
+        test = draw_mass_budget(test_pool, log_mstar, spec, spec.n_test, rng)
+    return first, test
+
+
+def _draw_with_validation_simulations(spec: ComposeSpec, simulation: np.ndarray,
+                                      log_mstar: np.ndarray, train_pool: np.ndarray,
+                                      test_pool: np.ndarray, rng) -> dict[str, list[np.ndarray]]:
+    """Train, validation and test halos from three disjoint sets of simulations: a
+    ``val_fraction`` of the training simulations holds the validation halos (as many as the
+    halo split would give: ``val_fraction`` of ``train_per_n`` per N_sub, or of ``n_train``)."""
+    sims = np.unique(simulation[train_pool])
+    n_val_sims = max(1, round(spec.val_fraction * len(sims)))
+    if n_val_sims >= len(sims):
+        raise ComposeError(f"val_split simulations: {len(sims)} training simulations cannot give "
+                           f"{n_val_sims} to validation and keep some for training")
+    val_sims = sims[rng.permutation(len(sims))[:n_val_sims]]
+    is_val = np.isin(simulation[train_pool], val_sims)
+    val_pool, fit_pool = train_pool[is_val], train_pool[~is_val]
+    n_val_per = round(spec.val_fraction * spec.train_per_n)
+    n_val_total = round(spec.val_fraction * spec.n_train)
+    train, test = _draw_pools(spec, log_mstar, fit_pool, test_pool, rng,
+                              spec.train_per_n - n_val_per, spec.n_train - n_val_total, simulation)
+    if spec.scheme == "uniform":
+        val = [h for n_sub in range(spec.n_sub_min, spec.n_sub_max + 1)
+               for h in draw_uniform(val_pool, n_sub, n_val_per, rng)] if n_val_per else []
+    else:
+        val = draw_mass_budget(val_pool, log_mstar, spec, n_val_total, rng) if n_val_total else []
+    return {"train": train, "val": val, "test": test}
 
 
 def members_table(halos: list[np.ndarray], mstar: np.ndarray) -> np.ndarray:

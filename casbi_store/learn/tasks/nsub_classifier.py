@@ -56,8 +56,9 @@ class NsubClassifierTask(NsubParameter, Task):
     def build(self, stats, config, n_sub_range, seed):
         n_min, n_max = n_sub_range
         options = input_options(stats, config)
-        if options["embedding"] != "cnn":
-            raise ValueError(f"the N_sub classifier has its own ResNet embedding; embedding "
+        if options["embedding"] not in ("cnn", "mlp"):
+            raise ValueError(f"the N_sub classifier has its own ResNet embedding (cnn), or reads "
+                             f"the representation's extras alone (mlp); embedding "
                              f"{options['embedding']!r} applies to the flows only")
         return NsubClassifier(stats["mean"], stats["std"], n_min, n_max,
                               channels=tuple(int(c) for c in config["conv_channels"]),
@@ -65,7 +66,8 @@ class NsubClassifierTask(NsubParameter, Task):
                               representation=options["representation"],
                               extra_stats=options["extra_stats"],
                               estimate_example=(stats["theta_example"]
-                                                if has_point_estimate(config) else None))
+                                                if has_point_estimate(config) else None),
+                              image=options["embedding"] == "cnn")
 
     def posterior(self, model) -> NsubPosterior:
         return NsubPosterior(model)

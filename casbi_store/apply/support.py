@@ -1,0 +1,99 @@
+"""How many training simulations an answer rests on: a signal for posteriors not to trust.
+
+A network trained on a finite suite answers with the galaxies it knows. Where the suite is thin
+(above all at and beyond its most massive galaxies, which one or two simulations provide), a
+halo of new galaxies gets a confident answer copied from those few simulations (issue 23). The
+misspecification score does not see it: the physics is the same.
+
+``support`` counts, for a top block (rank 1: log10 M*, log10 M_dm, tau), the distinct training
+*simulations* that have a building block within ``SCALES`` of it (0.2 dex, 0.2 dex, 2 Gyr: a
+standardised distance <= 1). An answer whose posterior median rests on fewer than
+``MIN_SIMULATIONS`` is flagged: it is the interpolation of one or two simulations' galaxies, or an
+extrapolation beyond them. The training blocks are read once per model from its training set's
+train split and the store's galaxy table (``training_blocks``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from casbi_store.store import schema as S
+from casbi_store.store import trainingsets
+
+SCALES = np.array([0.1, 0.1, 1.0])  # log10 M* (dex), log10 M_dm (dex), tau (Gyr)
+MIN_SIMULATIONS = 1
+
+
+class ThinSupportWarning(UserWarning):
+    """The posterior's top block has no training galaxy nearby (fewer than ``MIN_SIMULATIONS``
+    training simulations within ``SCALES``)."""
+
+
+@dataclass(frozen=True)
+class TrainingBlocks:
+    """Every distinct building block of a training split: its theta and its simulation."""
+
+    theta: np.ndarray  # (n, 3) log10 M*/Msol, log10 M_dm/Msol, tau/Gyr
+    simulation: np.ndarray  # (n,) integer id of the simulation
+
+    @property
+    def n_simulations(self) -> int:
+        return len(np.unique(self.simulation))
+
+
+@lru_cache(maxsize=8)
+def training_blocks(store: str, set_name: str, version: str) -> TrainingBlocks:
+    """The building blocks of a set's train split (real galaxies of the store)."""
+    from casbi_store.store.io import open_store
+
+    members = np.asarray(trainingsets.open_split_group(store, set_name, version, "train")[
+        S.MEMBERS.name][:])
+    used = np.unique(members[members >= 0])
+    galaxies = open_store(store)
+    mstar = galaxies[S.MSTAR.name].values[used]
+    mdm = galaxies[S.MDM.name].values[used]
+    tau = galaxies[S.TIME.name].values[used]
+    _, sim = np.unique(np.asarray([str(s) for s in galaxies[S.SIMULATION.name].values[used]]),
+                       return_inverse=True)
+    theta = np.stack([np.log10(mstar), np.log10(mdm), tau], axis=1)
+    return TrainingBlocks(theta=theta, simulation=sim)
+
+
+def model_blocks(meta: dict) -> TrainingBlocks | None:
+    """The training blocks of a model folder's set, or None where its store cannot be read
+    (a model used away from its store) or its blocks are not the store's (surrogate sets)."""
+    try:
+        return training_blocks(os.fspath(meta["store"]), meta["set"], meta["version"])
+    except Exception:  # noqa: BLE001 - an unreadable or moved store: no signal, not an error
+        return None
+
+
+def support(blocks: TrainingBlocks, theta: np.ndarray) -> np.ndarray:
+    """For each row of ``theta`` (n, 3), the training simulations with a block within
+    ``SCALES`` (standardised distance <= 1); NaN rows get 0."""
+    theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+    out = np.zeros(len(theta), dtype=np.int64)
+    n_sims = blocks.simulation.max() + 1 if len(blocks.simulation) else 0
+    for i, row in enumerate(theta):
+        if not np.isfinite(row).all():
+            continue
+        near = (((blocks.theta - row) / SCALES) ** 2).sum(axis=1) <= 1
+        out[i] = np.count_nonzero(np.bincount(blocks.simulation[near], minlength=n_sims))
+    return out
+
+
+def flagged(counts: np.ndarray | int) -> np.ndarray | bool:
+    return np.asarray(counts) < MIN_SIMULATIONS
+
+
+def warn_if_thin(count: int, where: str) -> None:
+    if flagged(count):
+        warnings.warn(f"{where}: the posterior's top block has no training galaxy within 0.1 dex in "
+                      "M* and M_dm and 1 Gyr in tau: it lies between or beyond the training "
+                      "suite's galaxies, where the networks were never shown the answer; do not "
+                      "trust it without a larger training suite", ThinSupportWarning, stacklevel=3)
