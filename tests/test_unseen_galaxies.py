@@ -160,3 +160,26 @@ def test_classifier_on_the_marginals_reads_nothing_else():
     assert torch.equal(net.logits(a), net.logits(b)) and net.logits(a).shape == (1, 9)
     with pytest.raises(ValueError, match="needs a representation with extras"):
         NsubClassifier(stats["mean"], stats["std"], 2, 10, image=False)
+
+
+def test_support_counts_the_simulations_near_an_answer(store):
+    """support: distinct training simulations with a block within (0.1 dex, 0.1 dex, 1 Gyr),
+    checked by hand; the blocks of a real set are the store galaxies its train split uses."""
+    from casbi_store.apply.support import TrainingBlocks, flagged, support, training_blocks
+    from casbi_store.store import trainingsets
+
+    blocks = TrainingBlocks(theta=np.array([[8.0, 10.0, 5.0], [8.05, 10.0, 5.5], [8.0, 10.0, 5.2],
+                                            [9.0, 11.0, 2.0]]), simulation=np.array([0, 1, 1, 2]))
+    got = support(blocks, np.array([[8.0, 10.0, 5.0], [9.0, 11.0, 2.9], [9.0, 11.0, 3.1],
+                                    [np.nan, 1, 1], [7.0, 9.0, 5.0]]))
+    assert got.tolist() == [2, 1, 0, 0, 0]
+    assert flagged(got).tolist() == [False, False, True, True, True]
+    compose(store, ComposeSpec(name="s", version="v1", n_sub_min=2, n_sub_max=3, train_per_n=10,
+                               test_per_n=2, seed=1, split_by="simulation"))
+    real = training_blocks(str(store), "s", "v1")
+    members = np.asarray(trainingsets.open_split_group(str(store), "s", "v1", "train")["members"][:])
+    used = np.unique(members[members >= 0])
+    assert len(real.theta) == len(used)
+    gal = open_store(store)
+    np.testing.assert_allclose(np.sort(real.theta[:, 0]), np.sort(np.log10(gal.mstar.values[used])))
+    assert support(real, real.theta).min() >= 1  # every training block supports itself
