@@ -129,17 +129,14 @@ def component_distances(query: np.ndarray, reference: np.ndarray, pools: list[tu
     return np.stack(out, axis=1)
 
 
-def knn_distance(query: np.ndarray, reference: np.ndarray, k: int, batch: int = 512) -> np.ndarray:
-    """Mean Euclidean distance of each query row to its ``k`` nearest reference rows."""
-    ref = reference.astype(np.float64)
-    ref_sq = (ref ** 2).sum(axis=1)
-    out = np.empty(len(query))
-    for start in range(0, len(query), batch):
-        q = query[start:start + batch].astype(np.float64)
-        d2 = (q ** 2).sum(axis=1)[:, None] + ref_sq[None, :] - 2 * q @ ref.T
-        nearest = np.partition(np.maximum(d2, 0), k - 1, axis=1)[:, :k]
-        out[start:start + batch] = np.sqrt(nearest).mean(axis=1)
-    return out
+def knn_distance(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    """Mean Euclidean distance of each query row to its ``k`` nearest reference rows
+    (scikit-learn's exact brute-force search, in float64)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(reference.astype(np.float64))
+    distances, _ = index.kneighbors(np.asarray(query, dtype=np.float64))
+    return distances.mean(axis=1)
 
 
 @dataclass(frozen=True)
