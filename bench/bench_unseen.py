@@ -11,8 +11,9 @@ metrics of ``casbi_store.evaluation.evaluate``.
     python bench/bench_unseen.py --store demo/store.zarr --work kfold --folds 4 \\
         --external ext2002/store.zarr:ext:v1 --out bench/results/unseen_kfold.json
 
-Training options follow the demo's (``--cls-epochs``, ``--theta-epochs``, ``--extra`` for more
-``casbi-store train`` options); a fold's models are reused when present (resumable).
+Training options follow the demo's (``--cls-epochs``, ``--theta-epochs``, ``--cls-extra`` and
+``--theta-extra`` for more ``casbi-store train`` options, one member each); a fold's models are
+reused when present (resumable).
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ def main() -> None:
     ap.add_argument("--external", help="STORE:SET:VERSION judged too")
     ap.add_argument("--cls-epochs", type=int, default=20)
     ap.add_argument("--theta-epochs", type=int, default=10)
-    ap.add_argument("--extra", default="", help="more `casbi-store train` options for both models")
+    ap.add_argument("--cls-extra", default="", help="more `casbi-store train` options, classifier")
+    ap.add_argument("--theta-extra", default="--representation log1p_marginals --embedding mlp",
+                    help="more `casbi-store train` options for theta (default: the demo's)")
     ap.add_argument("--halos", type=int, default=200)
+    ap.add_argument("--val-fraction", type=float,
+                    help="override the spec's (the validation simulations must hold n_sub_max blocks)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     data = yaml.safe_load(Path(args.spec).read_text())
     base = data["compose"]["sets"][0] if "compose" in data else data
+    if args.val_fraction is not None:
+        base = {**base, "val_fraction": args.val_fraction}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = {"command": " ".join(sys.argv), "folds": []}
@@ -69,12 +76,13 @@ def main() -> None:
         start = time.perf_counter()
         run("compose", args.store, "--spec", str(path), "--catalog", "")
         models = []
-        for task, epochs in (("nsub_classifier", args.cls_epochs), ("theta", args.theta_epochs)):
+        for task, epochs, extra in (("nsub_classifier", args.cls_epochs, args.cls_extra),
+                                    ("theta", args.theta_epochs, args.theta_extra)):
             out = work / f"fold{fold}" / task
             if not (out / "ensemble.json").exists():
                 run("train", args.store, "--set", f"{spec['name']}:v1", "--task", task, "--out",
                     str(out), "--epochs", str(epochs), "--patience", "3", "--in-memory",
-                    *args.extra.split())
+                    *extra.split())
             models.append(str(out))
         report = work / f"fold{fold}" / "report"
         run("evaluate", *models, "--out", str(report), "--split", "test", "--halos",

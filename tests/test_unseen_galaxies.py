@@ -165,7 +165,14 @@ def test_classifier_on_the_marginals_reads_nothing_else():
 def test_support_counts_the_simulations_near_an_answer(store):
     """support: distinct training simulations with a block within (0.1 dex, 0.1 dex, 1 Gyr),
     checked by hand; the blocks of a real set are the store galaxies its train split uses."""
-    from casbi_store.apply.support import TrainingBlocks, flagged, support, training_blocks
+    from casbi_store.apply.support import (
+        TrainingBlocks,
+        flagged,
+        support,
+        supported_fraction,
+        training_blocks,
+        unsupported,
+    )
     from casbi_store.store import trainingsets
 
     blocks = TrainingBlocks(theta=np.array([[8.0, 10.0, 5.0], [8.05, 10.0, 5.5], [8.0, 10.0, 5.2],
@@ -174,6 +181,12 @@ def test_support_counts_the_simulations_near_an_answer(store):
                                     [np.nan, 1, 1], [7.0, 9.0, 5.0]]))
     assert got.tolist() == [2, 1, 0, 0, 0]
     assert flagged(got).tolist() == [False, False, True, True, True]
+    near, far = np.array([8.0, 10.0, 5.1]), np.array([8.5, 10.0, 5.1])
+    samples = np.stack([near] * 3 + [far] * 5 + [[np.nan] * 3] * 2)  # (10, 3): 3 of 8 finite near
+    assert supported_fraction(blocks, samples) == pytest.approx(3 / 8)
+    assert unsupported(supported_fraction(blocks, samples))
+    both = supported_fraction(blocks, np.stack([samples, np.stack([near] * 10)], axis=1))
+    assert both.tolist() == pytest.approx([3 / 8, 1.0])
     compose(store, ComposeSpec(name="s", version="v1", n_sub_min=2, n_sub_max=3, train_per_n=10,
                                test_per_n=2, seed=1, split_by="simulation"))
     real = training_blocks(str(store), "s", "v1")

@@ -51,7 +51,7 @@ from .posteriors import (
     sample_rows_in_prior,
     seeded_generator,
 )
-from .support import MIN_SIMULATIONS, flagged, model_blocks, support, warn_if_thin
+from .support import MIN_SUPPORTED, model_blocks, supported_fraction, unsupported, warn_if_thin
 
 NSUB_DRAWS = ("mixture", "mode")
 
@@ -357,15 +357,16 @@ def infer(models: list[TrainedModel | str | os.PathLike],
 
 
 def _support_attrs(model: TrainedModel, top: np.ndarray) -> dict:
-    """The thin-support signal of the top block's posterior median (``apply.support``), with a
-    ``ThinSupportWarning`` when it fires; nothing where the training store cannot be read."""
+    """The support signal of the top block's posterior (``apply.support``: the share of its
+    samples near a training galaxy), with a ``ThinSupportWarning`` when it fires; -1 where the
+    training store cannot be read."""
     blocks = model_blocks(model.meta)
     if blocks is None:
-        return {"support_simulations": -1}
-    count = int(support(blocks, np.nanmedian(top, axis=0))[0])
-    warn_if_thin(count, str(model.path))
-    return {"support_simulations": count, "support_flagged": int(flagged(count)),
-            "support_min_simulations": MIN_SIMULATIONS}
+        return {"support_fraction": -1.0}
+    fraction = float(supported_fraction(blocks, top))
+    warn_if_thin(fraction, str(model.path))
+    return {"support_fraction": fraction, "support_flagged": int(unsupported(fraction)),
+            "support_min_fraction": MIN_SUPPORTED}
 
 
 def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray]:

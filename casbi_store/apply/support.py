@@ -27,6 +27,7 @@ from casbi_store.store import trainingsets
 
 SCALES = np.array([0.1, 0.1, 1.0])  # log10 M* (dex), log10 M_dm (dex), tau (Gyr)
 MIN_SIMULATIONS = 1
+MIN_SUPPORTED = 0.5  # share of the top block's posterior samples that must have a neighbour
 
 
 class ThinSupportWarning(UserWarning):
@@ -91,9 +92,33 @@ def flagged(counts: np.ndarray | int) -> np.ndarray | bool:
     return np.asarray(counts) < MIN_SIMULATIONS
 
 
-def warn_if_thin(count: int, where: str) -> None:
-    if flagged(count):
-        warnings.warn(f"{where}: the posterior's top block has no training galaxy within 0.1 dex in "
-                      "M* and M_dm and 1 Gyr in tau: it lies between or beyond the training "
+def supported_fraction(blocks: TrainingBlocks, samples: np.ndarray) -> np.ndarray:
+    """The share of a posterior's top-block samples with a training galaxy within ``SCALES``:
+    ``samples`` (S, halos, 3) or (S, 3) -> (halos,) or a scalar (NaN samples not counted)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    one = samples.ndim == 2
+    samples = samples[:, None] if one else samples
+    scaled_blocks = blocks.theta / SCALES
+    out = np.full(samples.shape[1], np.nan)
+    for h in range(samples.shape[1]):
+        s = samples[:, h]
+        s = s[np.isfinite(s).all(axis=1)] / SCALES
+        if len(s):
+            d2 = ((s[:, None, :] - scaled_blocks[None]) ** 2).sum(axis=-1)
+            out[h] = float((d2.min(axis=1) <= 1).mean())
+    return out[0] if one else out
+
+
+def unsupported(fraction: np.ndarray | float) -> np.ndarray | bool:
+    """The signal: fewer than ``MIN_SUPPORTED`` of the posterior's top-block samples lie near a
+    training galaxy (the posterior sits in a gap between the suite's galaxies or beyond them)."""
+    return np.asarray(fraction) < MIN_SUPPORTED
+
+
+def warn_if_thin(fraction: float, where: str) -> None:
+    if unsupported(fraction):
+        warnings.warn(f"{where}: {100 * fraction:.0f}% of the posterior's top-block samples have a "
+                      "training galaxy within 0.1 dex in M* and M_dm and 1 Gyr in tau: it lies "
+                      "between or beyond the training "
                       "suite's galaxies, where the networks were never shown the answer; do not "
                       "trust it without a larger training suite", ThinSupportWarning, stacklevel=3)

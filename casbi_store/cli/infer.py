@@ -61,12 +61,12 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
                 lo, med, hi = np.percentile(values, [16, 50, 84])
                 print(f"  {label:<16} {med:10.3f}  (68%: {lo:.3f} .. {hi:.3f}) {var.attrs['units']}")
     print(Assessment.from_attrs(drawn.attrs).summary())
-    count = drawn.attrs.get("support_simulations")
-    if count is not None and count >= 0:
-        verdict = ("NONE: the top block lies between or beyond the training galaxies; do not trust it"
+    fraction = drawn.attrs.get("support_fraction")
+    if fraction is not None and fraction >= 0:
+        verdict = ("THIN: the top block lies between or beyond the training galaxies; do not trust it"
                    if drawn.attrs.get("support_flagged") else "ok")
-        print(f"support: {count} training simulation(s) have a galaxy within 0.1 dex / 1 Gyr of the "
-              f"top block's posterior median: {verdict}")
+        print(f"support: {100 * fraction:.0f}% of the top block's posterior samples have a training "
+              f"galaxy within 0.1 dex in M* and M_dm and 1 Gyr in tau: {verdict}")
     return 0
 
 

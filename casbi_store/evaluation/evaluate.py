@@ -62,7 +62,7 @@ from casbi_store.apply.posteriors import (
     load_posterior,
     seeded_generator,
 )
-from casbi_store.apply.support import flagged, model_blocks, support
+from casbi_store.apply.support import flagged, model_blocks, support, supported_fraction, unsupported
 from casbi_store.learn import calibration as cal
 from casbi_store.learn.modelfolder import TrainedModel, load_model
 from casbi_store.learn.tasks import block_parameters, by_preference
@@ -399,15 +399,16 @@ def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
 
 
 def support_metrics(model: TrainedModel, top_samples: np.ndarray, top_truth: np.ndarray) -> dict:
-    """How often the thin-support signal (``apply.support``) fires on a condition's halos, and
-    whether it fires where it should: on halos whose true top block has fewer than
-    ``MIN_SIMULATIONS`` training simulations near it (``detection``) and on halos whose true
-    log10 M*_1 lies outside the posterior's central 95% (``caught_misses``).
+    """How often the support signal (``apply.support``: fewer than half of the posterior's
+    top-block samples near a training galaxy) fires on a condition's halos, and whether it fires
+    where it should: on halos whose true top block has no training galaxy near it
+    (``detection``) and on halos whose true log10 M*_1 lies outside the posterior's central 95%
+    (``caught_misses``).
     ``top_samples``: (samples, halos, 3) rank-1 draws; ``top_truth``: (halos, 3)."""
     blocks = model_blocks(model.meta)
     if blocks is None:
         return {}
-    flags = flagged(support(blocks, np.nanmedian(top_samples, axis=0)))
+    flags = unsupported(supported_fraction(blocks, top_samples))
     thin_truth = flagged(support(blocks, top_truth))
     lo, hi = np.nanquantile(top_samples[..., 0], [0.025, 0.975], axis=0)
     miss = (top_truth[:, 0] < lo) | (top_truth[:, 0] > hi)

@@ -20,6 +20,7 @@ import base64
 import html
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -274,10 +275,10 @@ def _support_table(results: dict) -> str:
         f"<td>{_fmt(results['conditions'][c]['two_step']['metrics'].get(key))}</td>" for c in names)
                    + "</tr>" for key, label in SUPPORT_ROWS.items())
     return ("<h2>Can the answer be trusted? Training galaxies near the top block</h2>"
-            "<p>The posterior median of the top block (log M*, log M_dm, τ of rank 1) is flagged "
-            "when no training galaxy lies within 0.1 dex, 0.1 dex and 1 Gyr of it: the answer "
-            "lies between or beyond the training suite's galaxies. <code>infer</code> prints the "
-            "same verdict.</p>"
+            "<p>A halo is flagged when fewer than half of its posterior's top-block samples (log "
+            "M*, log M_dm, τ of rank 1) have a training galaxy within 0.1 dex, 0.1 dex and 1 Gyr: "
+            "the answer lies between or beyond the training suite's galaxies. <code>infer</code> "
+            "prints the same verdict.</p>"
             f"<table><tr><th></th>{head}</tr>{body}</table>")
 
 
@@ -582,6 +583,7 @@ def corner_for_halo(results: dict, path: Path, n_samples: int = 4000) -> Path | 
     """Two-step posterior of one test halo (few blocks, so the corner plot is readable), truth
     marked; needs a step-1 and a per-rank step-2 model."""
     from casbi_store.apply.infer import corner_plot, flat_samples, infer
+    from casbi_store.apply.support import ThinSupportWarning
 
     by_task = {r["task"]: r for r in results["models"].values()}
     step1 = by_preference(by_task, 1)
@@ -591,7 +593,9 @@ def corner_for_halo(results: dict, path: Path, n_samples: int = 4000) -> Path | 
     step1, step2 = by_task[step1[0]], by_task[ranked[0]]
     data = results["data"][step2["source"]]
     k = int(np.argmin(np.abs(data.n_sub - 8)))
-    samples = infer([step1["model"], step2["model"]], data.x[k], n_samples=n_samples)
+    with warnings.catch_warnings():  # the page shows the signal per condition, not per halo
+        warnings.simplefilter("ignore", ThinSupportWarning)
+        samples = infer([step1["model"], step2["model"]], data.x[k], n_samples=n_samples)
     flat = flat_samples(samples, max_rank=1)
     truth = {"n_sub": data.n_sub[k]}
     block = data.theta[k, 0]
