@@ -28,6 +28,7 @@ import numpy as np
 
 from casbi_store.compose import registry
 from casbi_store.compose.sources.observation import ObservationSpec
+from casbi_store.learn.calibration import LEVELS
 from casbi_store.learn.misspecification import MisspecificationWarning
 from casbi_store.learn.modelfolder import TrainedModel, as_model
 from casbi_store.store import schema as S
@@ -39,7 +40,6 @@ from .observe import NObsRangeWarning, load_binning_source
 
 log = logging.getLogger(__name__)
 
-LEVELS = (0.68, 0.95)
 COLUMNS = ("FE_H", "O_FE", "FE_H_ERR", "O_FE_ERR")
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from casbi_store.learn.tasks import BLOCK_PARAMETERS, by_preference, get_task
+from casbi_store.plots.common import plane as draw_plane
+from casbi_store.plots.common import pyplot, save
 
 from .evaluate import CONDITIONS, TARGETS, headline, target_for
 
@@ -38,25 +40,9 @@ def _step(result: dict) -> int:
     return get_task(result["task"]).step
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    _pyplot().close(fig)
-    return path
-
-
 def plot_example_halos(data, edges: tuple[np.ndarray, np.ndarray], path: Path, n: int = 4) -> Path:
     """Chemical planes (log counts) of test halos spanning the N_sub range."""
-    plt = _pyplot()
+    plt = pyplot()
     order = np.argsort(data.n_sub, kind="stable")
     pick = order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]
     fig, axes = plt.subplots(1, len(pick), figsize=(3.3 * len(pick), 3.0), squeeze=False,
@@ -65,21 +51,16 @@ def plot_example_halos(data, edges: tuple[np.ndarray, np.ndarray], path: Path, n
         _plane(ax, data.x[k], edges,
                f"N_sub = {data.n_sub[k]}, M*_1 = {data.theta[k, 0, 0]:.2g} Msol")
     axes[0, 0].set_ylabel("[O/Fe]")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _plane(ax, counts: np.ndarray, edges: tuple[np.ndarray, np.ndarray], title: str) -> None:
     """One chemical plane, log counts per ([Fe/H], [O/Fe]) bin."""
-    from matplotlib.colors import LogNorm
-
-    ax.pcolormesh(edges[0], edges[1], counts.T, norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)),
-                  cmap="viridis")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("[Fe/H]")
+    draw_plane(ax, counts, edges[0], edges[1], title=title)
 
 
 def plot_training_curves(results: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     items = list(results["models"].values())
     fig, axes = plt.subplots(1, len(items), figsize=(3.6 * len(items), 3.0), squeeze=False,
                              constrained_layout=True)
@@ -91,12 +72,12 @@ def plot_training_curves(results: dict, path: Path) -> Path:
         ax.set_title(_title(r["task"]), fontsize=9)
         ax.set_xlabel("epoch")
     axes[0, 0].set_ylabel("loss (solid: train, dashed: validation)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_nsub(results: dict, path: Path) -> Path:
     """Per step-1 model: confusion matrix (mode vs truth) and median with 68% interval."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
 
     items = [r for r in results["models"].values() if _step(r) == 1]
@@ -121,12 +102,12 @@ def plot_nsub(results: dict, path: Path) -> Path:
         m = r["metrics"]
         ax.set(title=f"68% cov. {m['coverage_68']:.2f}, med. rel. err. {m['median_rel_error']:.2f}",
                xlabel="true N_sub", ylabel="posterior median (16-84%)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_theta(result: dict, path: Path) -> Path:
     """Posterior means against the truth for each parameter (ranks 1..3 coloured)."""
-    plt = _pyplot()
+    plt = pyplot()
     truth, mean, rank = result["truth"], result["mean"], result["rank"]
     n_par = truth.shape[1]
     fig, axes = plt.subplots(1, n_par, figsize=(3.6 * n_par, 3.4), squeeze=False,
@@ -143,11 +124,11 @@ def plot_theta(result: dict, path: Path) -> Path:
         ax.set(xlabel=f"true {names[k]} [{units}]", ylabel="posterior mean")
     if rank.max() > 0:
         axes[0, 0].legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_tarp(result: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     ecp, alpha = result["tarp"]
     fig, ax = plt.subplots(figsize=(3.8, 3.6), constrained_layout=True)
     ax.plot(alpha, ecp, color="C3", label="TARP ECP")
@@ -157,12 +138,12 @@ def plot_tarp(result: dict, path: Path) -> Path:
     ax.set(xlabel="credibility level", ylabel="expected coverage", xlim=(0, 1), ylim=(0, 1),
            title=f"max |ECP - α| = {m['tarp_max_deviation']:.3f}")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_sbc(result: dict, path: Path) -> Path:
     """Histograms of the SBC ranks (as PIT values in [0, 1]) per parameter, pooled ranks."""
-    plt = _pyplot()
+    plt = pyplot()
     pit = result["pit"]
     n_par = pit.shape[1]
     names = result["parameters"][:n_par]
@@ -176,7 +157,7 @@ def plot_sbc(result: dict, path: Path) -> Path:
                    color="C2", alpha=0.25)
         p = result["metrics"]["sbc_ks_pvalues"][k]
         ax.set(title=f"{names[k]} (KS p = {p:.2g})", xlabel="SBC rank / samples")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _fmt(v) -> str:
@@ -317,7 +298,7 @@ def plot_two_step_tarp(results: dict, path: Path) -> Path | None:
              if "two_step" in results["conditions"][c]]
     if not conds:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.8), constrained_layout=True)
     ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="0.85", label="±0.05")
     ax.plot([0, 1], [0, 1], color="0.3", ls="--", lw=0.8)
@@ -327,7 +308,7 @@ def plot_two_step_tarp(results: dict, path: Path) -> Path | None:
                 label=f"{c} (max dev. {r['metrics']['tarp_max_deviation']:.2f})")
     ax.set(xlabel="credibility level", ylabel="expected coverage", xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _img(path: Path, caption: str) -> str:
@@ -471,12 +452,12 @@ def survey_section(folder: str | os.PathLike, figures: Path) -> tuple[str, list[
     assessment = Assessment.from_attrs(samples.attrs)
     marks = {"n_sub": first["n_sub"]} | {f"{name}_1": value for name, value in
                                          zip(BLOCK_PARAMETERS, first["theta"][0], strict=True)}
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.6), constrained_layout=True)
     _plane(ax, counts, (attrs["feh_edges"], attrs["ofe_edges"]),
            f"N_obs = {int(counts.sum())} stars (true N_sub = {first['n_sub']})")
     ax.set_ylabel("[O/Fe]")
-    plane = _save(fig, figures / "survey_plane.png")
+    plane = save(fig, figures / "survey_plane.png")
     corner = corner_plot(samples, figures / "survey_corner.png", truth=marks)
     models = ", ".join(f"{m} ({r})" for m, r in zip(json.loads(samples.attrs["models"]),
                                                     json.loads(samples.attrs["representations"]),

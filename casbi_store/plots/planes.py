@@ -8,14 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .common import pyplot, save
 
 
 def pick_galaxies(ds: xr.Dataset, n: int) -> np.ndarray:
@@ -26,7 +19,7 @@ def pick_galaxies(ds: xr.Dataset, n: int) -> np.ndarray:
 
 def plot_chemical_planes(ds: xr.Dataset, out: str | os.PathLike, n: int = 12) -> Path:
     """A grid of [O/Fe]-[Fe/H] histograms (log counts) for galaxies spanning the mass range."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
 
     idx = pick_galaxies(ds, n)
@@ -49,12 +42,12 @@ def plot_chemical_planes(ds: xr.Dataset, out: str | os.PathLike, n: int = 12) ->
     for ax in axes[:, 0]:
         ax.set_ylabel("[O/Fe]")
     fig.colorbar(im, ax=axes, label="star particles", shrink=0.6)
-    return _save(fig, out, plt)
+    return save(fig, out, dpi=110)
 
 
 def plot_trends(ds: xr.Dataset, out: str | os.PathLike) -> Path:
     """Mass-metallicity relation, and mean [O/Fe] against [Fe/H] (the knee) of the last snapshots."""
-    plt = _pyplot()
+    plt = pyplot()
     counts = ds["counts"].values.astype(float)
     fe_c = ds["feh_bin"].values
     of_c = ds["ofe_bin"].values
@@ -81,12 +74,4 @@ def plot_trends(ds: xr.Dataset, out: str | os.PathLike) -> Path:
     ax2.set_ylabel("mean [O/Fe]")
     ax2.set_title("[O/Fe] knee, latest snapshots")
     ax2.legend(fontsize=7)
-    return _save(fig, out, plt)
-
-
-def _save(fig, out, plt) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out, dpi=110)

@@ -7,24 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
-from casbi_store.plots.planes import _pyplot, _save
+from casbi_store.plots.common import plane as draw_plane
+from casbi_store.plots.common import pyplot, save
 
 TITLES = {"true": "true (held out)", "surrogate": "surrogate (N from M*)",
           "surrogate_density": "surrogate density", "baseline": "nearest-θ baseline"}
 
 
-def _plane(ax, plane: np.ndarray, fe: np.ndarray, of: np.ndarray):
-    from matplotlib.colors import LogNorm
-
-    norm = plane / max(plane.sum(), 1)
-    masked = np.ma.masked_equal(norm.T, 0)
-    return ax.pcolormesh(fe, of, masked, norm=LogNorm(vmin=1e-5, vmax=1e-1), cmap="viridis")
+def _plane(ax, counts: np.ndarray, fe: np.ndarray, of: np.ndarray):
+    return draw_plane(ax, counts, fe, of, density=True)
 
 
 def plot_planes(planes: dict[str, np.ndarray], labels: list[str], baseline_names: list[str],
                 fe: np.ndarray, of: np.ndarray, out: Path) -> Path:
     """One row per held-out galaxy: true, surrogate, surrogate density, baseline (normalised)."""
-    plt = _pyplot()
+    plt = pyplot()
     kinds = list(planes)
     rows = len(labels)
     fig, axes = plt.subplots(rows, len(kinds), figsize=(3.0 * len(kinds), 2.6 * rows), squeeze=False,
@@ -43,14 +40,14 @@ def plot_planes(planes: dict[str, np.ndarray], labels: list[str], baseline_names
     for ax in axes[-1]:
         ax.set_xlabel("[Fe/H]")
     fig.colorbar(im, ax=axes, label="fraction of stars", shrink=0.6)
-    return _save(fig, out, plt)
+    return save(fig, out, dpi=110)
 
 
 def plot_strip(strip: np.ndarray, theta: np.ndarray, start: np.ndarray, stop: np.ndarray,
                names: tuple[str, str], fe: np.ndarray, of: np.ndarray, out: Path) -> Path:
     """The surrogate's planes along a straight walk in θ between two training galaxies, framed by
     their true planes."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(strip) + 2
     fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.6), sharex=True, sharey=True,
                              constrained_layout=True, squeeze=False)
@@ -65,12 +62,12 @@ def plot_strip(strip: np.ndarray, theta: np.ndarray, start: np.ndarray, stop: np
         ax.set_xlabel("[Fe/H]")
     axes[0, 0].set_ylabel("[O/Fe]")
     fig.colorbar(im, ax=axes, label="fraction of stars", shrink=0.8)
-    return _save(fig, out, plt)
+    return save(fig, out, dpi=110)
 
 
 def plot_physics(log_mstar: np.ndarray, physics: dict, out: Path) -> Path:
     """Median [Fe/H] and knee [Fe/H] against log M* for true, surrogate and baseline planes."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     style = {"true": ("k", "o"), "surrogate": ("tab:blue", "x"), "surrogate_density": ("tab:green", "+"),
              "baseline": ("tab:red", "s")}
@@ -89,4 +86,4 @@ def plot_physics(log_mstar: np.ndarray, physics: dict, out: Path) -> Path:
     ax2.set_title("[O/Fe] knee")
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
-    return _save(fig, out, plt)
+    return save(fig, out, dpi=110)
