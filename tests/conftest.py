@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,57 @@ from casbi_store.mock import generate_suite, preset
 from casbi_store.store.extraction_run import extract_suite
 
 TINY_SEED = 1
+REPO = Path(__file__).resolve().parents[1]
+# written by the tools that run the tests (git, pip -e, pytest, ruff, Python's bytecode), not by tests
+TOOL_PATHS = {".git", ".venv", ".pytest_cache", ".ruff_cache", "__pycache__"}
+
+
+def _tool_path(path: str) -> bool:
+    return any(part in TOOL_PATHS or part.endswith(".egg-info") for part in Path(path).parts)
+
+
+def work_tree_state(root: Path = REPO) -> dict[str, object]:
+    """What a test run must leave as it found it: git's view of the work tree (ignored files
+    included), the size and modification time of every file outside the tools' own folders
+    (``demo/``, ``catalogs/``, any other ignored output), and the bytes of ``catalogs/``."""
+    state: dict[str, object] = {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # a tree without git: stat only
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored=matching", "--untracked-files=all"],
+            cwd=root, capture_output=True, text=True, timeout=60).stdout.splitlines()
+        state["git status"] = "\n".join(line for line in status if not _tool_path(line[3:]))
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not _tool_path(d)]
+        for name in files:
+            path = Path(folder, name)
+            with contextlib.suppress(OSError):  # removed while we walk: the next state shows it
+                st = path.stat()
+                key = path.relative_to(root).as_posix()
+                state[key] = (st.st_size, st.st_mtime_ns)
+                if key.startswith("catalogs/"):
+                    state[key] += (hashlib.sha256(path.read_bytes()).hexdigest(),)
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def work_tree_unchanged():
+    """Tests write only into their temporary folders: the run fails (an error at the teardown of
+    the last test) when the work tree differs after it, naming what changed; e.g. a ``compose``
+    run from the repo without ``--catalog`` rewrote ``catalogs/casbi.yaml`` (issue 22)."""
+    before = work_tree_state()
+    yield
+    after = work_tree_state()
+    if after != before:
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        lines = [f"{k}: {'written' if k not in before else 'removed' if k not in after else 'changed'}"
+                 for k in changed if k != "git status"]
+        if "git status" in changed:
+            lines.append("git status --porcelain --ignored: " + " | ".join(
+                sorted(set(after["git status"].splitlines())
+                       ^ set(before["git status"].splitlines()))))
+        pytest.fail(f"the test run changed the work tree {REPO} (tests must write only under "
+                    "their tmp_path; or another process wrote there meanwhile):\n  "
+                    + "\n  ".join(lines[:30]), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -224,3 +224,72 @@ def test_http_without_directory_listing(served, tmp_path):
     for name in ARRAYS:
         np.save(tmp_path / f"{name}.npy", local[name].values)
         assert (out / f"{name}.npy").read_bytes() == (tmp_path / f"{name}.npy").read_bytes(), name
+
+
+# ---- one catalog per store (issue 22) -----------------------------------------------------------
+
+def _compose_cli(store: Path, spec: Path, *catalog: str) -> tuple[int, str, str]:
+    """``casbi-store compose STORE --spec SPEC -q [--catalog C]`` in this process: (rc, out, err)."""
+    import contextlib
+    import io
+
+    from casbi_store.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["compose", str(store), "--spec", str(spec), "-q",
+                   *(("--catalog", *catalog) if catalog else ())])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _loads(catalog: Path, name: str = "tiny_set") -> int:
+    """Halos of the test split read through the catalog, as the README's one-liner does."""
+    return intake.open_catalog(str(catalog))[name](split="test").to_dask().sizes["halo"]
+
+
+def test_compose_into_a_second_store_leaves_the_first_stores_catalog_working(
+        tiny_store, tmp_path, monkeypatch, caplog):
+    """`make demo` then `make test` (or the reverse) at tiny size: a repo whose default catalog
+    describes its demo store; composing into another store from the repo is refused before
+    composing, naming --catalog; with its own catalog both work; a catalog whose store is gone
+    (the state the old `make test` left) is re-pointed, with a warning."""
+    repo = tmp_path / "repo"
+    (repo / "catalogs").mkdir(parents=True)
+    demo, other = repo / "demo" / "store.zarr", tmp_path / "pytest" / "store.zarr"
+    for store in (demo, other):
+        shutil.copytree(tiny_store[0], store)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(dict(name="tiny_set", version="v1", n_sub_min=2, n_sub_max=3,
+                                        train_per_n=4, test_per_n=2, seed=1)))
+    monkeypatch.chdir(repo)
+    default = repo / "catalogs" / "casbi.yaml"
+
+    assert _compose_cli(demo, spec)[0] == 0                                 # make demo
+    text = default.read_text()
+    assert _loads(default) == 4
+
+    rc, _, err = _compose_cli(other, spec)                                  # make test, old style
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert f"catalogs/casbi.yaml describes the store {demo.resolve()}, not {other}" in err
+    assert "--catalog" in err and "one catalog describes one store" in err
+    assert read_registry(other) == {}                                       # refused before composing
+    assert default.read_text() == text and _loads(default) == 4
+
+    own = other.parent / "casbi.yaml"                                       # as the docs say
+    assert _compose_cli(other, spec, str(own))[0] == 0
+    assert _loads(own) == 4 and default.read_text() == text
+    assert "tiny_set" in read_registry(other)
+    assert _compose_cli(other, spec, "")[0] == 0 and not (repo / "casbi.yaml").exists()
+
+    # the old `make test` left the repo's catalog describing a pytest store since deleted
+    update_catalog(default.with_name("stale.yaml"), other)
+    shutil.rmtree(other.parent)
+    default.write_text(default.with_name("stale.yaml").read_text())
+    with caplog.at_level("WARNING", logger="casbi_store.compose.catalog"):
+        assert _compose_cli(demo, spec)[0] == 0                             # make demo again
+    assert "which no longer exists: re-pointed at" in caplog.text
+    assert _loads(default) == 4
+
+    default.write_text("sources: {}\n")                                     # not one of ours
+    rc, _, err = _compose_cli(demo, spec)
+    assert rc == 2 and "not a casbi catalog (no metadata.store)" in err

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from conftest import assert_same_arrays, copy_suite, store_arrays
+from conftest import assert_same_arrays, consolidate_whole_store, copy_suite, store_arrays
 from tipsy_reader import main_halo_stars
 
 from casbi_store import galaxy_stars, open_errors, open_store
@@ -18,6 +19,7 @@ from casbi_store.store.extract import ErrorKind, ExtractionSettings, SnapshotErr
 from casbi_store.store.extraction_run import extract_suite
 from casbi_store.store.io import StoreError
 from casbi_store.store.snapshots import find_snapshots
+from casbi_store.store.validate import validate_store
 
 # Independent [Fe/H], [O/Fe]: pynbody's documented tipsy solar values, written out here again.
 SOLAR_FE, SOLAR_O, SOLAR_H = 1.25e-3, 8.4e-3, 0.706
@@ -261,3 +263,105 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# ---- stars outside a fixed binning (issue 22) ---------------------------------------------------
+
+def _fixed(feh_range: tuple[float, float], ofe_range: tuple[float, float]):
+    from casbi_store.cli.extract import binning_from_options
+
+    return binning_from_options((0.01, 99.99), feh_range, ofe_range, 64)
+
+
+def _sims(suite: Path, to: Path, *simulations: str) -> Path:
+    """A suite of some of ``suite``'s simulations (added to ``to`` if it exists): fewer
+    snapshots to extract."""
+    for sim in simulations:
+        shutil.copytree(suite / sim, to / sim)
+    return to
+
+
+def _ls(store) -> str:
+    """What `casbi-store ls` prints (``cli.ls`` prints this; importing every command is slow)."""
+    from casbi_store.store.io import describe_store
+
+    return describe_store(store)
+
+
+def _kinds(store) -> dict[str, tuple[str, str]]:
+    err = open_errors(store)
+    return {str(n): (str(k), str(m)) for n, k, m in zip(err.name.values, err.kind.values,
+                                                          err.message.values, strict=True)}
+
+
+def test_fixed_ranges_that_miss_every_star_are_outside_binning_not_ok(tiny_suite, tiny_store,
+                                                                      dask_client, tmp_path):
+    """The issue's case: an [O/Fe] range far above the suite's stars. No snapshot passes as ok
+    with an empty histogram: each is an error of its own kind, saying the ranges and its stars'."""
+    from casbi_store.store.validate import validate_store
+
+    suite = _sims(tiny_suite, tmp_path / "suite", "g1.80e09", "g9.45e09")
+    store = tmp_path / "missed.zarr"
+    summary = extract_suite(suite, store, binning=_fixed((-2.6, 0.2), (1.6, 2.3)),
+                            client=dask_client, progress=False)
+    galaxies = {g for g in open_store(tiny_store[0]).galaxy.values if g.startswith(("g1.8", "g9.45"))}
+    assert summary.ok == 0 and summary.n_stars == 0 and summary.failed == 2 + len(galaxies) == 9
+    assert (f"WARNING        {len(galaxies)} snapshots have every star outside the fixed binning "
+            "ranges (outside_binning)") in summary.as_text()
+    kinds = _kinds(store)
+    outside = {n for n, (k, _) in kinds.items() if k == ErrorKind.OUTSIDE_BINNING}
+    assert outside == galaxies
+    message = kinds["g1.80e09.00256"][1]
+    assert message.startswith(str(suite / "g1.80e09" / "g1.80e09.00256"))
+    assert "[Fe/H] -2.6..0.2, [O/Fe] 1.6..2.3 (its stars: [Fe/H] -1.97..-0.97, [O/Fe] -0.33..0.31)" \
+        in message
+    listing = _ls(store)
+    assert "galaxies     none" in listing and "outside_binning" in listing
+    assert validate_store(store) == []
+
+
+def test_fixed_ranges_that_cut_the_suite_count_and_warn(tiny_suite, dask_client, tmp_path):
+    """[Fe/H] from -0.9 cuts the suite: the stars left out are counted per galaxy (as numpy
+    counts them on the stored stars), the summary and `ls` warn, a galaxy wholly below is
+    outside_binning; a store written before n_star_outside opens, lists and validates, and the
+    next run (new rows, same binning) stores it for every galaxy."""
+    suite = _sims(tiny_suite, tmp_path / "suite", "g1.80e09")
+    store = tmp_path / "cut.zarr"
+    binning = _fixed((-0.9, 0.5), (-1.0, 0.5))
+    summary = extract_suite(suite, store, binning=binning, client=dask_client, progress=False)
+
+    def check(ds) -> tuple[int, int]:
+        stars = zarr.open_consolidated(store, mode="r", zarr_format=2)["stars"]
+        feh, ofe = (stars[k][:].astype(np.float64) for k in ("feh", "ofe"))
+        inside = (feh >= -0.9) & (feh <= 0.5) & (ofe >= -1.0) & (ofe <= 0.5)
+        for k, name in enumerate(ds.galaxy.values):
+            rows = slice(int(ds.star_offset[k]), int(ds.star_offset[k] + ds.n_star[k]))
+            assert int(ds.n_star_outside[k]) == int((~inside[rows]).sum()), name
+            assert int(ds.n_star_outside[k]) == int(ds.n_star[k] - ds.counts[k].sum()), name
+        return int((~inside).sum()), len(feh)
+
+    ds = open_store(store).load()
+    out, total = check(ds)
+    assert out > 0.01 * total and "g1.80e09.00256" not in ds.galaxy.values
+    assert _kinds(store)["g1.80e09.00256"][0] == ErrorKind.OUTSIDE_BINNING
+    text = summary.as_text()
+    line = (f"outside        {out:,} of {total:,} stars ({out / total:.2%}) in "
+            f"{int((ds.n_star_outside > 0).sum())} of {ds.sizes['galaxy']} galaxies fall outside")
+    assert line in text
+    assert "WARNING        " in text and "have more than half of their stars outside" in text
+    assert "g1.80e09.00512 (" in text and "(more than 1%)" in text
+    listing = _ls(store)
+    assert line.replace("outside        ", "outside      ") in listing
+    assert "of the stars fall outside the binning ranges (more than 1%)" in listing
+
+    # as a store written before n_star_outside existed
+    shutil.rmtree(store / "histograms" / "n_star_outside")
+    consolidate_whole_store(store)
+    assert "n_star_outside" not in open_store(store)
+    assert line.replace("outside        ", "outside      ") in _ls(store)
+    assert validate_store(store) == []
+    _sims(tiny_suite, suite, "g9.43e10")
+    summary = extract_suite(suite, store, binning=binning, client=dask_client, progress=False)
+    assert summary.ok == 3 and summary.binning_version == 1
+    check(open_store(store).load())
+    assert validate_store(store) == []

@@ -29,7 +29,8 @@ from casbi_store.store.validate import validate_store
 
 SPEC = dict(name="nsub_uniform", version="v1", n_sub_min=2, n_sub_max=6, train_per_n=150,
             test_per_n=10, seed=3)
-CLI = [sys.executable, "-m", "casbi_store.cli"]
+CLI = [sys.executable, "-m", "casbi_store.cli"]  # run with cwd=tmp_path: compose's default
+# catalog is catalogs/casbi.yaml of the working directory, which must not be the repo's (issue 22)
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
@@ -158,7 +159,7 @@ def test_bad_spec_files_name_the_file_and_key(tmp_path, store, text, message):
     if message not in ("empty spec file", "noise_feh must be a finite number, not nan"):
         return  # the command line runs for the two of issue 11
     run = subprocess.run([*CLI, "compose", str(store), "--spec", str(path)], capture_output=True,
-                         text=True, env=ENV, timeout=120)
+                         text=True, env=ENV, cwd=tmp_path, timeout=120)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert str(path) in run.stderr and message.replace(".s.", "(s)") in run.stderr
 
@@ -180,7 +181,7 @@ def test_a_second_compose_is_refused_naming_the_holder(store, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         run = subprocess.run([*CLI, "compose", str(store), "--spec", str(_spec_file(tmp_path))],
-                             capture_output=True, text=True, env=ENV, timeout=120)
+                             capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
         assert run.returncode == 2 and "Traceback" not in run.stderr
         assert "nsub_uniform:v1 is being composed by another process" in run.stderr
         assert f"pid {holder.pid}" in run.stderr and "holder test" in run.stderr
@@ -188,14 +189,15 @@ def test_a_second_compose_is_refused_naming_the_holder(store, tmp_path):
     finally:
         holder.communicate("\n", timeout=30)
     run = subprocess.run([*CLI, "compose", str(store), "--spec", str(_spec_file(tmp_path))],
-                         capture_output=True, text=True, env=ENV, timeout=120)
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
 
 
 def test_concurrent_composes_of_one_version_publish_exactly_one(store, tmp_path, clean):
     procs = {seed: subprocess.Popen(
         [*CLI, "compose", str(store), "--spec", str(_spec_file(tmp_path, seed=seed))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for seed in (4, 5)}
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+        for seed in (4, 5)}
     results = {seed: (p.wait(timeout=300), *p.communicate()) for seed, p in procs.items()}
     winners = [seed for seed, (rc, _, _) in results.items() if rc == 0]
     assert len(winners) == 1, results
@@ -210,7 +212,7 @@ def test_concurrent_composes_of_one_version_publish_exactly_one(store, tmp_path,
     assert published["v1"]["checksum"][:12] in results[winners[0]][1]
     # the loser, re-run now, is refused as immutable; the winner's spec is a no-op
     again = subprocess.run([*CLI, "compose", str(store), "--spec", str(_spec_file(tmp_path, seed=loser))],
-                           capture_output=True, text=True, env=ENV, timeout=120)
+                           capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
     assert again.returncode == 2 and "published versions are immutable" in again.stderr
     assert validate_store(store) == [] and _draft_and_version_dirs(store) == ["v1"]
     assert list_locks(store) == {}
@@ -249,7 +251,7 @@ def test_a_sigkilled_compose_leaves_nothing_visible_and_a_rerun_completes_it(sto
     spec = _spec_file(tmp_path)
     if point == "while-writing":  # the real CLI, killed as soon as the draft holds a chunk
         proc = subprocess.Popen([*CLI, "compose", str(store), "--spec", str(spec)], env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         folder = store / "training_sets" / SPEC["name"]
         deadline = time.time() + 120
         while not list(folder.glob("_draft_v1_*/*/x/0.*")) and proc.poll() is None:

@@ -78,6 +78,10 @@ def run_pipeline(pipeline: str | os.PathLike, *, progress: bool = True,
     """Validate the pipeline file, then run its stages in order (``device``: every tune and
     train on it)."""
     pipe = load_pipeline(pipeline)
+    if pipe.compose and pipe.compose.catalog:  # refused now, not after the extraction
+        from casbi_store.compose.catalog import check_catalog
+
+        check_catalog(pipe.path(pipe.compose.catalog), pipe.path(pipe.extract.store))
     if device:
         pipe = on_device(pipe, device)
     suite = None

@@ -6,10 +6,17 @@ training set (driver ``casbi_training_set``, user parameters ``version`` and ``s
 ``galaxies`` entry (driver ``casbi_galaxies``). The store path inside it is relative to the
 catalog's folder (``{{ CATALOG_DIR }}/...``), so catalog and store can be copied or served over
 HTTP together as they are.
+
+One catalog describes one store (its ``metadata.store``). Writing a catalog that describes another
+store is refused (:class:`CatalogError`, naming the option): entries of two stores cannot share a
+catalog, their set names collide, and silently re-pointing the galaxies entry and every set at a new
+store broke the repo's catalog each time a test composed (issue 22). A catalog whose store no longer
+exists is re-pointed, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,8 +27,9 @@ from casbi_store.store import trainingsets
 from casbi_store.store.schema import SPLITS
 from casbi_store.store.trainingsets import LATEST, sorted_versions, version_key
 
-__all__ = ["LATEST", "read_registry", "sorted_versions", "update_catalog", "version_key",
-           "write_catalog"]
+__all__ = ["LATEST", "CatalogError", "check_catalog", "read_registry", "sorted_versions",
+           "update_catalog", "version_key", "write_catalog"]
+log = logging.getLogger(__name__)
 TRAINING_SET_DRIVER = "casbi_training_set"
 GALAXIES_DRIVER = "casbi_galaxies"
 
@@ -106,6 +114,40 @@ def write_catalog(catalog_path: str | os.PathLike, store_path: str | os.PathLike
     return catalog_path
 
 
+class CatalogError(ValueError):
+    """The catalog cannot be written for this store: it describes another one, or is not ours."""
+
+
+def check_catalog(catalog_path: str | os.PathLike, store_path: str | os.PathLike) -> str | None:
+    """Raise :class:`CatalogError` unless ``catalog_path`` may be (re)written for ``store_path``:
+    it does not exist yet, or it describes this store, or the store it describes no longer exists
+    (then the warning to give is returned). Cheap: ``compose`` checks before composing."""
+    catalog = Path(catalog_path)
+    if not catalog.exists():
+        return None
+    option = ("give this store a catalog of its own (compose --catalog PATH, or the pipeline's "
+              f"compose.catalog; e.g. {Path(store_path).parent / 'casbi.yaml'}), or --catalog '' "
+              f"for none; or remove {catalog} to re-point it")
+    try:
+        described = (yaml.safe_load(catalog.read_text()) or {}).get("metadata", {}).get("store")
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise CatalogError(f"{catalog}: not a casbi catalog ({exc}); refusing to replace it: "
+                           f"{option}") from exc
+    if not isinstance(described, str):
+        raise CatalogError(f"{catalog}: not a casbi catalog (no metadata.store); refusing to "
+                           f"replace it: {option}")
+    theirs = (catalog.parent / described).resolve()
+    if theirs == Path(store_path).resolve():
+        return None
+    if not theirs.exists():
+        return (f"{catalog} described the store {described}, which no longer exists: re-pointed "
+                f"at {store_path}")
+    raise CatalogError(f"{catalog} describes the store {theirs}, not {store_path}; one catalog "
+                       f"describes one store: {option}")
+
+
 def update_catalog(catalog_path: str | os.PathLike, store_path: str | os.PathLike) -> Path:
-    """Rewrite the catalog from the store's current registries."""
+    """Rewrite the catalog from the store's current registries (see :func:`check_catalog`)."""
+    if note := check_catalog(catalog_path, store_path):
+        log.warning(note)
     return write_catalog(catalog_path, store_path, read_registry(store_path))

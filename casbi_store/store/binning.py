@@ -156,3 +156,40 @@ def histogram_stack(
     weighted = np.bincount(flat, weights=np.asarray(mass, dtype=np.float64)[keep], minlength=size)
     shape = (n_gal, nb, nb)
     return counts.reshape(shape), weighted.astype(np.float32).reshape(shape)
+
+
+# ---- coverage: the stars a binning leaves out --------------------------------------------------
+
+OUTSIDE_WARN_SHARE = 0.01  # of all stars: more outside than this is a warning
+GALAXY_OUTSIDE_WARN_SHARE = 0.5  # of a galaxy's stars: a galaxy mostly outside is a warning
+
+
+def inside(feh, ofe, binning: Binning) -> np.ndarray:
+    """Which stars a histogram of ``binning`` counts: both abundances inside their ranges."""
+    return (bin_stars(feh, binning.feh_edges) >= 0) & (bin_stars(ofe, binning.ofe_edges) >= 0)
+
+
+def coverage_lines(names, n_star, n_outside, *, most: int = 5, width: int = 13) -> list[str]:
+    """What a summary says about the stars outside the binning: one line of how many, then a
+    ``WARNING`` line when more than half of a galaxy's stars (listing up to ``most`` of them,
+    worst first) or more than 1% of all stars fall outside. Percentile ranges leave out ~0.02%
+    by construction; fixed ranges that miss the suite leave out far more, and quietly. Labels
+    are padded to ``width`` (the summary's or the listing's column)."""
+    n_star, n_outside = np.asarray(n_star, dtype=np.int64), np.asarray(n_outside, dtype=np.int64)
+    total, out = int(n_star.sum()), int(n_outside.sum())
+    if total == 0:
+        return []
+    lines = [f"{'outside':<{width}}{out:,} of {total:,} stars ({out / total:.2%}) in "
+             f"{int((n_outside > 0).sum())} of {len(n_star)} galaxies fall outside the binning"]
+    share = n_outside / np.maximum(n_star, 1)
+    mostly = np.flatnonzero(share > GALAXY_OUTSIDE_WARN_SHARE)
+    if mostly.size:
+        worst = mostly[np.lexsort((mostly, -share[mostly]))][:most]
+        listed = ", ".join(f"{names[k]} ({n_outside[k]:,} of {n_star[k]:,})" for k in worst)
+        lines.append(f"{'WARNING':<{width}}{mostly.size} galaxies have more than half of their stars outside "
+                     f"the binning ranges: {listed}{', ...' if mostly.size > most else ''}")
+    if out > OUTSIDE_WARN_SHARE * total:
+        lines.append(f"{'WARNING':<{width}}{out / total:.1%} of the stars fall outside the binning ranges "
+                     f"(more than {OUTSIDE_WARN_SHARE:.0%}): their histograms miss them; fixed "
+                     "--feh-range/--ofe-range that do not cover the suite?")
+    return lines

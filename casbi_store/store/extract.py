@@ -16,6 +16,7 @@ from enum import StrEnum
 import numpy as np
 
 from .abundances import abundance_ratios
+from .binning import Binning, inside
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class ErrorKind(StrEnum):
     NO_CHEMISTRY = "no_chemistry"  # every star has zero iron or oxygen
     EXCLUDED_MASS = "excluded_mass"  # M* at or above the stellar-mass limit (excluded, not failed)
     SOURCE_CHANGED = "source_changed"  # already extracted from a file that has since changed
+    OUTSIDE_BINNING = "outside_binning"  # every kept star outside the run's fixed binning ranges
     UNEXPECTED = "unexpected"  # anything else: a bug, reported with its traceback
 
 
@@ -141,11 +143,26 @@ def _star_array(stars, name: str, path: str) -> np.ndarray:
         raise SnapshotError(ErrorKind.MISSING_ARRAY, path, f"star array {name!r} is missing") from exc
 
 
-def extract_snapshot(path: str, settings: ExtractionSettings | None = None) -> dict:
+def _check_inside(feh: np.ndarray, ofe: np.ndarray, binning: Binning, path: str, number: int):
+    """A galaxy none of whose stars a histogram of the fixed ``binning`` would count is no
+    building block: its histogram would be all zeros (``infer`` refuses such a plane)."""
+    if not inside(feh, ofe, binning).any():
+        raise SnapshotError(
+            ErrorKind.OUTSIDE_BINNING, path,
+            f"all {len(feh)} stars of halo {number} lie outside the fixed binning ranges "
+            f"[Fe/H] {binning.feh_range[0]:g}..{binning.feh_range[1]:g}, [O/Fe] "
+            f"{binning.ofe_range[0]:g}..{binning.ofe_range[1]:g} (its stars: [Fe/H] "
+            f"{feh.min():.2f}..{feh.max():.2f}, [O/Fe] {ofe.min():.2f}..{ofe.max():.2f})")
+
+
+def extract_snapshot(path: str, settings: ExtractionSettings | None = None,
+                     fixed_binning: Binning | None = None) -> dict:
     """Extract the main halo of one snapshot.
 
     Returns a dict of galaxy metadata (``time`` in Gyr, masses in Msun, ...) and float32 per-star
-    arrays ``feh``, ``ofe``, ``mass``, ``tform`` for the stars with finite abundances.
+    arrays ``feh``, ``ofe``, ``mass``, ``tform`` for the stars with finite abundances. With the
+    run's ``fixed_binning``, a galaxy whose stars all fall outside it is an error
+    (``outside_binning``); percentile ranges are known only once every snapshot is extracted.
     """
     settings = settings or ExtractionSettings()
     with warnings.catch_warnings():
@@ -174,6 +191,8 @@ def extract_snapshot(path: str, settings: ExtractionSettings | None = None) -> d
     if n_keep == 0:
         raise SnapshotError(ErrorKind.NO_CHEMISTRY, path,
                             f"all {n_all} stars of halo {number} have zero iron or oxygen")
+    if fixed_binning is not None:
+        _check_inside(feh[valid], ofe[valid], fixed_binning, path, number)
     return {
         "time": t_snap,
         "redshift": redshift,
@@ -189,11 +208,12 @@ def extract_snapshot(path: str, settings: ExtractionSettings | None = None) -> d
     }
 
 
-def extract_outcome(path: str, settings: ExtractionSettings | None = None) -> dict:
+def extract_outcome(path: str, settings: ExtractionSettings | None = None,
+                    fixed_binning: Binning | None = None) -> dict:
     """Run ``extract_snapshot`` and never raise: ``{"status": "ok"|"failed"|"excluded", ...}``."""
     start = time.perf_counter()
     try:
-        result = extract_snapshot(path, settings)
+        result = extract_snapshot(path, settings, fixed_binning)
         result["status"] = "ok"
     except SnapshotError as exc:
         result = {"status": exc.status, "kind": str(exc.kind), "message": str(exc)}

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from . import commit
 from . import schema as S
 from .abundances import SOLAR_CONSTANTS
-from .binning import BinningSpec
+from .binning import Binning, BinningSpec, resolve_binning
 from .cluster import ClusterSpec, cluster_client
 from .extract import ErrorKind, ExtractionSettings, extract_outcome
-from .io import GalaxyBatch, StoreWriter, check_target
+from .io import GalaxyBatch, StoreWriter, check_target, coverage_summary
 from .locks import store_lock
 from .provenance import provenance
 from .snapshots import SnapshotRef, find_snapshots, fingerprint
@@ -56,6 +56,7 @@ class RunSummary:
     repaired: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
     failures: dict[str, str] = field(default_factory=dict)  # name -> kind
+    coverage: list[str] = field(default_factory=list)  # stars outside the binning, warnings
 
     def as_text(self) -> str:
         lines = [
@@ -65,6 +66,7 @@ class RunSummary:
             + (f", {self.source_changed} changed since extraction" if self.source_changed else ""),
             f"stars          {self.n_stars:,} written",
             f"binning        version {self.binning_version}",
+            *self.coverage,
             f"time           {self.seconds:.1f} s ("
             + ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items()) + ")",
         ]
@@ -72,15 +74,19 @@ class RunSummary:
             lines.append(f"dashboard      {self.dashboard}")
         for name, kind in sorted(self.failures.items()):
             lines.append(f"  not used: {name:<28} {kind}")
+        if outside := sum(kind == ErrorKind.OUTSIDE_BINNING for kind in self.failures.values()):
+            lines.append(f"WARNING        {outside} snapshots have every star outside the fixed "
+                         f"binning ranges ({ErrorKind.OUTSIDE_BINNING}): not used")
         if self.repaired:
             lines.append("repaired       " + "; ".join(self.repaired))
         return "\n".join(lines)
 
 
-def _extract_task(path: str, settings: dict, staging: Staging, name: str, fp: str) -> dict:
+def _extract_task(path: str, settings: dict, staging: Staging, name: str, fp: str,
+                  fixed_binning: Binning | None = None) -> dict:
     """Extract on a worker and stage the outcome there (shared file system), returning only its
     metadata; where the worker cannot write the staging folder, the arrays travel back instead."""
-    outcome = extract_outcome(path, ExtractionSettings(**settings))
+    outcome = extract_outcome(path, ExtractionSettings(**settings), fixed_binning)
     try:
         staging.put(name, fp, outcome)
     except OSError:
@@ -213,7 +219,9 @@ def _extract_locked(suite: Path, store: str, refs: list[SnapshotRef], settings, 
             summary.dashboard = client.dashboard_link or ""
             log.info("Dask dashboard: %s", summary.dashboard)
             clock = time.perf_counter()
-            outcomes = _scan_and_extract(client, refs, suite, settings, plan, staging, progress)
+            fixed = resolve_binning(binning, [], []) if binning.method == "fixed" else None
+            outcomes = _scan_and_extract(client, refs, suite, settings, plan, staging, progress,
+                                         fixed)
     summary.phases["scan+extract"] = time.perf_counter() - clock
     commit_outcomes(writer, plan, outcomes, staging, suite, summary, start)
     staging.clear()
@@ -260,6 +268,7 @@ def commit_outcomes(writer: StoreWriter, plan: _Plan, outcomes: dict[str, dict],
         action="extract", suite=str(suite), ok=summary.ok, excluded=summary.excluded,
         failed=summary.failed, skipped=summary.skipped, stars=summary.n_stars,
         seconds=round(summary.seconds, 2), binning_version=summary.binning_version))
+    summary.coverage = coverage_summary(writer.path, width=15)  # as readers see it now
 
 
 class _Plan:
@@ -293,7 +302,7 @@ class _Plan:
 
 
 def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging: Staging,
-                      progress: bool) -> dict[str, dict]:
+                      progress: bool, fixed_binning: Binning | None = None) -> dict[str, dict]:
     """Fingerprint (one task per simulation) and extract (one task per snapshot) on the cluster.
 
     A simulation's snapshots are submitted for extraction as soon as its fingerprints are back, so
@@ -321,7 +330,8 @@ def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging:
                     bar.update()
                 else:
                     job = client.submit(_extract_task, str(ref.path(suite)), asdict(settings),
-                                        staging, ref.name, fp, key=f"extract-{ref.name}-{fp[:8]}",
+                                        staging, ref.name, fp, fixed_binning,
+                                        key=f"extract-{ref.name}-{fp[:8]}",
                                         pure=False)
                     extractions[job] = ref
                     queue.add(job)

@@ -24,7 +24,7 @@ import zarr
 
 from . import commit
 from . import schema as S
-from .binning import Binning, BinningSpec, histogram_stack, resolve_binning
+from .binning import Binning, BinningSpec, coverage_lines, histogram_stack, resolve_binning
 from .locks import LOCK_DIR, LockHeld, is_local, store_lock
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,8 @@ class StoreWriter:
             hist = self._root[S.HISTOGRAMS]
             rows = hist[S.COUNTS.name].shape[0]
             if (hist.attrs.get(S.ATTR_BINNING_VERSION) == current["version"]
-                    and rows == self.n_galaxies() - new_rows):
+                    and rows == self.n_galaxies() - new_rows
+                    and S.N_STAR_OUTSIDE.name in hist):  # older stores: rebuilt, to add it
                 self._write_histograms(binning, current["version"], start=rows)
                 return current
         if current is None:
@@ -341,6 +342,8 @@ class StoreWriter:
                 S.COUNTS.name: _variable(S.COUNTS, dims, counts),
                 S.MASS_WEIGHTED.name: _variable(S.MASS_WEIGHTED, dims, weighted),
                 S.HIST_NAME.name: _variable(S.HIST_NAME, S.DIM_GALAXY, names[g0:g1]),
+                S.N_STAR_OUTSIDE.name: _variable(S.N_STAR_OUTSIDE, S.DIM_GALAXY,
+                                                 n_star[g0:g1] - counts.sum(axis=(1, 2))),
             })
             if g0 == 0:
                 fe, of = binning.feh_edges, binning.ofe_edges
@@ -354,7 +357,8 @@ class StoreWriter:
                 nb = binning.spec.n_bins
                 encoding = {v: {"chunks": (S.HISTOGRAM_CHUNK, nb, nb)}
                             for v in (S.COUNTS.name, S.MASS_WEIGHTED.name)}
-                encoding[S.HIST_NAME.name] = {"chunks": (S.TABLE_CHUNK,)}
+                encoding[S.HIST_NAME.name] = encoding[S.N_STAR_OUTSIDE.name] = {
+                    "chunks": (S.TABLE_CHUNK,)}
                 block.to_zarr(target, group=S.HISTOGRAMS, mode="w", encoding=encoding,
                               write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False)
             else:
@@ -401,6 +405,50 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def stars_outside(path_or_url: str | os.PathLike, storage_options: dict | None = None
+                  ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(names, n_star, n_star_outside) of every galaxy: how many of its kept stars the current
+    binning leaves out of its histogram. Stores written before ``n_star_outside`` was stored
+    give ``n_star - counts.sum()``, the same number (reading every histogram). Read with zarr,
+    not dask: an extraction's summary calls it, and a run without a cluster imports no dask
+    scheduler."""
+    store = os.fspath(path_or_url)
+    finish_interrupted_commit(store)
+    try:
+        root = zarr.open_consolidated(store, mode="r", zarr_format=S.ZARR_FORMAT,
+                                      storage_options=storage_options)
+        gal, hist = root[S.GALAXIES], root[S.HISTOGRAMS]
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise StoreError(f"{store}: no galaxies ({exc})") from exc
+
+    def read(group: zarr.Group, name: str) -> np.ndarray:
+        try:
+            return group[name][...]
+        except Exception as exc:  # codec errors, truncated or garbage chunk files
+            raise StoreError(f"{store}/{group.path}/{name}: unreadable ({type(exc).__name__}: "
+                             f"{exc}); the store is damaged (`casbi-store validate` lists what)"
+                             ) from exc
+
+    n_star = read(gal, S.N_STAR.name).astype(np.int64)
+    if S.N_STAR_OUTSIDE.name in hist:
+        outside = read(hist, S.N_STAR_OUTSIDE.name).astype(np.int64)
+    else:
+        outside = n_star - read(hist, S.COUNTS.name).sum(axis=(1, 2), dtype=np.int64)
+    return as_strings(read(gal, S.NAME.name)), n_star, outside
+
+
+def coverage_summary(path_or_url: str | os.PathLike, storage_options: dict | None = None,
+                     width: int = 13) -> list[str]:
+    """The lines a summary gives about stars outside the binning (``binning.coverage_lines``);
+    none for a store without galaxies."""
+    try:
+        return coverage_lines(*stars_outside(path_or_url, storage_options), width=width)
+    except StoreError as exc:  # no galaxies yet; a damaged store is validate's to list
+        if "unreadable" in str(exc):
+            raise
+        return []
+
+
 def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None = None) -> str:
     """A readable summary: galaxies, simulations, ranges, binning versions, errors, runs."""
     store = os.fspath(path_or_url)
@@ -438,6 +486,7 @@ def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None 
         for old in attrs.get(S.ATTR_BINNING_HISTORY, []):
             lines.append(f"  earlier    v{old['version']}: [Fe/H] {old['feh_range']}, "
                          f"[O/Fe] {old['ofe_range']}")
+        lines += coverage_summary(store, storage_options)
     try:
         err = open_errors(store, storage_options)
         kinds = as_strings(err[S.ERR_KIND.name].values)

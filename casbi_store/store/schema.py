@@ -76,6 +76,10 @@ OFE_CENTERS = Field("ofe_bin", "float64", "dex", "[O/Fe] bin centres")
 HIST_NAME = Field("name", "str", "", "galaxy name, equal row by row to galaxies/name")
 
 HISTOGRAM_FIELDS: tuple[Field, ...] = (COUNTS, MASS_WEIGHTED)
+# per galaxy, rebuilt with the histograms (it depends on the binning); stores written before it
+# lack it, and readers then derive it from counts (``io.stars_outside``)
+N_STAR_OUTSIDE = Field("n_star_outside", "int64", "stars",
+                       "kept stars outside the binning ranges, not in counts: n_star - counts.sum()")
 
 # ---- errors (dim: error) ------------------------------------------------------------------------
 ERR_PATH = Field("path", "str", "", "snapshot path relative to the suite root")

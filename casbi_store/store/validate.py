@@ -159,6 +159,7 @@ def _validate_galaxies(r: _Reader) -> int | None:
             if over.size:
                 problems.append(Problem(path, f"{over.size} histograms hold more stars than "
                                               "their galaxy"))
+            _validate_outside(r, n_star - values.sum(axis=(1, 2), dtype=np.int64))
     hist_names = r.read(f"{S.HISTOGRAMS}/{S.HIST_NAME.name}", S.HIST_NAME)
     if hist_names is not None and names is not None and not np.array_equal(
             as_strings(hist_names), as_strings(names)):
@@ -169,6 +170,17 @@ def _validate_galaxies(r: _Reader) -> int | None:
         if edges is not None and not np.all(np.diff(edges) > 0):
             problems.append(Problem(f"{S.HISTOGRAMS}/{field.name}", "edges not increasing"))
     return n_gal
+
+
+def _validate_outside(r: _Reader, expected: np.ndarray) -> None:
+    """``histograms/n_star_outside``, where stored (stores before it lack it), is what the
+    counts leave out of each galaxy's stars."""
+    if S.HISTOGRAMS not in r.root or S.N_STAR_OUTSIDE.name not in r.root[S.HISTOGRAMS]:
+        return
+    path = f"{S.HISTOGRAMS}/{S.N_STAR_OUTSIDE.name}"
+    outside = r.read(path, S.N_STAR_OUTSIDE)
+    if outside is not None and not np.array_equal(outside, expected):
+        r.problems.append(Problem(path, "differs from n_star - counts.sum()"))
 
 
 def _validate_version(r: _Reader, name: str, version: str, meta: dict, n_gal: int | None) -> None:
