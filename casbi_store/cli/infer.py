@@ -66,7 +66,7 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
         verdict = ("THIN: the top block lies between or beyond the training galaxies; do not trust it"
                    if drawn.attrs.get("support_flagged") else "ok")
         print(f"support: {100 * fraction:.0f}% of the top block's posterior samples have a training "
-              f"galaxy within 0.1 dex in M* and M_dm and 1 Gyr in tau: {verdict}")
+              f"galaxy within 0.1 dex in M*: {verdict}")
     return 0
 
 

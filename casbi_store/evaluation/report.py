@@ -257,7 +257,7 @@ def _support_table(results: dict) -> str:
                    + "</tr>" for key, label in SUPPORT_ROWS.items())
     return ("<h2>Can the answer be trusted? Training galaxies near the top block</h2>"
             "<p>A halo is flagged when fewer than half of its posterior's top-block samples (log "
-            "M*, log M_dm, τ of rank 1) have a training galaxy within 0.1 dex, 0.1 dex and 1 Gyr: "
+            "M* of rank 1) have a training galaxy within 0.1 dex: "
             "the answer lies between or beyond the training suite's galaxies. <code>infer</code> "
             "prints the same verdict.</p>"
             f"<table><tr><th></th>{head}</tr>{body}</table>")
