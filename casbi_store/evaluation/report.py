@@ -564,6 +564,7 @@ def corner_for_halo(results: dict, path: Path, n_samples: int = 4000) -> Path | 
     """Two-step posterior of one test halo (few blocks, so the corner plot is readable), truth
     marked; needs a step-1 and a per-rank step-2 model."""
     from casbi_store.apply.infer import corner_plot, flat_samples, infer
+    from casbi_store.apply.posteriors import OutsidePriorError
     from casbi_store.apply.support import ThinSupportWarning
 
     by_task = {r["task"]: r for r in results["models"].values()}
@@ -573,10 +574,19 @@ def corner_for_halo(results: dict, path: Path, n_samples: int = 4000) -> Path | 
         return None
     step1, step2 = by_task[step1[0]], by_task[ranked[0]]
     data = results["data"][step2["source"]]
-    k = int(np.argmin(np.abs(data.n_sub - 8)))
-    with warnings.catch_warnings():  # the page shows the signal per condition, not per halo
-        warnings.simplefilter("ignore", ThinSupportWarning)
-        samples = infer([step1["model"], step2["model"]], data.x[k], n_samples=n_samples)
+    samples = None
+    # the halo nearest N_sub = 8 whose posterior lies in the prior box (a halo unlike every
+    # training halo, which infer refuses, is skipped: the page's tables count such halos)
+    for k in np.argsort(np.abs(data.n_sub - 8), kind="stable")[:10]:
+        try:
+            with warnings.catch_warnings():  # the page shows the signal per condition
+                warnings.simplefilter("ignore", ThinSupportWarning)
+                samples = infer([step1["model"], step2["model"]], data.x[k], n_samples=n_samples)
+            break
+        except OutsidePriorError:
+            continue
+    if samples is None:
+        return None
     flat = flat_samples(samples, max_rank=1)
     truth = {"n_sub": data.n_sub[k]}
     block = data.theta[k, 0]
