@@ -51,7 +51,14 @@ from .posteriors import (
     sample_rows_in_prior,
     seeded_generator,
 )
-from .support import MIN_SUPPORTED, model_blocks, supported_fraction, unsupported, warn_if_thin
+from .support import (
+    MIN_INSIDE,
+    MIN_SUPPORTED,
+    flag_answer,
+    model_blocks,
+    supported_fraction,
+    warn_if_thin,
+)
 
 NSUB_DRAWS = ("mixture", "mode")
 
@@ -218,7 +225,7 @@ def at_n_obs(histogram: np.ndarray, n_obs: float, models: list[TrainedModel]) ->
 
 
 def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np.ndarray,
-                    ranks: int, generator: torch.Generator) -> np.ndarray:
+                    ranks: int, generator: torch.Generator, stats: dict | None = None) -> np.ndarray:
     """theta of ranks 1..ranks for each N_sub draw: (draws, ranks, 3), NaN above N_sub.
 
     One sample per (draw, rank), as evaluation's mixture samples it (``BatchedFlowSampler``:
@@ -238,7 +245,7 @@ def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np
         contexts = sampler.contexts(model.task_spec.condition(
             x.reshape(1, -1).expand(len(keys), -1), n_sub, rank))
     samples = sample_rows_in_prior(sampler, model, contexts, torch.as_tensor(context_of),
-                                   generator)
+                                   generator, stats=stats)
     out[draw_i, rank_i] = samples.numpy()
     return out
 
@@ -336,13 +343,14 @@ def infer(models: list[TrainedModel | str | os.PathLike],
                 values, p = nsub_probabilities(step1[0], load_posterior(step1[0]), x,
                                                generator=seeded_generator(seed, 33))
                 draws = np.full(n_samples, values[np.argmax(p[0])])
+            box: dict = {}
             theta = _ranked_samples(load_posterior(model), model, x, draws, ranks,
-                                    seeded_generator(seed, 31))
+                                    seeded_generator(seed, 31), stats=box)
             for k, name in enumerate(model.parameters):
                 data[name] = _var(theta[..., k], ("sample", "rank"), name, model,
                                   nsub_draw=nsub_draw)
             ranked = True
-            observed.update(_support_attrs(model, theta[:, 0]))
+            observed.update(_support_attrs(model, theta[:, 0], box.get("first_inside", 1.0)))
         else:
             s = sample_in_prior(load_posterior(model), model, n_samples, x,
                                 seeded_generator(seed, 32))
@@ -356,17 +364,17 @@ def infer(models: list[TrainedModel | str | os.PathLike],
                              **observed, **misspecification.attrs()})
 
 
-def _support_attrs(model: TrainedModel, top: np.ndarray) -> dict:
-    """The support signal of the top block's posterior (``apply.support``: the share of its
-    samples near a training galaxy), with a ``ThinSupportWarning`` when it fires; -1 where the
-    training store cannot be read."""
+def _support_attrs(model: TrainedModel, top: np.ndarray, inside: float) -> dict:
+    """The two signals of ``apply.support``: the share of the flow's draws inside the training
+    box (``inside``: low when the halo is unlike every training halo) and the share of the top
+    block's samples near a training galaxy (-1 where the training store cannot be read); one
+    ``ThinSupportWarning`` when either fires."""
     blocks = model_blocks(model.meta)
-    if blocks is None:
-        return {"support_fraction": -1.0}
-    fraction = float(supported_fraction(blocks, top))
-    warn_if_thin(fraction, str(model.path))
-    return {"support_fraction": fraction, "support_flagged": int(unsupported(fraction)),
-            "support_min_fraction": MIN_SUPPORTED}
+    fraction = -1.0 if blocks is None else float(supported_fraction(blocks, top))
+    warn_if_thin(fraction, inside, str(model.path))
+    return {"support_fraction": fraction, "support_box_inside": inside,
+            "support_flagged": int(flag_answer(fraction, inside)),
+            "support_min_fraction": MIN_SUPPORTED, "support_min_inside": MIN_INSIDE}
 
 
 def flat_samples(samples: xr.Dataset, max_rank: int = 1) -> dict[str, np.ndarray]:

@@ -85,14 +85,15 @@ def sample_in_prior(posterior, model: TrainedModel, n: int, x: torch.Tensor,
 
 def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
                          contexts: list[torch.Tensor | FactoredContext], context_of: torch.Tensor,
-                         generator: torch.Generator | None = None, min_acceptance: float = 0.005
-                         ) -> torch.Tensor:
+                         generator: torch.Generator | None = None, min_acceptance: float = 0.005,
+                         stats: dict | None = None) -> torch.Tensor:
     """One sample per row inside the prior box (row i conditioned on ``contexts[..][
     context_of[i]]``), by rejection per row: a row outside is redrawn, with 2, 4, .. 1024 draws
     per round (at most 2^17 draws a round), its first draw inside kept (the truncated posterior,
     exactly). A bound: once a condition's draws pass 20 x its rows + 20,000 with fewer than
     ``min_acceptance`` of them inside, raise ``OutsidePriorError`` (unbounded rejection would
-    loop for hours on such an observation)."""
+    loop for hours on such an observation). ``stats``, if given, gets ``first_inside``: the share
+    of the rows whose first draw fell inside the box (the flow's own mass inside, unbiased)."""
     low, high = (torch.as_tensor(b) for b in box_bounds(model))
     generator = generator if generator is not None else torch.default_generator
     n_ctx = len(contexts[0])
@@ -105,6 +106,8 @@ def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
         rows_context = context_of[todo].repeat_interleave(copies)
         s = sampler.sample(contexts, rows_context, generator).reshape(len(todo), copies, -1)
         inside = ((s >= low) & (s <= high)).all(dim=-1)  # (rows to do, copies)
+        if stats is not None and "first_inside" not in stats:
+            stats["first_inside"] = float(inside[:, 0].float().mean()) if len(inside) else 1.0
         drawn += torch.bincount(rows_context, minlength=n_ctx)
         kept += torch.bincount(rows_context, weights=inside.reshape(-1).double(),
                                minlength=n_ctx).long()
@@ -239,12 +242,16 @@ class BatchedFlowSampler:
 
     def sample_in_box(self, contexts: list[torch.Tensor | FactoredContext], context_of: torch.Tensor,
                       low: torch.Tensor, high: torch.Tensor, generator: torch.Generator,
-                      rounds: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+                      rounds: int = 10, first: dict | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample per row inside the box [low, high], by redrawing the rows outside up to
         ``rounds`` times (a bounded rejection: a row still outside keeps its last draw, the
-        flow's leakage); returns the samples and a mask of the rows outside."""
+        flow's leakage); returns the samples and a mask of the rows outside. ``first``, if
+        given, gets ``outside``: the mask of the rows whose first draw fell outside."""
         out = self.sample(contexts, context_of, generator)
         outside = ~((out >= low) & (out <= high)).all(dim=-1)
+        if first is not None:
+            first["outside"] = outside.clone()
         for _ in range(rounds):
             redo = torch.nonzero(outside)[:, 0]
             if not len(redo):

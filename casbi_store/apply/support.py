@@ -1,16 +1,23 @@
-"""How many training simulations an answer rests on: a signal for posteriors not to trust.
+"""Whether an answer rests on the training suite: a signal for posteriors not to trust.
 
 A network trained on a finite suite answers with the galaxies it knows. Where the suite is thin
 (above all at and beyond its most massive galaxies, which one or two simulations provide), a
 halo of new galaxies gets a confident answer copied from those few simulations (issue 23). The
 misspecification score does not see it: the physics is the same.
 
-``support`` counts, for a top block (rank 1: log10 M*, log10 M_dm, tau), the distinct training
-*simulations* that have a building block within ``SCALES`` of it (0.2 dex, 0.2 dex, 2 Gyr: a
-standardised distance <= 1). An answer whose posterior median rests on fewer than
-``MIN_SIMULATIONS`` is flagged: it is the interpolation of one or two simulations' galaxies, or an
-extrapolation beyond them. The training blocks are read once per model from its training set's
-train split and the store's galaxy table (``training_blocks``).
+Two signals; either flags an answer (``flag_answer``):
+
+1. The flow's own mass outside the training box. For a halo unlike every training halo (its
+   top block beyond the suite's galaxies) most of the flow's draws fall outside the range of
+   the training parameters, and ``infer`` keeps the few inside (a truncated, still confident
+   posterior): fewer than ``MIN_INSIDE`` of the first draws inside flags it.
+2. ``supported_fraction``: the share of the posterior's top-block samples that have a training
+   galaxy within ``SCALES`` (0.1 dex in M*); fewer than ``MIN_SUPPORTED`` flags it (the posterior
+   sits in a gap between the suite's galaxies or beyond them). ``support`` counts the distinct
+   training simulations near a point. The training blocks are read once per model from its
+   training set's train split and the store's galaxy table (``training_blocks``).
+
+Measured in bench/README.md ("Unseen galaxies").
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from casbi_store.store import trainingsets
 SCALES = np.array([0.1, np.inf, np.inf])
 MIN_SIMULATIONS = 1
 MIN_SUPPORTED = 0.5  # share of the top block's posterior samples that must have a neighbour
+MIN_INSIDE = 0.5  # share of the flow's draws that must fall inside the training box
 
 
 class ThinSupportWarning(UserWarning):
@@ -118,8 +126,21 @@ def unsupported(fraction: np.ndarray | float) -> np.ndarray | bool:
     return np.asarray(fraction) < MIN_SUPPORTED
 
 
-def warn_if_thin(fraction: float, where: str) -> None:
-    if unsupported(fraction):
+def flag_answer(fraction: np.ndarray | float, inside: np.ndarray | float) -> np.ndarray | bool:
+    """Both signals: the flow puts most of its mass outside the training box (the halo is
+    unlike every training halo), or the top block's samples sit where no training galaxy is
+    (``fraction`` < 0: unknown, that part of the signal is off)."""
+    fraction = np.asarray(fraction)
+    return (np.asarray(inside) < MIN_INSIDE) | ((fraction >= 0) & unsupported(fraction))
+
+
+def warn_if_thin(fraction: float, inside: float, where: str) -> None:
+    if inside < MIN_INSIDE:
+        warnings.warn(f"{where}: only {100 * inside:.0f}% of the flow's draws fall inside the "
+                      "training range (the samples kept are truncated to it): this halo is unlike "
+                      "every training halo, e.g. its top block lies beyond the training suite's "
+                      "galaxies; do not trust it", ThinSupportWarning, stacklevel=3)
+    elif fraction >= 0 and unsupported(fraction):
         warnings.warn(f"{where}: {100 * fraction:.0f}% of the posterior's top-block samples have a "
                       "training galaxy within 0.1 dex in M*: it lies "
                       "between or beyond the training "

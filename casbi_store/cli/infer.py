@@ -61,12 +61,13 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
                 lo, med, hi = np.percentile(values, [16, 50, 84])
                 print(f"  {label:<16} {med:10.3f}  (68%: {lo:.3f} .. {hi:.3f}) {var.attrs['units']}")
     print(Assessment.from_attrs(drawn.attrs).summary())
-    fraction = drawn.attrs.get("support_fraction")
-    if fraction is not None and fraction >= 0:
-        verdict = ("THIN: the top block lies between or beyond the training galaxies; do not trust it"
+    if "support_box_inside" in drawn.attrs:
+        fraction, inside = drawn.attrs["support_fraction"], drawn.attrs["support_box_inside"]
+        near = f"{100 * fraction:.0f}%" if fraction >= 0 else "unknown (training store unreadable)"
+        verdict = ("NOT TRUSTED: unlike the training halos, or between or beyond their galaxies"
                    if drawn.attrs.get("support_flagged") else "ok")
-        print(f"support: {100 * fraction:.0f}% of the top block's posterior samples have a training "
-              f"galaxy within 0.1 dex in M*: {verdict}")
+        print(f"support: {100 * inside:.0f}% of the flow's draws inside the training range, {near} "
+              f"of the top block's samples within 0.1 dex of a training galaxy in M*: {verdict}")
     return 0
 
 

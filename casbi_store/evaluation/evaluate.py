@@ -62,7 +62,7 @@ from casbi_store.apply.posteriors import (
     load_posterior,
     seeded_generator,
 )
-from casbi_store.apply.support import flagged, model_blocks, support, supported_fraction, unsupported
+from casbi_store.apply.support import flag_answer, flagged, model_blocks, support, supported_fraction
 from casbi_store.learn import calibration as cal
 from casbi_store.learn.modelfolder import TrainedModel, load_model
 from casbi_store.learn.tasks import block_parameters, by_preference
@@ -327,7 +327,8 @@ def _outside(model: TrainedModel, samples: torch.Tensor) -> float:
 
 
 def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ranks: int = 3,
-                    seed: int = 0) -> tuple[np.ndarray, float]:
+                    seed: int = 0, first_inside: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, float]:
     """theta of ranks 1..``ranks`` for each N_sub draw of each halo, as ``infer``'s mixture:
     ``(samples, halos, ranks, parameters)``, NaN above the drawn N_sub; and the fraction of
     samples taken from outside the prior box.
@@ -336,6 +337,8 @@ def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ran
     sample each), conditioned on its (halo, N_sub, rank) embedding, computed once per distinct
     condition from the halo's CNN features, computed once per halo. A row outside the prior box
     is redrawn (``BatchedFlowSampler.sample_in_box``), as ``infer`` keeps its samples inside.
+    ``first_inside`` (halos,), if given, gets each halo's share of rank-1 rows whose first draw
+    fell inside the box (``infer``'s ``support_box_inside``).
     """
     n_samples, n_halos = draws.shape
     out = np.full((n_samples, n_halos, ranks, len(model.parameters)), np.nan)
@@ -361,8 +364,14 @@ def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ran
             contexts = sampler.contexts(model.task_spec.condition(
                 x[halos][job_h].reshape(len(job_h), -1), torch.as_tensor(job_n, dtype=torch.float32),
                 torch.as_tensor(job_r, dtype=torch.float32)))
+        first: dict = {}
         samples, outside = sampler.sample_in_box(contexts, torch.as_tensor(context_of), low, high,
-                                                 seeded_generator(seed, 21, start))
+                                                 seeded_generator(seed, 21, start), first=first)
+        if first_inside is not None:
+            top = r_i == 1
+            inside = ~first["outside"].numpy()  # one row per (sample, halo, rank)
+            first_inside[halos] = (np.bincount(h_i[top], weights=inside[top], minlength=len(halos))
+                                   / np.maximum(np.bincount(h_i[top], minlength=len(halos)), 1))
         out[s_i, halos[h_i], r_i - 1] = samples.double().numpy()
         used_outside += int(outside.sum())
         used += len(context_of)
@@ -378,7 +387,8 @@ def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
     if nsub is None or nsub["draws"].shape[0] < n_samples:
         nsub = evaluate_nsub(step1, data, n_samples=n_samples, seed=seed)
     draws = nsub["draws"][:n_samples]
-    samples, outside = mixture_samples(step2, _x(data), draws, ranks, seed)
+    first_inside = np.ones(len(data.x))
+    samples, outside = mixture_samples(step2, _x(data), draws, ranks, seed, first_inside)
     truth_blocks = torch.as_tensor(data.theta)
     blocks = block_parameters(truth_blocks[:, :ranks]).double().numpy()  # (halos, ranks, 3)
     has = np.isfinite(blocks).all(axis=-1)  # the halo has a block of that rank
@@ -390,7 +400,7 @@ def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
                if k not in ("accuracy", "halos") and not k.startswith("hpd")}
     metrics.update(accuracy_n_sub=nsub["metrics"]["accuracy"], halos=len(data.x),
                    outside_prior_fraction=outside, **theta["metrics"])
-    metrics.update(support_metrics(step2, samples[:, :, 0], blocks[:, 0]))
+    metrics.update(support_metrics(step2, samples[:, :, 0], blocks[:, 0], first_inside))
     seconds = time.perf_counter() - start
     return {"metrics": metrics, "tarp": theta["tarp"], "mean": np.nanmean(pooled, axis=0),
             "truth": truth, "rank": rank_idx + 1, "parameters": list(step2.parameters),
@@ -398,9 +408,11 @@ def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
             "timings": {"seconds": seconds, "halos_per_second": len(data.x) / seconds}}
 
 
-def support_metrics(model: TrainedModel, top_samples: np.ndarray, top_truth: np.ndarray) -> dict:
-    """How often the support signal (``apply.support``: fewer than half of the posterior's
-    top-block samples near a training galaxy) fires on a condition's halos, and whether it fires
+def support_metrics(model: TrainedModel, top_samples: np.ndarray, top_truth: np.ndarray,
+                    first_inside: np.ndarray) -> dict:
+    """How often the signal of ``apply.support`` (most of the flow's draws outside the training
+    box, or most top-block samples far from every training galaxy) fires on a condition's halos
+    (``first_inside``: each halo's share of first draws inside the box), and whether it fires
     where it should: on halos whose true top block has no training galaxy near it
     (``detection``) and on halos whose true log10 M*_1 lies outside the posterior's central 95%
     (``caught_misses``).
@@ -408,7 +420,7 @@ def support_metrics(model: TrainedModel, top_samples: np.ndarray, top_truth: np.
     blocks = model_blocks(model.meta)
     if blocks is None:
         return {}
-    flags = unsupported(supported_fraction(blocks, top_samples))
+    flags = flag_answer(supported_fraction(blocks, top_samples), first_inside)
     thin_truth = flagged(support(blocks, top_truth))
     lo, hi = np.nanquantile(top_samples[..., 0], [0.025, 0.975], axis=0)
     miss = (top_truth[:, 0] < lo) | (top_truth[:, 0] > hi)

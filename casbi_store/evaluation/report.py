@@ -236,7 +236,7 @@ def _parameters(results: dict) -> list[str]:
 
 
 SUPPORT_ROWS = {
-    "support_flag_rate": "halos flagged (no training galaxy near the answer)",
+    "support_flag_rate": "halos flagged (unlike the training halos, or no training galaxy near)",
     "support_thin_truth_rate": "halos whose true top block has no training galaxy near it",
     "support_detection": "detection: flagged among those",
     "support_false_alarm": "false alarm: flagged among the others",
@@ -256,8 +256,10 @@ def _support_table(results: dict) -> str:
         f"<td>{_fmt(results['conditions'][c]['two_step']['metrics'].get(key))}</td>" for c in names)
                    + "</tr>" for key, label in SUPPORT_ROWS.items())
     return ("<h2>Can the answer be trusted? Training galaxies near the top block</h2>"
-            "<p>A halo is flagged when fewer than half of its posterior's top-block samples (log "
-            "M* of rank 1) have a training galaxy within 0.1 dex: "
+            "<p>A halo is flagged when fewer than half of the flow's first draws fall inside the "
+            "training range (the halo is unlike every training halo), or fewer than half of its "
+            "posterior's top-block samples (log M* of rank 1) have a training galaxy within 0.1 "
+            "dex: "
             "the answer lies between or beyond the training suite's galaxies. <code>infer</code> "
             "prints the same verdict.</p>"
             f"<table><tr><th></th>{head}</tr>{body}</table>")
