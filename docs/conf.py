@@ -37,11 +37,12 @@ html_title = f"casbi_store {release}"
 html_static_path: list[str] = []
 
 myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
-myst_heading_anchors = 3
+myst_heading_anchors = 4
 
 # every tutorial runs on every build, on the tiny preset, in one shared working folder (the
 # tutorials build on each other; each makes what it needs if run alone)
-nb_execution_mode = "force"
+# CASBI_DOCS_EXECUTE=off builds the pages without running the tutorials (a quick look at prose)
+nb_execution_mode = os.environ.get("CASBI_DOCS_EXECUTE", "force")
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_execution_timeout = 300
