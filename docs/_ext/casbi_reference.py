@@ -34,11 +34,19 @@ def _cell(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _help(text: str | None, values: dict) -> str:
+    """An argparse help string as ``--help`` prints it (``%(default)s`` filled, ``%%`` -> ``%``)."""
+    try:
+        return (text or "") % values
+    except (KeyError, TypeError, ValueError):
+        return text or ""
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
     """(name, help, parser) of each subcommand, in the order ``--help`` lists them."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            helps = {a.dest: _help(a.help, {}) for a in action._choices_actions}
             return [(name, helps.get(name, ""), p) for name, p in action.choices.items()]
     return []
 
@@ -52,16 +60,14 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
         if action.nargs in ("*", "+") or isinstance(action.nargs, int) and action.nargs > 1:
             names += f" {action.metavar or action.dest.upper()} …"
         default = action.default
-        shown = "" if default in (None, argparse.SUPPRESS, False) or action.nargs == 0 and \
-            default is False else f"`{default!r}`" if not isinstance(default, str) else f"`{default}`"
-        if isinstance(action, argparse._VersionAction):
-            shown = ""
-        text = action.help or ""
+        shown = "" if default in (None, argparse.SUPPRESS, False) or isinstance(
+            action, argparse._VersionAction) else f"`{default}`"
+        text = _help(action.help, vars(action))
         if action.choices:
             text += f" (one of: {', '.join(f'`{c}`' for c in action.choices)})"
         if action.required and action.option_strings:
             text += " **required**"
-        rows.append(f"| {_cell(names)} | {_cell(shown)} | {_cell(text % vars(action) if '%(' in text else text)} |")
+        rows.append(f"| {_cell(names)} | {_cell(shown)} | {_cell(text)} |")
     return rows
 
 
@@ -142,7 +148,8 @@ def _dataclass_table(cls: type, skip: tuple[str, ...] = ()) -> list[str]:
         if f.name in skip:
             continue
         tp = _type_name(hints.get(f.name, f.type))
-        rows.append(f"| `{f.name}` | {_cell(tp)} | {_cell(_default(f))} | {_cell(comments.get(f.name, ''))} |")
+        meaning = comments.get(f.name, "")
+        rows.append(f"| `{f.name}` | {_cell(tp)} | {_cell(_default(f))} | {_cell(meaning)} |")
     doc = inspect.getdoc(cls) or ""
     own_doc = "" if doc.startswith(f"{cls.__name__}(") else _cell(doc)
     return ([own_doc, ""] if own_doc else []) + rows + [""]
@@ -209,7 +216,8 @@ def pipeline_reference() -> str:
         for heading, cls, skip in tables:
             lines += [f"### `{heading}`", "", f"(`{cls.__module__}.{cls.__qualname__}`)", ""]
             lines += _dataclass_table(cls, skip)
-    assert {k for k, _, _ in sections} | {"workdir", "source"} >= {f.name for f in dataclasses.fields(C.Pipeline)}
+    documented = {k for k, _, _ in sections} | {"workdir", "source"}
+    assert documented >= {f.name for f in dataclasses.fields(C.Pipeline)}, "a stage left out"
     return "\n".join(lines) + "\n"
 
 
