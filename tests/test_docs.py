@@ -154,7 +154,7 @@ def test_pipeline_reference_has_every_key_load_pipeline_accepts(tmp_path):
     ref = _reference()
     text = ref.pipeline_reference()
     assert {key for key, _, _ in ref.pipeline_sections()} | {"workdir"} == allowed
-    rows = [f"| `{f.name}` |" for _, _, tables in ref.pipeline_sections() for _, cls, skip in tables
+    rows = [f"| `{f.name}` |" for _, _, tables in ref.pipeline_sections() for _, cls, skip, _ in tables
             for f in dataclasses.fields(cls) if f.name not in skip]
     assert not [r for r in rows if r not in text]
     assert "| `representation` |" in text and "| `kind` |" in text  # TrainConfig, ClusterSpec

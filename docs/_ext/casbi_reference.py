@@ -137,8 +137,23 @@ def _default(f: dataclasses.Field) -> str:
     return "**required**"
 
 
-def _dataclass_table(cls: type, skip: tuple[str, ...] = ()) -> list[str]:
-    comments = _field_comments(cls)
+def _option_helps(command: str | None) -> dict[str, str]:
+    """``--some-option`` help strings of a ``casbi-store`` (sub)command, by field name."""
+    if not command:
+        return {}
+    from casbi_store.cli import build_parser
+
+    parser = build_parser()
+    for word in command.split():
+        parser = dict((n, p) for n, _, p in _subcommands(parser))[word]
+    return {o[2:].replace("-", "_"): _help(a.help, vars(a)) for a in parser._actions
+            for o in a.option_strings if o.startswith("--") and a.help}
+
+
+def _dataclass_table(cls: type, skip: tuple[str, ...] = (), command: str | None = None) -> list[str]:
+    """A table of the dataclass's fields: type, default and meaning (the comment on the field's
+    line, else the help of the command's option of the same name)."""
+    comments = {**_option_helps(command), **_field_comments(cls)}
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # noqa: BLE001 - annotations naming types only imported for checking
@@ -156,7 +171,8 @@ def _dataclass_table(cls: type, skip: tuple[str, ...] = ()) -> list[str]:
 
 
 def pipeline_sections() -> list[tuple[str, str, list[tuple[str, type, tuple[str, ...]]]]]:
-    """(top-level key, what it is, [(heading, dataclass, fields left out)]) in a run's order."""
+    """(top-level key, what it is, [(heading, dataclass, fields left out, the command whose
+    options' help describes fields without a comment)]) in a run's order."""
     from casbi_store.cli import config as C
     from casbi_store.compose.sources.observation import ObservationSpec
     from casbi_store.compose.spec import ComposeSpec
@@ -168,28 +184,29 @@ def pipeline_sections() -> list[tuple[str, str, list[tuple[str, type, tuple[str,
 
     return [
         ("mock", "write a mock NIHAO suite (`casbi-store mock`)",
-         [("mock", C.MockStage, ()), ("mock.physics", Physics, ())]),
+         [("mock", C.MockStage, (), "mock"), ("mock.physics", Physics, (), "mock")]),
         ("extract", "extract a suite into the store (`casbi-store extract`)",
-         [("extract", C.ExtractStage, ()), ("extract.binning", BinningSpec, ())]),
+         [("extract", C.ExtractStage, (), "extract"), ("extract.binning", BinningSpec, (), "extract")]),
         ("cluster", "the Dask cluster that extract and compose run on",
-         [("cluster", ClusterSpec, ())]),
+         [("cluster", ClusterSpec, (), None)]),
         ("surrogate", "train and validate the surrogate simulator (`casbi-store surrogate`)",
-         [("surrogate", C.SurrogateStage, ()), ("surrogate.options", SurrogateConfig, ())]),
+         [("surrogate", C.SurrogateStage, (), "surrogate validate"),
+          ("surrogate.options", SurrogateConfig, (), "surrogate train")]),
         ("compose", "training sets (`casbi-store compose`); `sets` is a list of specs",
-         [("compose", C.ComposeStage, ()), ("compose.sets[]", ComposeSpec, ()),
-          ("compose.sets[].observation", ObservationSpec, ())]),
+         [("compose", C.ComposeStage, (), "compose"), ("compose.sets[]", ComposeSpec, (), None),
+          ("compose.sets[].observation", ObservationSpec, (), None)]),
         ("tune", "optuna studies (`casbi-store tune`): `defaults` (training options) and "
          "`studies`, each a model item with `trials` and `search`",
-         [("tune.studies[]", C.Study, ("model",))]),
+         [("tune.studies[]", C.Study, ("model",), "tune")]),
         ("train", "models (`casbi-store train`): `defaults` (training options for every model) "
          "and `models`, each `task`, `set` (NAME:VERSION), `out`, optional `tuned` and any "
          "training option below",
-         [("train.models[]", C.ModelSpec, ("version", "config")),
-          ("training options (train.defaults, train.models[], tune.defaults)", TrainConfig, ())]),
+         [("train.models[]", C.ModelSpec, ("version", "config"), "train"),
+          ("training options (train.defaults, train.models[], tune.defaults)", TrainConfig, (), "train")]),
         ("survey", "mock survey tables through observe and infer (`casbi-store survey`)",
-         [("survey", C.SurveyStage, ())]),
+         [("survey", C.SurveyStage, (), "survey")]),
         ("evaluate", "metrics and the report (`casbi-store evaluate`)",
-         [("evaluate", C.EvaluateStage, ())]),
+         [("evaluate", C.EvaluateStage, (), "evaluate")]),
     ]
 
 
@@ -213,9 +230,9 @@ def pipeline_reference() -> str:
     lines += [""]
     for key, what, tables in sections:
         lines += [f"({key}-stage)=", f"## `{key}:`", "", _cell(what[0].upper() + what[1:]) + ".", ""]
-        for heading, cls, skip in tables:
+        for heading, cls, skip, command in tables:
             lines += [f"### `{heading}`", "", f"(`{cls.__module__}.{cls.__qualname__}`)", ""]
-            lines += _dataclass_table(cls, skip)
+            lines += _dataclass_table(cls, skip, command)
     documented = {k for k, _, _ in sections} | {"workdir", "source"}
     assert documented >= {f.name for f in dataclasses.fields(C.Pipeline)}, "a stage left out"
     return "\n".join(lines) + "\n"
