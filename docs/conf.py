@@ -7,7 +7,9 @@ build (a cell that raises fails the build), the API reference comes from the doc
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -47,7 +49,11 @@ nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_execution_timeout = 300
 nb_merge_streams = True
-os.environ.setdefault("CASBI_TUTORIAL_DIR", tempfile.mkdtemp(prefix="casbi-tutorial-"))
+# stderr is the commands' log lines and progress bars; the tutorials print what they show
+nb_output_stderr = "remove"
+if "CASBI_TUTORIAL_DIR" not in os.environ:  # a fresh folder per build, removed at its end
+    os.environ["CASBI_TUTORIAL_DIR"] = tempfile.mkdtemp(prefix="casbi-tutorial-")
+    atexit.register(shutil.rmtree, os.environ["CASBI_TUTORIAL_DIR"], ignore_errors=True)
 os.environ.setdefault("MPLBACKEND", "Agg")
 # the kernels import casbi_store from this checkout, installed or not
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
