@@ -1,11 +1,12 @@
-# casbi_store: `make test` (what CI runs) and `make demo` (the main job on the mock suite).
+# casbi_store: `make test` (what CI runs), `make demo` (the main job on the mock suite) and
+# `make docs` (the site, every tutorial executed; warnings are errors).
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint docs package-check demo bench clean
 
 venv: $(STAMP)
 
@@ -14,14 +15,25 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check casbi_store tests bench
+	$(VENV)/bin/ruff check casbi_store tests bench docs
 
-test: venv lint
+# the tutorials run on the tiny preset in a fresh temporary folder; ~2.5 min on 2 cores
+docs: venv
+	rm -rf docs/_build/html docs/_build/.doctrees
+	$(VENV)/bin/sphinx-build -b html -W --keep-going -d docs/_build/.doctrees docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
+test: venv lint docs
 	$(VENV)/bin/pytest -q
+
+# python -m build, the wheel into a fresh venv, casbi-store --help/--version and the tiny
+# pipeline there (tests/test_packaging.py; ~4-5 min on 2 cores, so not part of `make test`)
+package-check: venv
+	CASBI_PACKAGING=1 $(VENV)/bin/pytest -q tests/test_packaging.py
 
 demo: venv
 	$(VENV)/bin/casbi-store run pipelines/demo.yaml
@@ -31,4 +43,4 @@ bench: venv
 	$(PY) bench/bench_train.py --store demo/store.zarr --out bench/results
 
 clean:
-	rm -rf demo bench/results .pytest_cache
+	rm -rf demo bench/results .pytest_cache docs/_build docs/reference

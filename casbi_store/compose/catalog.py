@@ -73,9 +73,9 @@ def write_catalog(catalog_path: str | os.PathLike, store_path: str | os.PathLike
 
     Parameters
     ----------
-    catalog_path : str or path
+    catalog_path : str or os.PathLike
         The YAML file to write (replaced if it exists).
-    store_path : str or path
+    store_path : str or os.PathLike
         Local path of the store; written relative to the catalog's folder.
     sets : dict
         ``{name: {version: meta}}``, as returned by :func:`read_registry`.

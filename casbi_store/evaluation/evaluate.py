@@ -14,7 +14,7 @@ Test conditions (``conditions_for``), side by side:
 
 In each condition:
 
-- every step-1 model (N_sub, NPE and classifier): accuracy of the mode, median |N_hat - N| / N
+- every step-1 model (N_sub, NPE and classifier): accuracy of the mode, median ``|N_hat - N| / N``
   with N_hat the posterior median, highest-probability-set coverage (``hpd_coverage_*``), the
   confusion matrix, and the per-parameter figures below;
 - every step-2 model conditioned on the **true** N_sub (judged on its own);

@@ -99,7 +99,7 @@ def tarp(samples: np.ndarray, truth: np.ndarray, rng: np.random.Generator,
 
 
 def tarp_summary(ecp: np.ndarray, alpha: np.ndarray) -> dict[str, float]:
-    """max |ECP - alpha| (the target's figure) and the area between ECP and the diagonal."""
+    """max ``|ECP - alpha|`` (the target's figure) and the area between ECP and the diagonal."""
     return {"tarp_max_deviation": float(np.max(np.abs(ecp - alpha))),
             "tarp_atc": float(np.trapezoid(ecp - alpha, alpha))}
 

@@ -33,7 +33,7 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
 
 def wasserstein_1d(p: np.ndarray, q: np.ndarray, edges: np.ndarray) -> float:
     """1-D Wasserstein (earth mover's) distance between two histograms on the same uniform
-    ``edges``, mass at the bin centres: sum of |CDF_p − CDF_q| × bin width."""
+    ``edges``, mass at the bin centres: sum of ``|CDF_p − CDF_q|`` × bin width."""
     p, q = normalise(p), normalise(q)
     width = float(edges[1] - edges[0])
     return float(np.sum(np.abs(np.cumsum(p) - np.cumsum(q))[:-1]) * width)

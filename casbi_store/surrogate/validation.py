@@ -1,11 +1,13 @@
 """Validation of a surrogate on the simulations held out of its training.
 
 For each held-out snapshot, its true plane (the store's histogram) is compared with
+
 - ``surrogate``: a block drawn at its θ with the star count of the fitted relation (what a
   composition would use),
 - ``surrogate_density``: a block of ``density_stars`` stars at its θ (the model's density, little
   shot noise),
 - ``baseline``: the plane of the training galaxy nearest in standardised θ,
+
 by the Jensen-Shannon divergence of the normalised planes, the 1-D Wasserstein distances of the
 [Fe/H] and [O/Fe] marginals, and two physical checks: the error on the median [Fe/H] (the
 mass-metallicity relation) and on the [Fe/H] of the [O/Fe] knee. ``validation.json`` gives the
