@@ -31,7 +31,8 @@ _API = {
     "galaxy_stars": ("casbi_store.store.io", "galaxy_stars"),
     "describe_store": ("casbi_store.store.io", "describe_store"),
     "ComposeSpec": ("casbi_store.compose.spec", "ComposeSpec"),
-    "compose": ("casbi_store.compose.halos", "compose"),
+    # not "compose": that name is the stage's subpackage (casbi_store.compose.compose is this one)
+    "compose_set": ("casbi_store.compose.halos", "compose"),
     "train": ("casbi_store.cli.train", "train_model"),
     "load_model": ("casbi_store.learn.modelfolder", "load_model"),
     "observe": ("casbi_store.cli.observe", "observe"),
