@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench clean slurm-check
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ lint: venv
 
 test: venv lint
 	$(VENV)/bin/pytest -q
+
+# real SLURM jobs on a one-node SLURM started here (root; apt-get install slurm-wlm munge):
+# pipelines/slurm_check.yaml extracted and composed by sbatch jobs, a job cancelled mid-run,
+# refused partitions and accounts (docs/cluster.md; your own cluster: casbi-store run on that file)
+slurm-check: venv
+	CI=1 $(VENV)/bin/pytest -q tests/test_slurm.py
 
 demo: venv
 	$(VENV)/bin/casbi-store run pipelines/demo.yaml

@@ -186,7 +186,9 @@ class JobWatch:
 
         self.cluster = cluster
         self.last_seen: dict[str, float] = {}
+        self.job_ids: dict[str, str] = {}  # batch job id of each job seen running
         self.replaced: list[str] = []  # batch job ids of the jobs replaced
+        self.retry = False  # a replacement the batch system refused: submit again next time
         self.callback = PeriodicCallback(self.check, interval * 1000)
         cluster.periodic_callbacks["casbi-job-watch"] = self.callback  # stopped by cluster.close
         cluster.loop.add_callback(self.callback.start)
@@ -201,24 +203,31 @@ class JobWatch:
         now = time.monotonic()
         lost = []
         for job in list(c.worker_spec):
-            if job not in c.workers:
-                continue
             if any(n == str(job) or n.startswith(f"{job}-") for n in names):
                 self.last_seen[job] = now
-            elif job in self.last_seen and now - self.last_seen[job] > grace:
+                self.job_ids[job] = str(getattr(c.workers.get(job), "job_id", None) or "?")
+            elif job in self.last_seen and (job not in c.workers  # dropped by SpecCluster
+                                            or now - self.last_seen[job] > grace):
                 lost.append(job)
         for job in lost:
-            old = c.workers.pop(job)
+            # a new name for the replacement: SpecCluster's own delayed clean-up of the old name
+            # (``lost-worker-timeout`` after its worker left) must not cancel the new job
+            c.worker_spec.update(c.new_worker_spec())  # while the old name is taken: a new one
+            old = c.workers.pop(job, None)
+            del c.worker_spec[job]
             self.last_seen.pop(job)
-            self.replaced.append(str(getattr(old, "job_id", "?")))
-            log.warning("job %s (%s): its workers left %.0f s ago; submitting a replacement",
-                        getattr(old, "job_id", "?"), job, grace)
-            with contextlib.suppress(Exception):
-                await old.close()  # cancels the job where it still runs
-        if lost or any(job not in c.workers for job in c.worker_spec):
+            job_id = self.job_ids.pop(job, "?")
+            self.replaced.append(job_id)
+            log.warning("job %s (%s): its workers left; submitting a replacement", job_id, job)
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.close()  # cancels the job where it still runs
+        if lost or self.retry:
             try:
                 await c._correct_state()  # submits a job for every spec without one
-            except Exception as exc:  # noqa: BLE001 - the batch system's refusal, retried next time
+                self.retry = False
+            except Exception as exc:  # noqa: BLE001 - the batch system's refusal, logged
+                self.retry = True
                 log.warning("cannot submit a replacement job: %s", refusal(exc))
 
 
