@@ -34,8 +34,8 @@ def pipeline(tmp_path: Path, suite: Path, compose_stage: bool = True, **cluster)
     del data["mock"]
     data["workdir"] = str(tmp_path / "run")
     data["extract"]["suite"] = str(suite)
-    data["cluster"].update(account="casbi", extra={"log_directory": str(tmp_path / "jobs")},
-                           **cluster)
+    data["cluster"].update({"account": "casbi", "extra": {"log_directory": str(tmp_path / "jobs")},
+                            **cluster})
     if not compose_stage:
         del data["compose"]
     out = tmp_path / "slurm_check.yaml"
