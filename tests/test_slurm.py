@@ -18,7 +18,6 @@ import yaml
 from conftest import assert_same_arrays, store_arrays
 from slurm_cluster import REPO, slurm_fixture  # noqa: F401  (the fixture `slurm`)
 
-from casbi_store.cli import main
 from casbi_store.cli.config import load_pipeline
 from casbi_store.compose import compose
 
@@ -111,13 +110,13 @@ def test_a_cancelled_job_is_replaced_and_the_store_unchanged(slurm, tiny_suite, 
     ("queue", "gpu", "invalid partition specified: gpu"),
     ("account", "nobody", "invalid account 'nobody'"),
 ])
-def test_a_refused_partition_or_account_is_one_line(slurm, tiny_suite, tmp_path, capsys, option,
-                                                    value, message):
+def test_a_refused_partition_or_account_is_one_line(slurm, tiny_suite, tmp_path, option, value,
+                                                    message):
     path = pipeline(tmp_path, tiny_suite, False, **{option: value})
-    assert main(["run", str(path), "-q"]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
+    proc = subprocess.run([*CLI, "run", str(path), "-q"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"casbi-store: error: {path}: cluster: sbatch refused the job: ")
     assert message in last
     assert slurm.queued(JOB) == []  # nothing left queued
