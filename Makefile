@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint docs package-check demo bench clean
+.PHONY: venv test lint docs package-check slurm-check demo bench clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ test: venv lint docs
 # pipeline there (tests/test_packaging.py; ~4-5 min on 2 cores, so not part of `make test`)
 package-check: venv
 	CASBI_PACKAGING=1 $(VENV)/bin/pytest -q tests/test_packaging.py
+
+# real SLURM jobs on a one-node SLURM started here (root; apt-get install slurm-wlm munge):
+# pipelines/slurm_check.yaml extracted and composed by sbatch jobs, a job cancelled mid-run,
+# refused partitions and accounts (docs/cluster.md; your own cluster: casbi-store run on that file)
+slurm-check: venv
+	CI=1 $(VENV)/bin/pytest -q tests/test_slurm.py
 
 demo: venv
 	$(VENV)/bin/casbi-store run pipelines/demo.yaml

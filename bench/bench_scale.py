@@ -225,6 +225,7 @@ def compose_run(store: Path, train_per_n: int, test_per_n: int, n_sub_max: int) 
     return {"version": version, "counts": entry["counts"], "halos": halos, "seconds": wall,
             "process_cpu_seconds": cpu, "halos_per_s": halos / wall, "bytes": du(folder),
             "bytes_per_split": {p.name: du(p) for p in folder.iterdir() if p.is_dir()},
+            "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "load_average_start": load_start, "load_average_end": load_average()}
 
 

@@ -49,12 +49,17 @@ def _stage_client(pipe: Pipeline) -> Iterator:
     if pipe.cluster is None or not (pipe.extract or pipe.compose):
         yield None
         return
-    from casbi_store.store.cluster import cluster_client
+    from casbi_store.store.cluster import ClusterError, cluster_client
+
+    from .config import ConfigError
 
     log.info("cluster: %s", pipe.cluster.kind)
-    with cluster_client(pipe.cluster) as client:
-        log.info("Dask dashboard: %s", client.dashboard_link)
-        yield client
+    try:
+        with cluster_client(pipe.cluster) as client:
+            log.info("Dask dashboard: %s", client.dashboard_link)
+            yield client
+    except ClusterError as exc:  # refused jobs: the pipeline file's cluster section is wrong
+        raise ConfigError(f"{pipe.source}: cluster: {exc}") from None
 
 
 def on_device(pipe: Pipeline, device: str) -> Pipeline:

@@ -12,6 +12,13 @@ single-threaded and the extraction tasks hold the GIL): a SLURM/PBS job runs ``p
 ``cores // processes`` threads. Workers that die (pre-emption, OOM) are replaced by the job
 system or by the LocalCluster's nanny, and Dask re-runs their tasks: extraction tasks are pure
 (their results are staged under the store, committed by the client alone), so a re-run is safe.
+
+On SLURM/PBS, the jobs are submitted before the client is handed out: a job the batch system
+refuses (an unknown partition or account, a walltime over the limit) is a :class:`ClusterError`
+whose message is the batch system's own (``sbatch: error: ...``), not a client waiting forever
+for workers. While the client runs, :class:`JobWatch` resubmits a job whose workers have all
+left for longer than ``distributed.deploy.lost-worker-timeout`` (``scancel``, pre-emption, a
+node failure, its walltime): Dask's own cluster replaces none of these by itself.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -36,6 +45,10 @@ DASK_SETTINGS = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": N
                  "distributed.worker.profile.enabled": False,
                  "distributed.scheduler.worker-saturation": float("inf")}
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+class ClusterError(ValueError):
+    """The batch system refused to run the cluster's jobs (its own message, one line)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,95 @@ def job_script(spec: ClusterSpec) -> str:
         return cluster.job_script()
 
 
+def refusal(exc: BaseException) -> str:
+    """The batch system's complaint in dask-jobqueue's error about a failed submit command, as
+    one line (``sbatch: error: invalid partition specified: gpu; ...``)."""
+    text = str(exc)
+    if "stderr:" in text:
+        text = text.rsplit("stderr:", 1)[1]
+    lines = [re.sub(r"^[\w.-]+: error: ", "", line.strip()) for line in text.splitlines()]
+    return "; ".join(line for line in lines if line) or type(exc).__name__
+
+
+def submit_jobs(cluster, jobs: int, kind: str) -> None:
+    """Submit ``jobs`` jobs of a dask-jobqueue ``cluster`` now and wait for the batch system's
+    answer; a refusal is a :class:`ClusterError`. (``cluster.scale`` submits in the background,
+    where a refusal is only a logged traceback and the client waits for workers forever.)"""
+    while len(cluster.worker_spec) < jobs:
+        cluster.worker_spec.update(cluster.new_worker_spec())
+    try:
+        cluster.sync(cluster._correct_state)
+    except RuntimeError as exc:  # dask-jobqueue: the submit command exited non-zero
+        from distributed.core import Status
+
+        for name, job in list(cluster.workers.items()):  # never submitted: nothing to close
+            if getattr(job, "job_id", None) is None:
+                job.status = Status.failed
+                del cluster.workers[name]
+                cluster.worker_spec.pop(name, None)
+        command = getattr(cluster.job_cls, "submit_command", None) or kind
+        raise ClusterError(f"{command} refused the job: {refusal(exc)}") from None
+
+
+class JobWatch:
+    """Resubmits the jobs whose workers all left (``scancel``, pre-emption, walltime, a dead
+    node) and stayed away longer than ``distributed.deploy.lost-worker-timeout``.
+
+    A job counts as running once one of its workers (named after the job, or ``JOB-i`` where a
+    job runs several processes) has joined the scheduler; a job still queued is never replaced.
+    Runs every ``interval`` seconds on the cluster's event loop; stopped when the cluster closes.
+    """
+
+    def __init__(self, cluster, interval: float = 1.0):
+        from tornado.ioloop import PeriodicCallback
+
+        self.cluster = cluster
+        self.last_seen: dict[str, float] = {}
+        self.job_ids: dict[str, str] = {}  # batch job id of each job seen running
+        self.replaced: list[str] = []  # batch job ids of the jobs replaced
+        self.retry = False  # a replacement the batch system refused: submit again next time
+        self.callback = PeriodicCallback(self.check, interval * 1000)
+        cluster.periodic_callbacks["casbi-job-watch"] = self.callback  # stopped by cluster.close
+        cluster.loop.add_callback(self.callback.start)
+
+    async def check(self) -> None:
+        import dask
+        from dask.utils import parse_timedelta
+
+        c = self.cluster
+        grace = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+        names = [str(w.get("name")) for w in c.scheduler_info.get("workers", {}).values()]
+        now = time.monotonic()
+        lost = []
+        for job in list(c.worker_spec):
+            if any(n == str(job) or n.startswith(f"{job}-") for n in names):
+                self.last_seen[job] = now
+                self.job_ids[job] = str(getattr(c.workers.get(job), "job_id", None) or "?")
+            elif job in self.last_seen and (job not in c.workers  # dropped by SpecCluster
+                                            or now - self.last_seen[job] > grace):
+                lost.append(job)
+        for job in lost:
+            # a new name for the replacement: SpecCluster's own delayed clean-up of the old name
+            # (``lost-worker-timeout`` after its worker left) must not cancel the new job
+            c.worker_spec.update(c.new_worker_spec())  # while the old name is taken: a new one
+            old = c.workers.pop(job, None)
+            del c.worker_spec[job]
+            self.last_seen.pop(job)
+            job_id = self.job_ids.pop(job, "?")
+            self.replaced.append(job_id)
+            log.warning("job %s (%s): its workers left; submitting a replacement", job_id, job)
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.close()  # cancels the job where it still runs
+        if lost or self.retry:
+            try:
+                await c._correct_state()  # submits a job for every spec without one
+                self.retry = False
+            except Exception as exc:  # noqa: BLE001 - the batch system's refusal, logged
+                self.retry = True
+                log.warning("cannot submit a replacement job: %s", refusal(exc))
+
+
 @contextlib.contextmanager
 def cluster_client(spec: ClusterSpec | None = None) -> Iterator:
     """A ``distributed.Client`` on the cluster ``spec`` describes (default: a LocalCluster)."""
@@ -150,11 +252,17 @@ def cluster_client(spec: ClusterSpec | None = None) -> Iterator:
                                    env=dict(WORKER_ENV))
         else:
             cluster = jobqueue_cluster(spec)
-            if spec.adaptive is not None:
-                cluster.adapt(minimum_jobs=spec.adaptive.get("minimum", 0),
-                              maximum_jobs=spec.adaptive.get("maximum", 1))
-            else:
-                cluster.scale(jobs=spec.jobs)
+            try:  # the first jobs now, so that a refusal is an error here, not a silent wait
+                adaptive = spec.adaptive
+                submit_jobs(cluster, max(adaptive.get("minimum", 0), 1) if adaptive else spec.jobs,
+                            spec.kind)
+            except BaseException:
+                cluster.close()
+                raise
+            if adaptive is not None:
+                cluster.adapt(minimum_jobs=adaptive.get("minimum", 0),
+                              maximum_jobs=adaptive.get("maximum", 1))
+            JobWatch(cluster)
             log.info("submitted %s jobs to %s; dashboard %s",
                      spec.adaptive or spec.jobs, spec.kind, cluster.dashboard_link)
         with cluster, Client(cluster) as client:
