@@ -158,17 +158,10 @@ def _new_metadata(root: Path, swaps: list[str]) -> dict:
 def _metadata_lock(root: Path):
     """The short lock every writer of ``.zmetadata`` holds for its read-modify-write: the
     extraction's commit and a compose publishing a training-set version (which holds no store
-    lock) must not interleave, or one would drop the other's entries."""
-    from .locks import LockHeld, break_lock, store_lock
+    lock) must not interleave, or one would drop the other's entries. A holder that died inside
+    it is broken by the next writer (:mod:`casbi_store.store.locks`)."""
+    from .locks import store_lock
 
-    try:
-        with store_lock(root, METADATA_LOCK, purpose="updating .zmetadata", wait=METADATA_WAIT):
-            pass
-    except LockHeld as held:
-        if not held.stale:
-            raise
-        # its holder died inside a few-millisecond section that a re-run redoes: safe to break
-        break_lock(root, METADATA_LOCK)
     return store_lock(root, METADATA_LOCK, purpose="updating .zmetadata", wait=METADATA_WAIT)
 
 
