@@ -50,7 +50,7 @@ PENDING = ".pending"
 TRASH = ".trash"  # superseded groups before generations were retained (removed when found)
 RETAINED = ".retained"  # superseded generations of replaced groups, for readers of older commits
 GENERATION_FILE = ".generation"
-GENERATION_ATTR = "casbi_generation"  # on a replaced group: which generation it is
+GENERATIONS_KEY = "casbi_generations"  # in .zmetadata: group -> generation of this commit
 RETAIN_SECONDS = 24 * 3600.0  # how long a reader may keep reading a superseded commit
 META_FILES = (".zgroup", ".zarray", ".zattrs")
 # Top-level entries recovery may remove or rewrite: the extraction's groups and bookkeeping only.
@@ -249,16 +249,15 @@ def publish(path: str | os.PathLike, swaps: list[str] = ()) -> None:
     """Make everything written since the last commit visible to readers, atomically."""
     root = Path(path)
     with _metadata_lock(root):
-        _stamp_generations(root, list(swaps))
+        generations = _stamp_generations(root, list(swaps))
         meta = _new_metadata(root, list(swaps))
-        digests = _new_digests(root, meta, list(swaps))
+        extra = {DIGESTS_KEY: _new_digests(root, meta, list(swaps)), GENERATIONS_KEY: generations}
         if swaps:
-            _atomic_json(root / COMMIT_RECORD, {"metadata": meta, "swaps": list(swaps),
-                                                DIGESTS_KEY: digests})  # commit point
-            _apply(root)
+            _atomic_json(root / COMMIT_RECORD, {"metadata": meta, "swaps": list(swaps), **extra})
+            _apply(root)  # (the record is the commit point)
         else:
             _atomic_json(root / ZMETADATA, {"metadata": meta, "zarr_consolidated_format": 1,
-                                            DIGESTS_KEY: digests})
+                                            **extra})
 
 
 def publish_group(path: str | os.PathLike, group: str) -> None:
@@ -275,7 +274,8 @@ def publish_group(path: str | os.PathLike, group: str) -> None:
             for key, value in on_disk_metadata(root / group).items():
                 meta[f"{group}/{key}"] = value
         _atomic_json(root / ZMETADATA, {"metadata": meta, "zarr_consolidated_format": 1,
-                                        DIGESTS_KEY: committed_digests(root)})
+                                        DIGESTS_KEY: committed_digests(root),
+                                        GENERATIONS_KEY: committed_generations(root)})
 
 
 def generation_path(root: Path, group: str, generation: int) -> Path:
@@ -294,19 +294,25 @@ def live_generation(root: Path, group: str) -> int | None:
         return 0
 
 
-def _stamp_generations(root: Path, swaps: list[str]) -> None:
-    """Give each staged group the generation after the live one: as the attribute readers find
-    in ``.zmetadata`` and as a marker file in its folder (what a reader checks a chunk against)."""
-    for group in swaps:
-        staged = root / PENDING / group
-        generation = (live_generation(root, group) or 0) + 1
-        attrs_file = staged / ".zattrs"
-        attrs = json.loads(attrs_file.read_text()) if attrs_file.exists() else {}
-        attrs[GENERATION_ATTR] = generation
-        write_point(f"{PENDING}/{group}/.zattrs")
-        attrs_file.write_text(json.dumps(attrs, indent=4))
-        write_point(f"{PENDING}/{group}/{GENERATION_FILE}")
-        (staged / GENERATION_FILE).write_text(str(generation))
+def _stamp_generations(root: Path, swaps: list[str]) -> dict[str, int]:
+    """The generation of every extraction group after this commit: a staged group gets the one
+    after the live one, as a marker file in its folder (what a reader checks a chunk against)."""
+    out = {}
+    for group in OWNED_GROUPS:
+        if group in swaps:
+            out[group] = (live_generation(root, group) or 0) + 1
+            write_point(f"{PENDING}/{group}/{GENERATION_FILE}")
+            (root / PENDING / group / GENERATION_FILE).write_text(str(out[group]))
+        elif (root / group).is_dir():
+            out[group] = live_generation(root, group) or 0
+    return out
+
+
+def committed_generations(root: Path) -> dict[str, int]:
+    try:
+        return json.loads((root / ZMETADATA).read_text()).get(GENERATIONS_KEY) or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _apply(root: Path) -> None:
@@ -331,7 +337,8 @@ def _apply(root: Path) -> None:
             write_point(f"rename {PENDING}/{group} {group}")
             os.rename(staged, live)
     _atomic_json(root / ZMETADATA, {"metadata": record["metadata"], "zarr_consolidated_format": 1,
-                                    DIGESTS_KEY: record.get(DIGESTS_KEY, {})})
+                                    DIGESTS_KEY: record.get(DIGESTS_KEY, {}),
+                                    GENERATIONS_KEY: record.get(GENERATIONS_KEY, {})})
     _rmtree(root / TRASH)
     _rmtree(root / PENDING)
     write_point(COMMIT_RECORD)
@@ -461,11 +468,11 @@ class SnapshotStore(WrapperStore):
         super().__init__(store)
         self._zmetadata = zmetadata
         whole = json.loads(zmetadata)
-        meta = whole["metadata"]
+        self._meta = {k: json.dumps(v).encode() for k, v in whole["metadata"].items()}
         self.digests: dict[str, dict[str, str]] = whole.get(DIGESTS_KEY) or {}
         self._local = local_root
-        self.generations = {g: int((meta.get(f"{g}/.zattrs") or {}).get(GENERATION_ATTR, 0))
-                            for g in OWNED_GROUPS}
+        recorded = whole.get(GENERATIONS_KEY) or {}
+        self.generations = {g: int(recorded.get(g, 0)) for g in OWNED_GROUPS}
 
     @classmethod
     def snapshot_of(cls, store: Store, local_root: Path | None = None) -> SnapshotStore:
@@ -486,11 +493,20 @@ class SnapshotStore(WrapperStore):
         prototype = prototype or default_buffer_prototype()
         if key == ZMETADATA:
             return prototype.buffer.from_bytes(self._zmetadata)
+        if key.rsplit("/", 1)[-1] in META_FILES:  # zarr reads some (root .zattrs) past .zmetadata
+            value = self._meta.get(key)
+            return None if value is None else prototype.buffer.from_bytes(value)
         return await self._of_this_commit(key, lambda k: self._store.get(k, prototype, byte_range))
 
     async def exists(self, key: str) -> bool:
         if key == ZMETADATA:
             return True
+        if key.rsplit("/", 1)[-1] in META_FILES:
+            return key in self._meta
+        return await self._of_this_commit(key, self._store.exists)
+
+    async def on_disk(self, key: str) -> bool:
+        """Whether this commit's file ``key`` is on disk (its metadata files included)."""
         return await self._of_this_commit(key, self._store.exists)
 
     async def _of_this_commit(self, key: str, op):

@@ -82,7 +82,7 @@ class _Reader:
         """The whole array (every chunk present and decoded), or None after recording why not."""
         try:
             arr = self.root[path]
-            if self.local is not None and not sync(self.root.store.exists(f"{path}/.zarray")):
+            if self.local is not None and not sync(self.root.store.on_disk(f"{path}/.zarray")):
                 raise KeyError(path)  # deleted on disk, still listed in .zmetadata
         except KeyError:
             self.problems.append(Problem(path, "missing array"))
