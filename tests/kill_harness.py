@@ -246,7 +246,7 @@ def run(suite: Path, work: Path, first: int, phases: tuple[str, ...], stride: in
     results = []
     for phase in (first_phase, second):
         if phase.name in phases:
-            errors = phase.error_writes[::max(1, stride // 2)] + phase.error_writes[-1:]
+            errors = phase.error_writes[::stride] + phase.error_writes[-1:]
             points = sorted({*kill_points(writes[phase.name], stride), *errors})
             results += [phase.kill_at(n) for n in [*points, *lock_points]]
     if "compose" in phases:
