@@ -114,8 +114,12 @@ def copy_suite(src: Path, dst: Path) -> Path:
 def store_arrays(store: Path) -> dict[str, np.ndarray]:
     """Every array of every group as readers see it (shapes from the consolidated metadata), for
     equality checks (attributes like run times excluded). Read with zarr, not xarray: the same
-    arrays and values, three times faster (the kill harness reads a store twice per kill)."""
-    root = zarr.open_consolidated(store, mode="r", zarr_format=2)
+    arrays and values, three times faster (the kill harness reads a store twice per kill). Through
+    one commit's snapshot, as ``open_store`` reads: a commit killed past its commit point reads as
+    before until the next writer rolls it forward."""
+    from casbi_store.store.io import open_snapshot
+
+    root = zarr.open_consolidated(open_snapshot(str(store)), mode="r", zarr_format=2)
     out = {}
     for group in ("galaxies", "stars", "histograms", "errors"):
         for name, arr in root[group].arrays():

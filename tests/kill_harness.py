@@ -9,8 +9,12 @@ one into a new store (the first K simulations) and an incremental one adding the
 a changed error table, a binning rebuild). After each kill the harness breaks the dead writer's
 stale lock (as ``casbi-store unlock`` would) and checks that the store reads as exactly the
 state before or after the commit (every array equal), that ``validate`` finds no problem, and
-that a re-run converges to the clean run's arrays. Prints one JSON object: kill points tried,
-outcomes, failures.
+that a re-run converges to the clean run's arrays. Besides every N-th write, each commit is killed
+at every write of its error table and while creating each of its locks (the temporary file
+written; linked), and a compose of a training set on the finished store is killed while creating
+its locks and as soon as its draft folder appears. Nobody breaks a lock: a re-run refused by a
+lock counts as a run that needed ``casbi-store unlock`` (there must be none). Prints one JSON
+object: kill points tried, outcomes, failures, runs that needed unlock.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -29,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import store_arrays  # noqa: E402
 
-from casbi_store.store import commit, locks  # noqa: E402
+from casbi_store.store import commit, locks, trainingsets  # noqa: E402
 from casbi_store.store.extract import ExtractionSettings, extract_outcome  # noqa: E402
 from casbi_store.store.extraction_run import Staging, extract_suite  # noqa: E402
 from casbi_store.store.io import StoreError, open_store  # noqa: E402
@@ -46,13 +53,55 @@ def _child_commit(suite: Path, store: Path, env: dict[str, str]) -> int:
             # the parent's own writes (rolling a killed store forward when it reads it) are
             # counted too; the child's count must start at 0 for "kill at N" to mean write N
             commit._writes = 0
+            locks._created = 0
             os.environ.update(env)
             extract_suite(suite, store, staged_only=True, progress=False)
+        except locks.LockHeld:
+            traceback.print_exc()
+            code = 4
         except BaseException:
             traceback.print_exc()
             code = 3
         os._exit(code)
     return os.waitpid(pid, 0)[1]
+
+
+NEEDS_UNLOCK = 4 << 8  # wait status of a child refused by a lock
+
+
+COMPOSE = """
+import sys
+from casbi_store.compose import ComposeSpec, compose
+from casbi_store.store.locks import LockHeld
+try:
+    compose(sys.argv[1], ComposeSpec(**{**eval(sys.argv[2]), "version": sys.argv[3]}),
+            progress=False)
+except LockHeld as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(4)
+"""
+
+
+def _child_compose(store: Path, version: str, kill_lock: str = "", kill_at_draft: bool = False
+                   ) -> int:
+    """Compose ``sets:<version>`` in a child process (a fork would inherit the zarr and dask
+    threads mid-flight), SIGKILLed while creating lock ``kill_lock`` or as soon as its draft
+    folder appears; return its status as ``os.waitpid`` gives it."""
+    env = {**os.environ, **({locks.KILL_ENV: kill_lock} if kill_lock else {})}
+    proc = subprocess.Popen([sys.executable, "-c", COMPOSE, str(store), repr(SET_SPEC), version],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if kill_at_draft:
+        folder = store / "training_sets" / SET_SPEC["name"]
+        while not list(folder.glob("_draft_*")) and proc.poll() is None:
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    rc = proc.returncode
+    return -rc if rc < 0 else rc << 8  # the wait-status encoding _child_commit returns
+
+
+SET_SPEC = {"name": "sets", "version": "v1", "n_sub_min": 2, "n_sub_max": 4, "train_per_n": 10,
+            "test_per_n": 3}
 
 
 def _same(a: dict | None, b: dict | None) -> bool:
@@ -93,28 +142,74 @@ class Phase:
         self._fresh(self.clean)
         self.before = None if self.base is None else store_arrays(self.base)
         counter = self.work / f"{self.name}.writes"
-        status = _child_commit(self.suite, self.clean, {commit.COUNT_ENV: str(counter)})
+        written = self.work / f"{self.name}.log"
+        status = _child_commit(self.suite, self.clean, {commit.COUNT_ENV: str(counter),
+                                                        commit.LOG_ENV: str(written)})
         assert status == 0, f"clean commit failed (status {status})"
         self.after = store_arrays(self.clean)
+        self.error_writes = [int(line.split()[0]) for line in written.read_text().splitlines()
+                             if "errors/" in line]
         return int(counter.read_text())
 
-    def kill_at(self, n: int) -> dict:
+    def kill_at(self, n: int | str) -> dict:
+        """Kill at write ``n``, or while creating a lock (``n`` = "K:step", see ``locks``)."""
         store = self.work / f"{self.name}-kill.zarr"
         self._fresh(store)
-        status = _child_commit(self.suite, store, {commit.KILL_ENV: str(n)})
+        env = {locks.KILL_ENV: n} if isinstance(n, str) else {commit.KILL_ENV: str(n)}
+        status = _child_commit(self.suite, store, env)
         result = {"phase": self.name, "write": n, "killed": os.WIFSIGNALED(status)}
+        if isinstance(n, str) and not result["killed"]:
+            result["killed"] = None  # fewer locks than K: nothing to kill (not a kill point)
         try:
-            if locks.lock_path(store, "store").exists():
-                locks.break_lock(store, "store")  # what `casbi-store unlock` does
-            state = _state(store)
+            state = _state(store)  # no unlock: readers and the re-run cope by themselves
             result["seen"] = ("before" if _same(state, self.before) else
                               "after" if _same(state, self.after) else "neither")
             problems = [] if state is None else validate_store(store)
             result["problems"] = [str(p) for p in problems]
             status = _child_commit(self.suite, store, {})  # the re-run
+            result["needed_unlock"] = status == NEEDS_UNLOCK
             result["rerun_ok"] = status == 0 and _same(store_arrays(store), self.after)
             result["rerun_valid"] = validate_store(store) == []
         except Exception as exc:  # a finding, not a harness crash
+            result["error"] = f"{type(exc).__name__}: {exc}"
+        return result
+
+
+class ComposePhase:
+    """Composing a training set on the finished store, killed at its locks and its draft."""
+
+    def __init__(self, store: Path, work: Path):
+        self.base, self.work = store, work
+        clean = work / "compose-clean.zarr"
+        shutil.copytree(store, clean)
+        assert _child_compose(clean, "v1") == 0, "clean compose failed"
+        self.checksum = trainingsets.versions(clean, "sets")["v1"]["checksum"]
+
+    def kill_at(self, point: str) -> dict:
+        store = self.work / "compose-kill.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(self.base, store)
+        status = _child_compose(store, "v1", kill_lock="" if point == "draft" else point,
+                                kill_at_draft=point == "draft")
+        result = {"phase": "compose", "write": point, "killed": os.WIFSIGNALED(status) or None}
+        try:
+            seen = trainingsets.versions(store, "sets").get("v1")
+            result["seen"] = ("before" if seen is None else
+                              "after" if seen["checksum"] == self.checksum else "neither")
+            result["problems"] = [str(p) for p in validate_store(store)]
+            statuses = []
+            if point == "draft":  # the next compose, of another version, sweeps the dead draft
+                statuses.append(_child_compose(store, "v2"))
+                result["swept"] = not list((store / "training_sets/sets").glob("_draft_v1_*"))
+            statuses.append(_child_compose(store, "v1"))
+            statuses.append(_child_commit(self.base.parent / "suite-incremental", store, {}))
+            result["needed_unlock"] = NEEDS_UNLOCK in statuses
+            published = trainingsets.versions(store, "sets")
+            result["rerun_ok"] = (set(statuses) == {0} and result.get("swept", True)
+                                  and published["v1"]["checksum"] == self.checksum
+                                  and not list((store / "training_sets/sets").glob("_draft_*")))
+            result["rerun_valid"] = validate_store(store) == []
+        except Exception as exc:
             result["error"] = f"{type(exc).__name__}: {exc}"
         return result
 
@@ -147,12 +242,27 @@ def run(suite: Path, work: Path, first: int, phases: tuple[str, ...], stride: in
     writes = {"first": first_phase.clean_run()}
     second = Phase("incremental", suites["incremental"], first_phase.clean, staging, work)
     writes["incremental"] = second.clean_run()
-    results = [phase.kill_at(n) for phase in (first_phase, second) if phase.name in phases
-               for n in kill_points(writes[phase.name], stride)]
+    lock_points = [f"{k}:{step}" for k in (1, 2, 3) for step in ("temp", "link")]
+    results = []
+    for phase in (first_phase, second):
+        if phase.name in phases:
+            errors = phase.error_writes[::stride] + phase.error_writes[-1:]
+            points = sorted({*kill_points(writes[phase.name], stride), *errors})
+            results += [phase.kill_at(n) for n in [*points, *lock_points]]
+    if "compose" in phases:
+        composing = ComposePhase(second.clean, work)
+        results += [composing.kill_at(p) for p in ["draft", *lock_points[:4]]]
+    results = [r for r in results if r["killed"] is not None]
     bad = [r for r in results if not r["killed"] or r["seen"] == "neither" or r["problems"]
-           or not r["rerun_ok"] or not r["rerun_valid"] or "error" in r]
-    return {"writes": writes, "kill_points": len(results),
+           or not r["rerun_ok"] or not r["rerun_valid"] or r["needed_unlock"] or "error" in r]
+    kinds = {"lock creation": sum(isinstance(r["write"], str) and ":" in r["write"]
+                                  for r in results),
+             "draft creation": sum(r["write"] == "draft" for r in results),
+             "error table": sum(r["write"] in phase.error_writes for phase in (first_phase, second)
+                                for r in results if r["phase"] == phase.name)}
+    return {"writes": writes, "kill_points": len(results), "kinds": kinds,
             "seen": {s: sum(r.get("seen") == s for r in results) for s in ("before", "after")},
+            "needed_unlock": sum(bool(r.get("needed_unlock")) for r in results),
             "failures": bad}
 
 
@@ -161,8 +271,8 @@ def main() -> None:
     p.add_argument("suite", type=Path)
     p.add_argument("work", type=Path, help="empty folder for stores and staging")
     p.add_argument("--first", type=int, default=2, help="simulations in the first commit")
-    p.add_argument("--phases", nargs="+", default=["first", "incremental"],
-                   choices=["first", "incremental"], help="commits to kill at every write")
+    p.add_argument("--phases", nargs="+", default=["first", "incremental", "compose"],
+                   choices=["first", "incremental", "compose"], help="commits to kill")
     p.add_argument("--stride", type=int, default=1,
                    help="kill at every STRIDE-th write (and the last 8); 1: at every write")
     args = p.parse_args()

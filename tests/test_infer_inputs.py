@@ -386,3 +386,22 @@ def test_the_classifier_temperature_is_fitted_stored_and_applied_by_infer(traine
     (folder / "calibration.json").write_text(json.dumps({"temperature": -1}))
     with pytest.raises(ModelFolderError, match="calibration.json.*temperature"):
         load_model(folder)
+
+
+def test_a_model_folder_edited_consistently_is_refused_by_its_manifest(trained, tmp_path):
+    """manifest.json (written last) holds the SHA-256 of every file a posterior depends on: an
+    ensemble.json edited into another valid one is refused in one line; a folder without a
+    manifest (written before them) still loads."""
+    from casbi_store.learn.modelfolder import MANIFEST
+
+    folder = tmp_path / "theta"
+    shutil.copytree(trained["theta"], folder)
+    assert (folder / MANIFEST).exists()
+    load_model(folder)
+    _edit_json(folder / "ensemble.json",
+               lambda e: e.update(best_val_loss=[v - 1.0 for v in e["best_val_loss"]]))
+    with pytest.raises(ModelFolderError, match=r"ensemble.json: changed after training \(its "
+                                               r"SHA-256 differs from manifest.json\)"):
+        load_model(folder)
+    (folder / MANIFEST).unlink()  # a folder from before manifests: loads as it always did
+    load_model(folder)

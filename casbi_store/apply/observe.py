@@ -60,6 +60,9 @@ TRAINING_CHUNKS_READ = 16  # chunks of the training split read to measure its st
 # outside the plausible dex range (e.g. log-epsilon A(Fe) ~ 7.5, or percentages).
 LINEAR_MAX = 0.1
 LINEAR_MIN_VALUES = 10
+# Linear ratios 10**[Fe/H]: every value positive and spanning more than this factor (in dex that
+# would be a population without a single sub-solar star yet reaching down to ~0: implausible).
+LINEAR_RATIO_SPAN = 20.0
 DEX_MEDIAN_RANGE = {"[Fe/H]": (-5.0, 1.0), "[O/Fe]": (-2.0, 2.0)}
 
 ALPHA_ELEMENTS = {"mg": "Mg", "si": "Si", "ca": "Ca", "ti": "Ti", "s": "S", "alpha": "alpha",
@@ -225,8 +228,10 @@ class StarTable:
         try:
             with warnings.catch_warnings():  # unit strings, multiple HDUs: not the user's concern
                 warnings.simplefilter("ignore", AstropyWarning)
-                self.table = Table.read(self.path, format=fmt, **(
-                    {"memmap": True} if fmt == "fits" else {}))
+                if fmt == "fits":
+                    self.table = Table.read(self.path, format=fmt, memmap=True)
+                else:
+                    self.table = Table.read(_csv_lines(self.path), format=fmt)
         except Exception as exc:
             raise ObservationError(f"{self.path}: not readable as a {fmt} table "
                                    f"({type(exc).__name__}: {exc})") from exc
@@ -268,6 +273,14 @@ class StarTable:
         return values
 
 
+def _csv_lines(path: Path) -> list[str]:
+    """A CSV's lines as a reader should see them: without a byte-order mark (Excel writes one)
+    and without ``#`` comment lines (provenance headers of survey exports), blank lines dropped."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        lines = [line.rstrip("\r\n") for line in f]
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -303,6 +316,13 @@ def check_dex(values: np.ndarray, quantity: str, column: str, path: Path) -> Non
             f"{path}: column {column!r} ({quantity}) looks like linear abundances, not dex: all "
             f"{v.size} values lie in (0, {LINEAR_MAX}) (largest {v.max():.3g}); give "
             f"{quantity} as log10 ratios relative to the Sun in dex")
+    if (quantity == "[Fe/H]" and v.size >= LINEAR_MIN_VALUES and (v > 0).all()
+            and v.max() / v.min() > LINEAR_RATIO_SPAN):
+        raise ObservationError(
+            f"{path}: column {column!r} ({quantity}) looks like linear ratios 10^{quantity}, not "
+            f"dex: all {v.size} values are positive, spanning a factor {v.max() / v.min():.3g} "
+            f"({v.min():.3g} .. {v.max():.3g}); give {quantity} as log10 ratios relative to the "
+            "Sun in dex (log10 of these values)")
     if v.size:
         lo, hi = DEX_MEDIAN_RANGE[quantity]
         median = float(np.median(v))

@@ -1,4 +1,4 @@
-"""``casbi-store validate``: check a store (schema, chunks, counts, members, checksums)."""
+"""``casbi-store validate``: check a store (schema, chunks, counts, members, checksums, digests)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,32 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    v = sub.add_parser("validate", help="check a store: schema, chunks, counts, members, checksums")
+    v = sub.add_parser("validate", help="check a store: schema, chunks, counts, members, "
+                                        "checksums and every chunk's digest")
     v.add_argument("store")
+    v.add_argument("--quick", action="store_true",
+                   help="skip comparing chunks with their recorded digests (structure, counts "
+                        "and training-set checksums only)")
     v.set_defaults(func=run)
 
 
-def validate(store: str) -> int:
+def validate(store: str, quick: bool = False) -> int:
     """Print every problem of ``store`` and a verdict; 1 if there is any problem."""
     from casbi_store.store.validate import validate_store
 
-    problems = validate_store(store)
+    report: dict = {}
+    problems = validate_store(store, quick=quick, report=report)
     for problem in problems:
         print(problem)
-    print(f"{store}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
+    if quick:
+        digests = "digests not checked (--quick)"
+    elif report.get("digests"):
+        digests = f"{report['digests']} chunk digests verified"
+    else:
+        digests = "no digests recorded (a store written before they were): structure checked"
+    print(f"{store}: {'valid' if not problems else f'{len(problems)} problem(s)'}; {digests}")
     return 1 if problems else 0
 
 
 def run(args: argparse.Namespace) -> int:
-    return validate(args.store)
+    return validate(args.store, args.quick)

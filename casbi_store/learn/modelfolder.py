@@ -11,8 +11,12 @@ A model folder holds::
     calibration.json   what the task fitted after training (the classifier's temperature), if any
     ensemble.json      the members, each one's best validation loss and its weight
 
-``ensemble.json`` is written last, atomically, once every member is trained (the trainer removes
-it when it starts): a folder without it is still being trained or was interrupted, and is refused.
+``ensemble.json`` is written once every member is trained (the trainer removes it when it starts):
+a folder without it is still being trained or was interrupted, and is refused. Last of all,
+``manifest.json`` records the SHA-256 of every file a posterior depends on (config, transform,
+calibration, ensemble, each listed member's ``model.pt``): ``load_model`` refuses a folder whose
+files differ from it (an edited ``ensemble.json``, a dropped member) in one line. Folders written
+before manifests load as before.
 ``load_model`` loads a folder whole or not at all: a missing member, an unreadable or edited
 ``config.json``/``ensemble.json``/``transform.npz``/``model.pt``, or weights of another network
 shape than the config's raise ``ModelFolderError`` naming the file and the problem.
@@ -25,6 +29,7 @@ A member's network is rebuilt from ``config.json`` and ``transform.npz`` by its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,6 +48,7 @@ from .tasks import Task, get_task
 
 CONFIG, TRANSFORM, ENSEMBLE = "config.json", "transform.npz", "ensemble.json"
 CALIBRATION = "calibration.json"
+MANIFEST = "manifest.json"
 MODEL, CHECKPOINT, HISTORY = "model.pt", "checkpoint.pt", "history.json"
 N_OBS_RANGE = "n_obs_range"  # config.json: [min, max] N_obs of the training halos and set
 RENAMED = {"n_sub": "joint_n_sub"}  # old TrainConfig keys of config.json -> their names now
@@ -179,15 +185,53 @@ def read_calibration(out: Path) -> dict:
 
 
 def start_training(out: Path) -> None:
-    """Mark a folder as being trained: ``ensemble.json`` goes until every member is done."""
+    """Mark a folder as being trained: ``ensemble.json`` (and the manifest) go until every
+    member is done."""
+    (Path(out) / MANIFEST).unlink(missing_ok=True)
     (Path(out) / ENSEMBLE).unlink(missing_ok=True)
 
 
 def write_ensemble(out: Path, ensemble: dict) -> None:
-    """``ensemble.json``, atomically, with the member folders' names: the folder's last write."""
+    """``ensemble.json``, atomically, with the member folders' names, then the manifest of
+    file digests: the folder's last writes."""
     n = len(ensemble["weights"])
-    _write_json_atomic(Path(out) / ENSEMBLE,
-                       {"members": [member_dir(out, k).name for k in range(n)], **ensemble})
+    members = [member_dir(out, k).name for k in range(n)]
+    _write_json_atomic(Path(out) / ENSEMBLE, {"members": members, **ensemble})
+    files = [CONFIG, TRANSFORM, ENSEMBLE, *(f"{m}/{MODEL}" for m in members)]
+    if (Path(out) / CALIBRATION).exists():
+        files.append(CALIBRATION)
+    _write_json_atomic(Path(out) / MANIFEST,
+                       {"sha256": {f: _file_digest(Path(out) / f) for f in sorted(files)}})
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_manifest(out: Path) -> bool:
+    """Refuse a folder whose files differ from its manifest (``ModelFolderError``, one line);
+    False for folders written before manifests (nothing to check)."""
+    path = Path(out) / MANIFEST
+    if not path.exists():
+        return False
+    recorded = _read_json(path).get("sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        raise ModelFolderError(f"{path}: no file digests")
+    if (Path(out) / CALIBRATION).exists() and CALIBRATION not in recorded:
+        raise ModelFolderError(f"{Path(out) / CALIBRATION}: added after training (not in "
+                               f"{MANIFEST}); a model folder is not edited: retrain")
+    for name, digest in recorded.items():
+        file = Path(out) / name
+        if not file.exists():
+            raise ModelFolderError(f"{file}: missing (listed in {MANIFEST}); restore it or retrain")
+        if _file_digest(file) != digest:
+            raise ModelFolderError(f"{file}: changed after training (its SHA-256 differs from "
+                                   f"{MANIFEST}); a model folder is not edited: retrain")
+    return True
 
 
 def read_ensemble(out: Path) -> tuple[list[str], np.ndarray]:
@@ -348,8 +392,9 @@ def load_model(out: str | os.PathLike, device: str = "cpu") -> TrainedModel:
         members.append(load_member(out / name / MODEL, meta, stats, seed + k, device))
         history = out / name / HISTORY
         histories.append(_read_json_list(history) if history.exists() else [])
-    return TrainedModel(out, meta, stats, members, weights / weights.sum(), histories,
-                        read_calibration(out))
+    calibration = read_calibration(out)
+    check_manifest(out)  # last: a damaged file gets its own message first
+    return TrainedModel(out, meta, stats, members, weights / weights.sum(), histories, calibration)
 
 
 def _read_json_list(path: Path) -> list:

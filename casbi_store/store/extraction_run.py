@@ -9,6 +9,7 @@ on the number of workers or the order in which tasks finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -28,7 +29,7 @@ from .abundances import SOLAR_CONSTANTS
 from .binning import Binning, BinningSpec, resolve_binning
 from .cluster import ClusterSpec, cluster_client
 from .extract import ErrorKind, ExtractionSettings, extract_outcome
-from .io import GalaxyBatch, StoreWriter, check_target, coverage_summary
+from .io import GalaxyBatch, StoreError, StoreWriter, check_target, coverage_summary
 from .locks import store_lock
 from .provenance import provenance
 from .snapshots import SnapshotRef, find_snapshots, fingerprint
@@ -192,10 +193,39 @@ def extract_suite(
         try:
             return _extract_locked(suite, store, refs, settings, binning, cluster, client,
                                    retry_failed, progress, staged_only)
-        except BaseException:
+        except BaseException as exc:
             if not existed and commit.committed(store) is None:
                 shutil.rmtree(store, ignore_errors=True)  # made by this run, nothing committed
+            elif _no_space(exc) and Path(store).exists():
+                with contextlib.suppress(OSError):  # else the next writer rolls it back
+                    commit.recover(store)  # give back what the failed commit wrote
+            if _no_space(exc):
+                raise StoreError(_no_space_message(store, existed)) from None
             raise
+
+
+def _no_space(exc: BaseException) -> bool:
+    """True if ``exc`` or what it was raised from is "no space left on device" (or quota)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _no_space_message(store: str, existed: bool) -> str:
+    """One line: where, how much the run needed (its staged outcomes, the stars' bulk) and had."""
+    staging = Staging(store)
+    needed = sum(p.stat().st_size for p in staging.dir.glob("*.npz")) if staging.dir.is_dir() else 0
+    folder = Path(store) if Path(store).exists() else Path(store).parent
+    free = shutil.disk_usage(folder).free
+    need = f"about {needed / 2**20:.1f} MiB more were needed, " if needed else ""
+    return (f"{store}: no space left on device while writing ({need}{free / 2**20:.1f} MiB free); "
+            + ("nothing changed: the store is as it was before this run" if existed else
+               "nothing was written") + "; free some space and re-run (finished snapshots are "
+            f"kept in {staging.dir})")
 
 
 def _extract_locked(suite: Path, store: str, refs: list[SnapshotRef], settings, binning,

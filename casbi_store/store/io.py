@@ -25,7 +25,7 @@ import zarr
 from . import commit
 from . import schema as S
 from .binning import Binning, BinningSpec, coverage_lines, histogram_stack, resolve_binning
-from .locks import LOCK_DIR, LockHeld, is_local, store_lock
+from .locks import LOCK_DIR, is_local
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,28 @@ class StoreError(RuntimeError):
 
 # ---- reading ------------------------------------------------------------------------------------
 
-def _open_group(store: str, group: str, storage_options: dict | None = None) -> xr.Dataset:
-    finish_interrupted_commit(store)
+def open_snapshot(store: str, storage_options: dict | None = None) -> commit.SnapshotStore:
+    """One committed state of the store, whatever a writer publishes meanwhile: every group
+    opened through it sees the same commit (:class:`casbi_store.store.commit.SnapshotStore`)."""
+    from zarr.storage import FsspecStore, LocalStore
+
     try:
-        return xr.open_zarr(store, group=group, consolidated=True, zarr_format=S.ZARR_FORMAT,
-                            storage_options=storage_options, decode_times=False)
+        if is_local(store) and not storage_options:
+            root = Path(store.removeprefix("file://"))
+            return commit.SnapshotStore.snapshot_of(LocalStore(root, read_only=True), root)
+        remote = FsspecStore.from_url(store, storage_options=storage_options or None,
+                                      read_only=True)
+        return commit.SnapshotStore.snapshot_of(remote)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
+        raise StoreError(f"{store}: cannot open as a Zarr store ({exc})") from exc
+
+
+def _open_group(store: str, group: str, storage_options: dict | None = None,
+                snapshot: commit.SnapshotStore | None = None) -> xr.Dataset:
+    snapshot = snapshot or open_snapshot(store, storage_options)
+    try:
+        return xr.open_zarr(snapshot, group=group, consolidated=True, zarr_format=S.ZARR_FORMAT,
+                            decode_times=False)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{store}: no '{group}' group (not a casbi store, or still empty)") from exc
     except ValueError as exc:  # arrays of one group disagree in length
@@ -48,26 +65,12 @@ def _open_group(store: str, group: str, storage_options: dict | None = None) -> 
                          "(`casbi-store validate` lists what)") from exc
 
 
-def finish_interrupted_commit(store: str) -> None:
-    """Readers of a local store finish a commit that passed its commit point before a kill
-    (its record ``.commit.json`` is there), as SQLite readers roll back a hot journal: under the
-    store lock, so never while the writer applies it; a stale lock is reported, not broken."""
-    if not (is_local(store) and commit.pending_commit(store.removeprefix("file://"))):
-        return
-    try:
-        with store_lock(store, "store", purpose="finishing an interrupted commit"):
-            done = commit.recover(store.removeprefix("file://"))
-    except LockHeld as exc:
-        raise StoreError(f"{store}: a commit is being applied or was interrupted ({exc})") from exc
-    log.warning("%s: %s", store, "; ".join(done))
-
-
-def store_attrs(store: str, storage_options: dict | None = None) -> dict:
+def store_attrs(store: str, storage_options: dict | None = None,
+                snapshot: commit.SnapshotStore | None = None) -> dict:
     """Root attributes of the store (schema version, binning, provenance...)."""
-    finish_interrupted_commit(store)
+    snapshot = snapshot or open_snapshot(store, storage_options)
     try:
-        root = zarr.open_consolidated(store, mode="r", zarr_format=S.ZARR_FORMAT,
-                                      storage_options=storage_options)
+        root = zarr.open_consolidated(snapshot, mode="r", zarr_format=S.ZARR_FORMAT)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise StoreError(f"{store}: cannot open as a Zarr store ({exc})") from exc
     return dict(root.attrs)
@@ -79,15 +82,17 @@ def open_store(path_or_url: str | os.PathLike, storage_options: dict | None = No
     Dimension ``galaxy`` is indexed by galaxy name (``ds.sel(galaxy="g1.05e10.00512")``); the
     histograms ``counts`` and ``mass_weighted`` have dims ``(galaxy, feh_bin, ofe_bin)`` with bin
     centres as coordinates and ``feh_edges``/``ofe_edges`` as variables. Works for local paths
-    and fsspec URLs (``http://``, ``s3://``).
+    and fsspec URLs (``http://``, ``s3://``). Everything in it, loaded now or later, is of the
+    one commit that was current when it was opened, while writers extract and compose.
     """
     store = os.fspath(path_or_url)
-    attrs = store_attrs(store, storage_options)
+    snap = open_snapshot(store, storage_options)
+    attrs = store_attrs(store, snapshot=snap)
     if attrs.get(S.ATTR_SCHEMA_VERSION) != S.SCHEMA_VERSION:
         raise StoreError(f"{store}: schema version {attrs.get(S.ATTR_SCHEMA_VERSION)} is not "
                          f"{S.SCHEMA_VERSION} (this casbi_store reads version {S.SCHEMA_VERSION})")
-    galaxies = _open_group(store, S.GALAXIES, storage_options)
-    hist = _open_group(store, S.HISTOGRAMS, storage_options)
+    galaxies = _open_group(store, S.GALAXIES, snapshot=snap)
+    hist = _open_group(store, S.HISTOGRAMS, snapshot=snap)
     if hist.sizes.get(S.DIM_GALAXY) != galaxies.sizes.get(S.DIM_GALAXY):
         raise StoreError(f"{store}: histograms ({hist.sizes.get(S.DIM_GALAXY)} rows) and galaxies "
                          f"({galaxies.sizes.get(S.DIM_GALAXY)} rows) differ: the store is damaged "
@@ -123,14 +128,16 @@ def open_stars(path_or_url: str | os.PathLike, storage_options: dict | None = No
 def galaxy_stars(path_or_url: str | os.PathLike, name: str) -> xr.Dataset:
     """The stars of one galaxy, by name."""
     store = os.fspath(path_or_url)
-    gal = _open_group(store, S.GALAXIES)
+    snap = open_snapshot(store)
+    gal = _open_group(store, S.GALAXIES, snapshot=snap)
     hits = np.flatnonzero(np.asarray(as_strings(gal[S.NAME.name].values)) == name)
     if hits.size == 0:
         raise KeyError(f"{store}: no galaxy named {name!r}")
     k = int(hits[0])
     start = int(gal[S.STAR_OFFSET.name][k])
     stop = start + int(gal[S.N_STAR.name][k])
-    return open_stars(store).isel({S.DIM_STAR: slice(start, stop)}).load()
+    stars = _open_group(store, S.STARS, snapshot=snap)
+    return stars.isel({S.DIM_STAR: slice(start, stop)}).load()
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -413,10 +420,9 @@ def stars_outside(path_or_url: str | os.PathLike, storage_options: dict | None =
     not dask: an extraction's summary calls it, and a run without a cluster imports no dask
     scheduler."""
     store = os.fspath(path_or_url)
-    finish_interrupted_commit(store)
     try:
-        root = zarr.open_consolidated(store, mode="r", zarr_format=S.ZARR_FORMAT,
-                                      storage_options=storage_options)
+        root = zarr.open_consolidated(open_snapshot(store, storage_options), mode="r",
+                                      zarr_format=S.ZARR_FORMAT)  # one committed state
         gal, hist = root[S.GALAXIES], root[S.HISTOGRAMS]
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise StoreError(f"{store}: no galaxies ({exc})") from exc
@@ -452,10 +458,11 @@ def coverage_summary(path_or_url: str | os.PathLike, storage_options: dict | Non
 def describe_store(path_or_url: str | os.PathLike, storage_options: dict | None = None) -> str:
     """A readable summary: galaxies, simulations, ranges, binning versions, errors, runs."""
     store = os.fspath(path_or_url)
-    attrs = store_attrs(store, storage_options)
+    snap = open_snapshot(store, storage_options)
+    attrs = store_attrs(store, snapshot=snap)
     lines = [f"store {store}  (schema v{attrs.get(S.ATTR_SCHEMA_VERSION)})"]
     try:
-        gal = load_checked(_open_group(store, S.GALAXIES, storage_options)[
+        gal = load_checked(_open_group(store, S.GALAXIES, snapshot=snap)[
             [S.SIMULATION.name, S.MSTAR.name, S.MDM.name, S.TIME.name, S.N_STAR.name]],
             f"{store}/{S.GALAXIES}")
     except StoreError as exc:

@@ -15,7 +15,8 @@ the registry is re-read without consolidated metadata: the same identity already
 no-op, a different one is refused. Arrays go to a draft group ``_draft_<version>_<token>`` next
 to the versions; on a local store the draft, entry included, is renamed to ``<version>`` in one
 ``os.rename`` (the commit point), then the consolidated metadata is rewritten. A compose killed at
-any instant therefore leaves no version, or a whole one; a re-run clears drafts and completes it.
+any instant therefore leaves no version, or a whole one; a re-run completes it, and every compose
+sweeps the drafts of any version whose composer is gone (:func:`sweep_drafts`).
 On object storage (no rename, no lock) the draft is moved and the entry written last.
 
 A set describes itself: each split stores ``feh_edges``/``ofe_edges`` and the entry the store's
@@ -33,6 +34,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -418,6 +420,26 @@ def _clear_unpublished(store: str, name: str, version: str, storage_options: dic
             _remove(store, set_path(name, key), storage_options)
 
 
+def sweep_drafts(store: str) -> list[str]:
+    """Remove the drafts of every set and version of a local store whose writer is gone (its lock
+    ``set-<name>-<version>`` can be taken: free, or stale and broken); return what was removed.
+    A draft whose composer still runs is left alone."""
+    base = os.fspath(store).removeprefix("file://")
+    removed = []
+    for draft in sorted(Path(base, S.TRAINING_SETS).glob(f"*/{DRAFT_PREFIX}*")):
+        version = draft.name[len(DRAFT_PREFIX):].rsplit("_", 1)[0]
+        try:
+            with store_lock(base, f"set-{draft.parent.name}-{version}", purpose="sweeping drafts"):
+                if draft.exists():
+                    shutil.rmtree(draft, ignore_errors=True)
+                    removed.append(f"{draft.parent.name}/{draft.name}")
+        except LockHeld:
+            continue
+    if removed:
+        log.warning("%s: removed drafts left by interrupted composes: %s", store, ", ".join(removed))
+    return removed
+
+
 @contextmanager
 def begin(store: str | os.PathLike, name: str, version: str, identity: dict,
           binning_record: dict, storage_options: dict | None = None) -> Iterator[Draft]:
@@ -431,6 +453,8 @@ def begin(store: str | os.PathLike, name: str, version: str, identity: dict,
     store = os.fspath(store)
     if not VERSION_PATTERN.match(version):
         raise TrainingSetError(f"version {version!r} must look like v1, v2, ...")
+    if is_local(store):
+        sweep_drafts(store)
     with store_lock(store, f"set-{name}-{version}", purpose=f"compose {name}:{version}"):
         draft = Draft(store, name, version, identity, binning_record, storage_options,
                       path=set_path(name, f"{DRAFT_PREFIX}{version}_{os.urandom(4).hex()}"))
