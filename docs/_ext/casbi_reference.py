@@ -205,6 +205,10 @@ def pipeline_sections() -> list[tuple[str, str, list[tuple[str, type, tuple[str,
           ("training options (train.defaults, train.models[], tune.defaults)", TrainConfig, (), "train")]),
         ("survey", "mock survey tables through observe and infer (`casbi-store survey`)",
          [("survey", C.SurveyStage, (), "survey")]),
+        ("external", "an external condition: a second mock suite extracted with the store's "
+         "bin edges and a set of its halos, judged by `evaluate` as galaxies no model saw",
+         [("external", C.ExternalStage, ("mock", "set"), None),
+          ("external.mock", C.MockStage, (), "mock"), ("external.set", ComposeSpec, (), None)]),
         ("evaluate", "metrics and the report (`casbi-store evaluate`)",
          [("evaluate", C.EvaluateStage, (), "evaluate")]),
     ]
