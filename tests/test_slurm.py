@@ -62,7 +62,9 @@ def test_pipeline_on_slurm_jobs_equals_a_local_cluster(slurm, tiny_suite, tiny_s
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     jobs = submitted(tmp_path)
-    assert len(jobs) == 2  # two real sbatch jobs ran the workers
+    # real sbatch jobs ran the workers: two were submitted; when the first job's worker finishes
+    # the tiny suite before the second job starts, the client cancels that one unstarted
+    assert 1 <= len(jobs) <= 2
     for job in jobs:
         info = slurm.job(job)
         assert (info["JobName"], info["Account"]) == (JOB, "casbi")

@@ -119,6 +119,7 @@ def test_model_folders_written_with_the_old_n_sub_key_still_load(store, tmp_path
     meta = json.loads((out / "config.json").read_text())
     meta["config"]["n_sub"] = meta["config"].pop("joint_n_sub")
     (out / "config.json").write_text(json.dumps(meta))
+    (out / "manifest.json").unlink()  # a folder of that time had no manifest either
     old = load_model(out)
     assert old.joint_n_sub == 4 and old.parameters == new.parameters
     x = torch.rand(3, 1, 64, 64) * 10
