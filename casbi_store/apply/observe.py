@@ -23,7 +23,6 @@ Alpha proxies. When the [O/Fe] column is [Mg/Fe], [Si/Fe], [Ca/Fe], [Ti/Fe] or [
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -37,7 +36,7 @@ import xarray as xr
 
 from casbi_store.store import schema as S
 from casbi_store.store.binning import Binning, BinningSpec, bin_stars, histogram_stack
-from casbi_store.store.provenance import PACKAGES, package_versions, provenance
+from casbi_store.store.provenance import PACKAGES, package_versions, provenance, sha256_file
 
 from .quality import parse_quality
 
@@ -279,14 +278,6 @@ def _csv_lines(path: Path) -> list[str]:
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         lines = [line.rstrip("\r\n") for line in f]
     return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def ofe_mapping(column: str) -> tuple[str, str]:

@@ -85,17 +85,21 @@ def model_blocks(meta: dict) -> TrainingBlocks | None:
         return None
 
 
+def _near(blocks: TrainingBlocks, points: np.ndarray) -> np.ndarray:
+    """(n, 3) finite points -> (n, blocks) mask of the training blocks within ``SCALES``."""
+    d = (points[:, None, :] - blocks.theta[None]) / SCALES
+    return (d ** 2).sum(axis=-1) <= 1
+
+
 def support(blocks: TrainingBlocks, theta: np.ndarray) -> np.ndarray:
     """For each row of ``theta`` (n, 3), the training simulations with a block within
     ``SCALES`` (standardised distance <= 1); NaN rows get 0."""
     theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
     out = np.zeros(len(theta), dtype=np.int64)
-    n_sims = blocks.simulation.max() + 1 if len(blocks.simulation) else 0
-    for i, row in enumerate(theta):
-        if not np.isfinite(row).all():
-            continue
-        near = (((blocks.theta - row) / SCALES) ** 2).sum(axis=1) <= 1
-        out[i] = np.count_nonzero(np.bincount(blocks.simulation[near], minlength=n_sims))
+    finite = np.isfinite(theta).all(axis=1)
+    if finite.any():
+        out[finite] = [len(np.unique(blocks.simulation[near]))
+                       for near in _near(blocks, theta[finite])]
     return out
 
 
@@ -109,14 +113,12 @@ def supported_fraction(blocks: TrainingBlocks, samples: np.ndarray) -> np.ndarra
     samples = np.asarray(samples, dtype=np.float64)
     one = samples.ndim == 2
     samples = samples[:, None] if one else samples
-    scaled_blocks = blocks.theta / SCALES
     out = np.full(samples.shape[1], np.nan)
     for h in range(samples.shape[1]):
         s = samples[:, h]
-        s = s[np.isfinite(s).all(axis=1)] / SCALES
+        s = s[np.isfinite(s).all(axis=1)]
         if len(s):
-            d2 = ((s[:, None, :] - scaled_blocks[None]) ** 2).sum(axis=-1)
-            out[h] = float((d2.min(axis=1) <= 1).mean())
+            out[h] = float(_near(blocks, s).any(axis=1).mean())
     return out[0] if one else out
 
 

@@ -171,8 +171,8 @@ def _extract_stage(pipe: Pipeline, suite, client, progress: bool) -> None:
 def _external_stage(pipe: Pipeline, client, progress: bool) -> None:
     """The external condition's suite (mock), store (extracted with the main store's bin edges,
     so the models read it) and set (composed from it alone)."""
-    from casbi_store.store.binning import BinningSpec
-    from casbi_store.store.io import open_store
+    from casbi_store.store.binning import Binning, BinningSpec
+    from casbi_store.store.io import store_attrs
 
     ext = pipe.external
     folder = pipe.path(ext.out)
@@ -180,10 +180,9 @@ def _external_stage(pipe: Pipeline, client, progress: bool) -> None:
     log.info("stage external: preset %s, seed %s -> %s", m.preset, m.seed, folder)
     spec = suite_spec(m.preset, seed=m.seed, defects=m.defects, physics=m.physics, **m.sizes())
     log.info(make_suite(folder / "suite", spec, workers=m.workers, progress=progress))
-    main = open_store(pipe.path(pipe.extract.store))
-    feh, ofe = main[S.FEH_EDGES.name].values, main[S.OFE_EDGES.name].values
-    binning = BinningSpec(method="fixed", n_bins=len(feh) - 1, feh_range=(float(feh[0]), float(feh[-1])),
-                          ofe_range=(float(ofe[0]), float(ofe[-1])))
+    main = Binning.from_dict(store_attrs(str(pipe.path(pipe.extract.store)))[S.ATTR_BINNING])
+    binning = BinningSpec(method="fixed", n_bins=main.spec.n_bins, feh_range=main.feh_range,
+                          ofe_range=main.ofe_range)  # the same linspace edges
     store = folder / "store.zarr"
     extract(folder / "suite", store, settings=pipe.extract.settings(), binning=binning,
             cluster=None if client is not None else pipe.extract.cluster_spec(), client=client,

@@ -29,7 +29,6 @@ A member's network is rebuilt from ``config.json`` and ``transform.npz`` by its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from casbi_store.store.provenance import sha256_file
 
 from .representations import (
     DEFAULT_REPRESENTATION,
@@ -201,15 +202,7 @@ def write_ensemble(out: Path, ensemble: dict) -> None:
     if (Path(out) / CALIBRATION).exists():
         files.append(CALIBRATION)
     _write_json_atomic(Path(out) / MANIFEST,
-                       {"sha256": {f: _file_digest(Path(out) / f) for f in sorted(files)}})
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+                       {"sha256": {f: sha256_file(Path(out) / f) for f in sorted(files)}})
 
 
 def check_manifest(out: Path) -> bool:
@@ -228,7 +221,7 @@ def check_manifest(out: Path) -> bool:
         file = Path(out) / name
         if not file.exists():
             raise ModelFolderError(f"{file}: missing (listed in {MANIFEST}); restore it or retrain")
-        if _file_digest(file) != digest:
+        if sha256_file(file) != digest:
             raise ModelFolderError(f"{file}: changed after training (its SHA-256 differs from "
                                    f"{MANIFEST}); a model folder is not edited: retrain")
     return True
