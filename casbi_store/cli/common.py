@@ -13,7 +13,7 @@ TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transfor
 TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
                  "num_transforms", "embedding_dim", "ensemble", "max_rank", "joint_n_sub",
                  "in_memory", "seed", "device", "representation", "embedding", "lr_schedule",
-                 "point_estimate_weight")
+                 "point_estimate_weight", "shift_feh", "shift_ofe", "resample_stars")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -109,6 +109,13 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="weight of a point-estimate head's MSE (an MLP estimate of the "
                         "parameters appended to the flow's condition or the classifier's "
                         "features; default 0: none)")
+    p.add_argument("--shift-feh", type=float, metavar="DEX",
+                   help="augmentation: each training block moved every epoch by a Gaussian "
+                        "offset of this standard deviation in [Fe/H] (default 0: none)")
+    p.add_argument("--shift-ofe", type=float, metavar="DEX",
+                   help="augmentation: the same in [O/Fe] (default 0)")
+    p.add_argument("--resample-stars", action="store_true", default=None,
+                   help="augmentation: each training block's counts redrawn (Poisson) every epoch")
     if tuned:
         p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
 

@@ -27,6 +27,7 @@ from casbi_store.store import schema as S
 from casbi_store.store.provenance import package_versions, utc_now
 
 from . import modelfolder as F
+from .augment import Augmentation, BlockAugmenter
 from .estimators import point_estimate_head
 from .misspecification import calibrate_after_training
 from .representations import (
@@ -56,6 +57,9 @@ class TrainConfig:
     ``constant`` (``learning_rate`` throughout), ``cosine`` (from ``learning_rate`` down to 0
     over ``epochs``) or ``onecycle`` (warm-up to ``learning_rate`` as peak over the first 30%
     of the steps, then down; see ``scheduled_lr``, figures in bench/README.md);
+    ``shift_feh`` / ``shift_ofe`` (dex) and ``resample_stars`` augment the training halos: every
+    epoch each is summed anew from its blocks, each block moved by its own Gaussian offset and
+    its counts redrawn (``casbi_store.learn.augment``; the split is then held in memory);
     ``point_estimate_weight`` > 0 gives the network a ``PointEstimate`` head (an MLP estimate of
     the standardised parameters, appended to a flow's condition or to the classifier's pooled
     features) trained by MSE with this weight beside the negative log-likelihood (0: none, the
@@ -81,9 +85,13 @@ class TrainConfig:
     embedding: str = DEFAULT_EMBEDDING
     lr_schedule: str = "constant"
     point_estimate_weight: float = 0.0
+    shift_feh: float = 0.0
+    shift_ofe: float = 0.0
+    resample_stars: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
+        _ = self.augmentation  # checks the shifts
         weight = self.point_estimate_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise ValueError(f"point_estimate_weight must be a number >= 0, not {weight!r}")
@@ -100,6 +108,10 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(self.shift_feh, self.shift_ofe, bool(self.resample_stars))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -129,6 +141,21 @@ class _InMemory:
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             yield self.x[rows], self.target[rows]
+
+
+class _Augmented(_InMemory):
+    """The training split re-summed from its blocks every epoch (``casbi_store.learn.augment``)."""
+
+    def __init__(self, stream: TrainingSetStream, augmentation: Augmentation,
+                 storage_options: dict | None):
+        super().__init__(stream)
+        self.augmenter = BlockAugmenter(stream.store, stream.name, stream.version, stream.split,
+                                        augmentation, stream.seed, storage_options)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.x = torch.from_numpy(self.augmenter.halos(epoch))[:, None]
 
 
 def _rows(source, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -267,6 +294,9 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     meta, stats = _prepare(store, name, version, task, out, cfg, streams, storage_options)
     F.start_training(out)  # ensemble.json, written last, marks the folder complete
     sources = ({k: _InMemory(s) for k, s in streams.items()} if cfg.in_memory else streams)
+    if cfg.augmentation.active:
+        sources["train"] = _Augmented(streams["train"], cfg.augmentation, storage_options)
+        log.info("%s: training halos re-summed every epoch (%s)", out, cfg.augmentation)
     histories, best = [], []
     for k in range(cfg.ensemble):
         result = _train_member(meta, stats, sources, F.member_dir(out, k), cfg, cfg.seed + k)
