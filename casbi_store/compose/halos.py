@@ -116,7 +116,8 @@ def compose(store: str | os.PathLike, spec: ComposeSpec, *, progress: bool = Tru
         with trainingsets.begin(store, spec.name, spec.version, identity, record) as draft:
             if draft.published is not None:
                 return draft.published
-            return _compose_into(draft, store, spec, Binning.from_dict(record), progress)
+            return _compose_into(draft, store, spec, Binning.from_dict(record), progress,
+                                 record["version"])
     except trainingsets.VersionConflict as exc:
         raise ComposeError(str(exc)) from exc
     except LockHeld as exc:
@@ -150,9 +151,13 @@ class BlockData:
 
 
 def _compose_into(draft: trainingsets.Draft, store: str, spec: ComposeSpec, binning: Binning,
-                  progress: bool) -> dict:
+                  progress: bool, binning_version: int) -> dict:
     """Draw, sum and write every split into the draft, then publish it."""
-    ds = open_store(store)
+    ds = open_store(store)  # its own committed state: the one whose binning the entry records
+    if ds.attrs.get(S.ATTR_BINNING, {}).get("version") != binning_version:
+        raise ComposeError(f"{store}: the store was re-binned while {spec.name}:{spec.version} "
+                           "was being composed (an extraction committed meanwhile); run the "
+                           "compose again")
     galaxies = Galaxies(ds[S.MSTAR.name].values, ds[S.MDM.name].values, ds[S.TIME.name].values,
                         np.asarray(as_strings(ds[S.SIMULATION.name].values)))
     source = get_source(spec.source)
