@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,11 @@ from casbi_store.mock import generate_suite, preset
 from casbi_store.store.extraction_run import extract_suite
 
 TINY_SEED = 1
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs the suite on 2 pytest-xdist workers on 2 cores: one torch/BLAS thread per
+    # worker (and the processes it starts), instead of two each fighting for the same cores
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 REPO = Path(__file__).resolve().parents[1]
 # written by the tools that run the tests (git, pip -e, pytest, ruff, Python's bytecode), not by tests
 TOOL_PATHS = {".git", ".venv", ".pytest_cache", ".ruff_cache", "__pycache__"}
@@ -197,6 +203,54 @@ def tiny_survey_run(tiny_survey, tmp_path_factory) -> tuple[Path, str]:
                      *(str(m.path) for m in models), "--out", str(out), "--tables", "2",
                      "--samples", "100", "--ranks", "2"]) == 0
     return out, printed.getvalue()
+
+
+def run_outside(args: list, cwd: Path | None = None, timeout: float = 600) -> str:
+    """Run a command outside the checkout's import path (no PYTHONPATH, no VIRTUAL_ENV); its
+    output, or a failure that shows it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args}: rc {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class WheelVenv:
+    """The package as people install it: ``dist`` (the sdist and the wheel ``python -m build``
+    made) and ``venv`` (a fresh venv holding torch and that wheel, nothing of the checkout)."""
+
+    dist: Path
+    venv: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def exe(self) -> Path:
+        return self.venv / "bin" / "casbi-store"
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory) -> WheelVenv:
+    """``python -m build`` of this checkout (an sdist, then the wheel from it; uv makes build's
+    isolated environments), and a fresh venv with ``torch==2.13.0`` and that wheel, installed by
+    uv from the sources and constraints pip is configured with (``.ci/uv_sources.py``). From the
+    cache that installing the checkout's venv filled this takes seconds: ~25 s in all."""
+    folder = tmp_path_factory.mktemp("wheel")
+    dist, venv = folder / "dist", folder / "venv"
+    bin_dir = Path(sys.executable).parent
+    run_outside([sys.executable, "-m", "build", "--installer", "uv", "--outdir", dist, REPO],
+                timeout=900)
+    (wheel,) = dist.glob("*.whl")
+    uv = shutil.which("uv", path=str(bin_dir)) or shutil.which("uv")
+    assert uv, "uv not found: pip install -e '.[test]'"
+    sources = run_outside([sys.executable, REPO / ".ci" / "uv_sources.py"]).split()
+    run_outside([uv, "venv", "--quiet", "--python", sys.executable, venv])
+    run_outside([uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python", *sources,
+                 "torch==2.13.0", wheel], timeout=900)
+    return WheelVenv(dist, venv)
 
 
 HTTP_SERVER = """
