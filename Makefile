@@ -28,19 +28,26 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(VENV)/bin/ruff check casbi_store tests bench docs
 
-# the tutorials run on the tiny preset in a fresh temporary folder; ~2.5 min on 2 cores
+# the tutorials run on the tiny preset in a fresh temporary folder, one after another (they share
+# it): ~3 min on 2 cores, about one core busy
 docs: venv
 	rm -rf docs/_build/html docs/_build/.doctrees
 	$(VENV)/bin/sphinx-build -b html -W --keep-going -d docs/_build/.doctrees docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
 
-test: venv lint docs
-	$(VENV)/bin/pytest -q
+# the suite on 2 pytest-xdist workers (SLURM's and the wheel's tests each on one worker: their
+# session fixtures start a one-node SLURM and build the wheel's venv once)
+pytest: venv
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup
 
-# python -m build, the wheel into a fresh venv, casbi-store --help/--version and the tiny
-# pipeline there (tests/test_packaging.py; ~4-5 min on 2 cores, so not part of `make test`)
+# what CI runs: ruff, then the docs build beside the suite (each output shown when it ends)
+test: venv lint
+	$(MAKE) --no-print-directory -j2 --output-sync=target docs pytest
+
+# the wheel check alone: python -m build, the wheel into a fresh venv, casbi-store --help and
+# --version there, and the tiny pipeline run by that venv's casbi-store (part of make test)
 package-check: venv
-	CASBI_PACKAGING=1 $(VENV)/bin/pytest -q tests/test_packaging.py
+	$(VENV)/bin/pytest -q tests/test_packaging.py tests/test_cli.py::test_run_tiny_pipeline
 
 # real SLURM jobs on a one-node SLURM started here (root; apt-get install slurm-wlm munge):
 # pipelines/slurm_check.yaml extracted and composed by sbatch jobs, a job cancelled mid-run,

@@ -28,10 +28,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parents[1]
 # written by the tools that run the tests (git, pip -e, pytest, ruff, Python's bytecode), not by tests
 TOOL_PATHS = {".git", ".venv", ".pytest_cache", ".ruff_cache", "__pycache__"}
+# written by the docs build, which `make test` runs beside the tests
+DOCS_OUTPUT = ("docs/_build", "docs/reference")
 
 
 def _tool_path(path: str) -> bool:
-    return any(part in TOOL_PATHS or part.endswith(".egg-info") for part in Path(path).parts)
+    """``path`` (relative to the work tree) is one of the tools' or the docs build's outputs."""
+    parts = Path(path).parts
+    return (any(part in TOOL_PATHS or part.endswith(".egg-info") for part in parts)
+            or "/".join(parts[:2]) in DOCS_OUTPUT)
 
 
 def work_tree_state(root: Path = REPO) -> dict[str, object]:
@@ -45,7 +50,7 @@ def work_tree_state(root: Path = REPO) -> dict[str, object]:
             cwd=root, capture_output=True, text=True, timeout=60).stdout.splitlines()
         state["git status"] = "\n".join(line for line in status if not _tool_path(line[3:]))
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not _tool_path(d)]
+        dirs[:] = [d for d in dirs if not _tool_path(os.path.relpath(os.path.join(folder, d), root))]
         for name in files:
             path = Path(folder, name)
             with contextlib.suppress(OSError):  # removed while we walk: the next state shows it
