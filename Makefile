@@ -32,13 +32,13 @@ lint: venv
 # it): ~3 min on 2 cores, about one core busy
 docs: venv
 	rm -rf docs/_build/html docs/_build/.doctrees
-	$(VENV)/bin/sphinx-build -b html -W --keep-going -d docs/_build/.doctrees docs docs/_build/html
-	@echo "docs: docs/_build/html/index.html"
+	@start=$$(date +%s); \
+	$(VENV)/bin/sphinx-build -b html -W --keep-going -d docs/_build/.doctrees docs docs/_build/html; \
+	rc=$$?; echo "docs: docs/_build/html/index.html, $$(($$(date +%s) - start)) s"; exit $$rc
 
-# the suite on 2 pytest-xdist workers (SLURM's and the wheel's tests each on one worker: their
-# session fixtures start a one-node SLURM and build the wheel's venv once)
+# the suite on 2 pytest-xdist workers, a test file at a time, the longest first (tests/conftest.py)
 pytest: venv
-	$(VENV)/bin/pytest -q -n 2 --dist loadgroup
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 # what CI runs: ruff, then the docs build beside the suite (each output shown when it ends)
 test: venv lint

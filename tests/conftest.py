@@ -62,6 +62,35 @@ def work_tree_state(root: Path = REPO) -> dict[str, object]:
     return state
 
 
+# make test runs the suite on 2 pytest-xdist workers (-n 2 --dist loadgroup --no-loadscope-reorder):
+# each test file is one unit of work (its module fixtures built once), unless the tests name
+# another group (SLURM's, the wheel's); the units go out in this order, the longest first (seconds
+# of one unit run alone on 2 quiet cores, roughly), so that neither worker starts a long one as the
+# other runs out of work; the rest in collection order.
+LONGEST_FIRST = ("test_store_safety",   # 150: the kill harness (tests/kill_harness.py)
+                 "wheel",               # 85: build, the wheel's venv, the tiny pipeline run by it
+                 "test_trainingsets",   # 50
+                 "test_docs",           # 45: the README's one-liners on the tiny preset
+                 "test_evaluate",       # 45
+                 "test_cli", "test_compose", "slurm", "test_scheduler", "test_s3")
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    return marker.args[0] if marker else item.path.stem
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_xdist_group(item), len(rank)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def work_tree_unchanged():
     """Tests write only into their temporary folders: the run fails (an error at the teardown of
