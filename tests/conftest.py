@@ -62,33 +62,22 @@ def work_tree_state(root: Path = REPO) -> dict[str, object]:
     return state
 
 
-# make test runs the suite on 2 pytest-xdist workers (-n 2 --dist loadgroup --no-loadscope-reorder):
-# each test file is one unit of work (its module fixtures built once), unless the tests name
-# another group (SLURM's, the wheel's); the units go out in this order, the longest first (seconds
-# of one unit run alone on 2 quiet cores, roughly), so that neither worker starts a long one as the
-# other runs out of work; the rest in collection order.
+# make test runs the suite on 2 pytest-xdist workers (-n 2 --dist loadfile --no-loadscope-reorder):
+# each test file is one unit of work (its module fixtures built once), and the units go out in
+# this order, the longest first (seconds of one file run alone on 2 cores, roughly), so that
+# neither worker starts a long one as the other runs out of work; the rest in collection order.
 LONGEST_FIRST = ("test_store_safety",   # 150: the kill harness (tests/kill_harness.py)
-                 "wheel",               # 85: build, the wheel's venv, the tiny pipeline run by it
+                 "test_cli",            # 95: the tiny pipeline run by the wheel's casbi-store
                  "test_trainingsets",   # 50
                  "test_docs",           # 45: the README's one-liners on the tiny preset
                  "test_evaluate",       # 45
-                 "test_cli", "test_compose", "slurm", "test_scheduler", "test_s3")
+                 "test_compose", "test_slurm", "test_scheduler", "test_s3", "test_packaging")
 
 
-def _xdist_group(item: pytest.Item) -> str:
-    marker = item.get_closest_marker("xdist_group")
-    return marker.args[0] if marker else item.path.stem
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("dist", "no") != "loadgroup":
-        return
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_xdist_group(item), len(rank)))
+    if config.getoption("dist", "no") != "no" or os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -270,20 +259,30 @@ class WheelVenv:
 def wheel_venv(tmp_path_factory) -> WheelVenv:
     """``python -m build`` of this checkout (an sdist, then the wheel from it; uv makes build's
     isolated environments), and a fresh venv with ``torch==2.13.0`` and that wheel, installed by
-    uv from the sources and constraints pip is configured with (``.ci/uv_sources.py``). From the
-    cache that installing the checkout's venv filled this takes seconds: ~25 s in all."""
-    folder = tmp_path_factory.mktemp("wheel")
-    dist, venv = folder / "dist", folder / "venv"
-    bin_dir = Path(sys.executable).parent
-    run_outside([sys.executable, "-m", "build", "--installer", "uv", "--outdir", dist, REPO],
-                timeout=900)
-    (wheel,) = dist.glob("*.whl")
-    uv = shutil.which("uv", path=str(bin_dir)) or shutil.which("uv")
-    assert uv, "uv not found: pip install -e '.[test]'"
-    sources = run_outside([sys.executable, REPO / ".ci" / "uv_sources.py"]).split()
-    run_outside([uv, "venv", "--quiet", "--python", sys.executable, venv])
-    run_outside([uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python", *sources,
-                 "torch==2.13.0", wheel], timeout=900)
+    uv from the sources and constraints pip is configured with (``.ci/uv_sources.py``). Built once
+    per run, whichever xdist worker asks first (the others wait on a lock and reuse it). From the
+    cache that installing the checkout's venv filled this takes ~15-25 s on 2 cores."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's popen-gwN
+    folder, dist, venv = shared / "wheel", shared / "wheel" / "dist", shared / "wheel" / "venv"
+    with open(shared / "wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            run_outside([sys.executable, "-m", "build", "--installer", "uv", "--outdir", dist, REPO],
+                        timeout=900)
+            (wheel,) = dist.glob("*.whl")
+            uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+            assert uv, "uv not found: pip install -e '.[test]'"
+            sources = run_outside([sys.executable, REPO / ".ci" / "uv_sources.py"]).split()
+            run_outside([uv, "venv", "--quiet", "--python", sys.executable, venv])
+            run_outside([uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python",
+                         *sources, "torch==2.13.0", wheel], timeout=900)
+            (folder / "built").touch()
     return WheelVenv(dist, venv)
 
 

@@ -98,7 +98,6 @@ def test_pipeline_validation_names_file_and_key(tmp_path):
         load_pipeline(shipped)  # the shipped pipelines validate
 
 
-@pytest.mark.xdist_group("wheel")  # beside test_packaging: one wheel_venv per session (-n 2)
 def test_run_tiny_pipeline(tmp_path, wheel_venv):
     """The tiny pipeline run by the installed wheel's ``casbi-store`` (conftest.wheel_venv: the
     package as people install it, issue 21), outside the checkout."""

@@ -13,13 +13,10 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-import pytest
 from conftest import run_outside
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-
-pytestmark = pytest.mark.xdist_group("wheel")  # one wheel_venv per session (make test: -n 2)
 
 
 def test_wheel_and_sdist_build_install_and_run(wheel_venv, tmp_path):

@@ -24,9 +24,6 @@ from casbi_store.compose import compose
 CLI = [sys.executable, "-m", "casbi_store.cli"]
 PIPELINE = REPO / "pipelines" / "slurm_check.yaml"
 JOB = "casbi-store"  # dask-jobqueue's job name (casbi_store.store.cluster)
-# under pytest-xdist (make test: -n 2 --dist loadgroup) these tests share one worker, and so one
-# one-node SLURM (a session fixture), instead of each worker starting its own
-pytestmark = pytest.mark.xdist_group("slurm")
 
 
 def pipeline(tmp_path: Path, suite: Path, compose_stage: bool = True, **cluster) -> Path:
