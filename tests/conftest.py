@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,23 @@ from casbi_store.mock import generate_suite, preset
 from casbi_store.store.extraction_run import extract_suite
 
 TINY_SEED = 1
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs the suite on 2 pytest-xdist workers on 2 cores: one torch/BLAS thread per
+    # worker (and the processes it starts), instead of two each fighting for the same cores
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 REPO = Path(__file__).resolve().parents[1]
 # written by the tools that run the tests (git, pip -e, pytest, ruff, Python's bytecode), not by tests
 TOOL_PATHS = {".git", ".venv", ".pytest_cache", ".ruff_cache", "__pycache__"}
+# written by the docs build, which `make test` runs beside the tests
+DOCS_OUTPUT = ("docs/_build", "docs/reference")
 
 
 def _tool_path(path: str) -> bool:
-    return any(part in TOOL_PATHS or part.endswith(".egg-info") for part in Path(path).parts)
+    """``path`` (relative to the work tree) is one of the tools' or the docs build's outputs."""
+    parts = Path(path).parts
+    return (any(part in TOOL_PATHS or part.endswith(".egg-info") for part in parts)
+            or "/".join(parts[:2]) in DOCS_OUTPUT)
 
 
 def work_tree_state(root: Path = REPO) -> dict[str, object]:
@@ -39,7 +50,7 @@ def work_tree_state(root: Path = REPO) -> dict[str, object]:
             cwd=root, capture_output=True, text=True, timeout=60).stdout.splitlines()
         state["git status"] = "\n".join(line for line in status if not _tool_path(line[3:]))
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not _tool_path(d)]
+        dirs[:] = [d for d in dirs if not _tool_path(os.path.relpath(os.path.join(folder, d), root))]
         for name in files:
             path = Path(folder, name)
             with contextlib.suppress(OSError):  # removed while we walk: the next state shows it
@@ -49,6 +60,24 @@ def work_tree_state(root: Path = REPO) -> dict[str, object]:
                 if key.startswith("catalogs/"):
                     state[key] += (hashlib.sha256(path.read_bytes()).hexdigest(),)
     return state
+
+
+# make test runs the suite on 2 pytest-xdist workers (-n 2 --dist loadfile --no-loadscope-reorder):
+# each test file is one unit of work (its module fixtures built once), and the units go out in
+# this order, the longest first (seconds of one file run alone on 2 cores, roughly), so that
+# neither worker starts a long one as the other runs out of work; the rest in collection order.
+LONGEST_FIRST = ("test_store_safety",   # 150: the kill harness (tests/kill_harness.py)
+                 "test_cli",            # 95: the tiny pipeline run by the wheel's casbi-store
+                 "test_trainingsets",   # 50
+                 "test_docs",           # 45: the README's one-liners on the tiny preset
+                 "test_evaluate",       # 45
+                 "test_compose", "test_slurm", "test_scheduler", "test_s3", "test_packaging")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("dist", "no") != "no" or os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -197,6 +226,64 @@ def tiny_survey_run(tiny_survey, tmp_path_factory) -> tuple[Path, str]:
                      *(str(m.path) for m in models), "--out", str(out), "--tables", "2",
                      "--samples", "100", "--ranks", "2"]) == 0
     return out, printed.getvalue()
+
+
+def run_outside(args: list, cwd: Path | None = None, timeout: float = 600) -> str:
+    """Run a command outside the checkout's import path (no PYTHONPATH, no VIRTUAL_ENV); its
+    output, or a failure that shows it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args}: rc {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class WheelVenv:
+    """The package as people install it: ``dist`` (the sdist and the wheel ``python -m build``
+    made) and ``venv`` (a fresh venv holding torch and that wheel, nothing of the checkout)."""
+
+    dist: Path
+    venv: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def exe(self) -> Path:
+        return self.venv / "bin" / "casbi-store"
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory) -> WheelVenv:
+    """``python -m build`` of this checkout (an sdist, then the wheel from it; uv makes build's
+    isolated environments), and a fresh venv with ``torch==2.13.0`` and that wheel, installed by
+    uv from the sources and constraints pip is configured with (``.ci/uv_sources.py``). Built once
+    per run, whichever xdist worker asks first (the others wait on a lock and reuse it). From the
+    cache that installing the checkout's venv filled this takes ~15-25 s on 2 cores."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's popen-gwN
+    folder, dist, venv = shared / "wheel", shared / "wheel" / "dist", shared / "wheel" / "venv"
+    with open(shared / "wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            run_outside([sys.executable, "-m", "build", "--installer", "uv", "--outdir", dist, REPO],
+                        timeout=900)
+            (wheel,) = dist.glob("*.whl")
+            uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+            assert uv, "uv not found: pip install -e '.[test]'"
+            sources = run_outside([sys.executable, REPO / ".ci" / "uv_sources.py"]).split()
+            run_outside([uv, "venv", "--quiet", "--python", sys.executable, venv])
+            run_outside([uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python",
+                         *sources, "torch==2.13.0", wheel], timeout=900)
+            (folder / "built").touch()
+    return WheelVenv(dist, venv)
 
 
 HTTP_SERVER = """

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_outside
 
 from casbi_store.cli.config import ConfigError, load_pipeline
 
@@ -97,14 +98,17 @@ def test_pipeline_validation_names_file_and_key(tmp_path):
         load_pipeline(shipped)  # the shipped pipelines validate
 
 
-def test_run_tiny_pipeline(tmp_path):
+def test_run_tiny_pipeline(tmp_path, wheel_venv):
+    """The tiny pipeline run by the installed wheel's ``casbi-store`` (conftest.wheel_venv: the
+    package as people install it, issue 21), outside the checkout."""
     repo = Path(__file__).resolve().parents[1]
-    out = run("run", repo / "pipelines" / "tiny.yaml", "-q", cwd=tmp_path).stdout
+    out = run_outside([wheel_venv.exe, "run", repo / "pipelines" / "tiny.yaml", "-q"], cwd=tmp_path)
     assert "where to look" in out and "excluded_mass" in out
     assert (tmp_path / "tiny-run" / "store.zarr").is_dir()
     assert (tmp_path / "tiny-run" / "plots" / "trends.png").exists()
     assert "model theta" in out and "report" in out
     assert (tmp_path / "tiny-run" / "report" / "report.html").stat().st_size > 50_000
+    assert (tmp_path / "tiny-run" / "models" / "theta" / "ensemble.json").is_file()
     page = (tmp_path / "tiny-run" / "report" / "report.html").read_text()
     assert "Surrogate simulator: validation on held-out simulations" in page
     assert page.split("Surrogate simulator")[1].count("data:image/png") >= 2  # planes, strip, ...
@@ -117,7 +121,7 @@ def test_run_tiny_pipeline(tmp_path):
     assert "Can the answer be trusted?" in page
     kept = [tmp_path / "tiny-run" / p for p in ("models/surrogate/model.pt", "surrogate/validation.json")]
     stamps = [p.stat().st_mtime_ns for p in kept]
-    again = run("run", repo / "pipelines" / "tiny.yaml", "-q", cwd=tmp_path).stdout
+    again = run_outside([wheel_venv.exe, "run", repo / "pipelines" / "tiny.yaml", "-q"], cwd=tmp_path)
     assert "0 ok, 0 excluded, 0 failed" in again  # resumable: nothing new to do
     assert [p.stat().st_mtime_ns for p in kept] == stamps  # the surrogate and its validation kept
 

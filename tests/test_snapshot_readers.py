@@ -19,7 +19,7 @@ TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{TESTS}"}
 
 WRITER = """
-import os, shutil, sys
+import os, shutil, sys, time
 from pathlib import Path
 from casbi_store.compose import ComposeSpec, compose
 from casbi_store.store.extraction_run import extract_suite
@@ -32,6 +32,12 @@ for i, sim in enumerate(sys.argv[5:], start=first):
     compose(store, ComposeSpec(name="sets", version=f"v{i + 1}", n_sub_min=2, n_sub_max=3,
                                train_per_n=4, test_per_n=2, seed=i), progress=False)
     print("cycle", i + 1, flush=True)
+    # with a reader running (CASBI_TEST_READS: its read count), give it 4 reads per cycle, so the
+    # reads it checks fall among the writes however the cores are shared (make test runs 3 jobs)
+    count = os.environ.get("CASBI_TEST_READS")
+    deadline = time.time() + 60
+    while count and time.time() < deadline and int(Path(count).read_text() or 0) < 4 * (i + 1 - first):
+        time.sleep(0.05)
 """
 
 READER = """
@@ -72,6 +78,7 @@ while True:
                     mixed.append(f"{name}:{version} has {x.shape[0]} test halos")
         states.add((n, version, err.sizes["error"]))
         reads += 1
+        Path(str(done) + ".reads").write_text(str(reads))
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")
     if finished:
@@ -93,8 +100,10 @@ def test_a_reader_sees_one_committed_state_while_extract_and_compose_run(tiny_su
     done = tmp_path / "done"
     reader = subprocess.Popen([sys.executable, "-c", READER, str(store), str(done)], env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (tmp_path / "done.reads").write_text("0")
     writer = subprocess.run([sys.executable, "-c", WRITER, str(suite), str(store), str(staged),
-                             "1", *sims[2:]], env=ENV, capture_output=True, text=True, timeout=300)
+                             "1", *sims[2:]], env={**ENV, "CASBI_TEST_READS": str(tmp_path / "done.reads")},
+                            capture_output=True, text=True, timeout=300)
     done.touch()
     out, err = reader.communicate(timeout=120)
     assert writer.returncode == 0, writer.stderr[-3000:]
