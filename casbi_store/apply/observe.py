@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from casbi_store import CasbiError
 from casbi_store.store import schema as S
+from casbi_store.store.atomic import atomic_path
 from casbi_store.store.binning import Binning, BinningSpec, bin_stars, histogram_stack
 from casbi_store.store.provenance import PACKAGES, package_versions, provenance, sha256_file
 
@@ -74,7 +76,7 @@ ALPHA_PROXY_CAVEAT = (
     "lines; offsets of ~0.1 dex and a different height of the low-metallicity plateau are typical.")
 
 
-class ObservationError(ValueError):
+class ObservationError(CasbiError, ValueError):
     """A table or binning source that cannot become an observation; the message names the file."""
 
 
@@ -505,9 +507,8 @@ def write_observation(obs: Observation, out: str | os.PathLike) -> Path:
     if out.suffix != ".nc":
         raise ObservationError(f"{out}: an observation is written as NetCDF; name it *.nc")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    obs.to_dataset().to_netcdf(partial)
-    os.replace(partial, out)
+    with atomic_path(out) as partial:
+        obs.to_dataset().to_netcdf(partial)
     return out
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from casbi_store import InputError
 from casbi_store.compose import registry
 from casbi_store.compose.sources.observation import ObservationSpec
 from casbi_store.learn.calibration import LEVELS
@@ -33,6 +34,7 @@ from casbi_store.learn.misspecification import MisspecificationWarning
 from casbi_store.learn.modelfolder import TrainedModel, as_model
 from casbi_store.store import schema as S
 from casbi_store.store import trainingsets
+from casbi_store.store.atomic import atomic_path
 from casbi_store.store.io import open_stars, open_store
 
 from .infer import infer, read_input
@@ -58,10 +60,10 @@ def set_observation(store: str | os.PathLike, name: str, version: str) -> Observ
     """The observation model a published set was composed with (refused if it has none)."""
     entry = registry(store, name).get(version)
     if entry is None:
-        raise ValueError(f"{store}: no published training set {name}:{version}")
+        raise InputError(f"{store}: no published training set {name}:{version}")
     spec = (entry.get("source") or {}).get("observation")
     if not spec:
-        raise ValueError(f"{store}: {name}:{version} has no observation model; give the survey's "
+        raise InputError(f"{store}: {name}:{version} has no observation model; give the survey's "
                          "(observation: {n_obs: ..., feh_err: ..., ...})")
     return ObservationSpec.from_dict(spec, where=f"{name}:{version} observation")
 
@@ -71,10 +73,9 @@ def write_table(path: Path, columns: dict[str, np.ndarray]) -> Path:
     from astropy.table import Table
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    Table({k: np.asarray(v, dtype=np.float32) for k, v in columns.items()}).write(
-        partial, format="fits", overwrite=True)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        Table({k: np.asarray(v, dtype=np.float32) for k, v in columns.items()}).write(
+            partial, format="fits", overwrite=True)
     return path
 
 
@@ -85,14 +86,14 @@ def make_survey_tables(store: str | os.PathLike, name: str, version: str, out: s
     ``seed``), observed with ``observation`` (default: the set's own observation model);
     ``truth.json`` lists every table with its truth."""
     if n_tables < 1:
-        raise ValueError(f"n_tables must be >= 1, not {n_tables}")
+        raise InputError(f"n_tables must be >= 1, not {n_tables}")
     spec = (set_observation(store, name, version) if observation is None
             else ObservationSpec.from_dict(observation))
     group = trainingsets.open_split_group(store, name, version, split)
     members_all = group[S.MEMBERS.name]
     n_halos = members_all.shape[0]
     if n_tables > n_halos:
-        raise ValueError(f"{name}:{version} {split} has {n_halos} halos, fewer than the "
+        raise InputError(f"{name}:{version} {split} has {n_halos} halos, fewer than the "
                          f"{n_tables} tables asked for")
     rng = np.random.default_rng([seed, 10])
     halos = np.sort(rng.choice(n_halos, size=n_tables, replace=False))

@@ -9,6 +9,8 @@ import sys
 import warnings
 from collections.abc import Iterator
 
+from casbi_store import InputError
+
 TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transforms", "embedding_dim")
 TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
                  "num_transforms", "embedding_dim", "ensemble", "max_rank", "joint_n_sub",
@@ -17,13 +19,12 @@ TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_fe
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (a file, an option, a store): ``main`` prints them as
-    ``casbi-store: error: ...`` and exits with 2, without a traceback. ValueError covers our
-    ConfigError, ComposeError, TrainingSetError, ObservationError and the like."""
-    from casbi_store.store.io import StoreError
-    from casbi_store.store.locks import LockHeld
+    """Exceptions that mean bad input (a file, an option, a store, a model folder): ``main``
+    prints them as ``casbi-store: error: ...`` and exits with 2, without a traceback. Every other
+    exception is a bug and shows its traceback."""
+    from casbi_store import CasbiError
 
-    return (ValueError, KeyError, FileNotFoundError, FileExistsError, StoreError, LockHeld)
+    return (CasbiError,)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -62,7 +63,7 @@ def split_set(value: str) -> tuple[str, str]:
     """``NAME:VERSION`` -> (name, version)."""
     name, _, version = value.partition(":")
     if not version:
-        raise ValueError(f"--set must be NAME:VERSION (e.g. nsub_uniform:v1), not {value!r}")
+        raise InputError(f"--set must be NAME:VERSION (e.g. nsub_uniform:v1), not {value!r}")
     return name, version
 
 
@@ -120,4 +121,7 @@ def train_config(args: argparse.Namespace):
     options = {k: getattr(args, k) for k in TRAIN_OPTIONS}
     if args.conv_channels:
         options["conv_channels"] = tuple(args.conv_channels)
-    return TrainConfig.from_dict({k: v for k, v in options.items() if v is not None})
+    try:
+        return TrainConfig.from_dict({k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:  # TrainConfig's checks of the options given
+        raise InputError(str(exc)) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from casbi_store import InputError
 from casbi_store.store.binning import BinningSpec
 from casbi_store.store.extract import MAIN_HALO_RULES, ExtractionSettings
 
@@ -37,7 +38,7 @@ def binning_from_options(percentiles: tuple[float, float], feh_range: tuple | No
     """Fixed binning when both ranges are given, percentile clipping otherwise."""
     if feh_range or ofe_range:
         if not (feh_range and ofe_range):
-            raise ValueError("--feh-range and --ofe-range go together (fixed binning)")
+            raise InputError("--feh-range and --ofe-range go together (fixed binning)")
         return BinningSpec(method="fixed", feh_range=tuple(feh_range),
                            ofe_range=tuple(ofe_range), n_bins=n_bins)
     return BinningSpec(method="percentile", percentiles=tuple(percentiles), n_bins=n_bins)

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from casbi_store import InputError
+
 from .common import split_set
 
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         observation = json.loads(args.observation) if args.observation else None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--observation is not JSON ({exc}): {args.observation!r}") from None
+        raise InputError(f"--observation is not JSON ({exc}): {args.observation!r}") from None
     survey_check(args.store, name, version, args.models, args.out, split=args.split,
                  tables=args.tables, observation=observation, samples=args.samples,
                  ranks=args.ranks, seed=args.seed)
