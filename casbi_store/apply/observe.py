@@ -143,10 +143,9 @@ def _binning_from_edges(feh_edges: np.ndarray, ofe_edges: np.ndarray, where: Pat
 def training_star_counts(store: str, name: str, version: str) -> dict:
     """Star counts of the training halos of ``name:version``: percentiles over whole chunks
     evenly spread through the train split (at most ``TRAINING_CHUNKS_READ`` chunks)."""
-    import zarr
+    from casbi_store.store import trainingsets
 
-    x = zarr.open_array(store, path=f"{S.TRAINING_SETS}/{name}/{version}/train/{S.X.name}",
-                        mode="r", zarr_format=S.ZARR_FORMAT)
+    x = trainingsets.open_split_group(store, name, version, "train")[S.X.name]
     rows = x.chunks[0]
     n_chunks = math.ceil(x.shape[0] / rows)
     picked = np.unique(np.linspace(0, n_chunks - 1, min(TRAINING_CHUNKS_READ, n_chunks)).astype(int))
