@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from casbi_store.cli.config import ConfigError, load_pipeline
@@ -79,6 +80,15 @@ def test_a_bad_file_is_one_line_and_a_bug_shows_its_traceback(tmp_path, capsys, 
     with pytest.raises(ValueError, match="an index computed wrongly"):
         main(["ls", str(tmp_path)])
     assert "casbi-store: error" not in capsys.readouterr().err
+    # the bridge for modules that still refuse with plain ValueErrors: their own raise only
+    from casbi_store import InputError
+    from casbi_store.cli.common import refusals_of
+
+    with pytest.raises(InputError, match="refused here"), refusals_of(__name__):
+        raise ValueError("refused here")
+    with pytest.raises(ValueError) as raised, refusals_of(__name__):
+        np.zeros(2).reshape(3)  # numpy's ValueError, raised inside numpy: a bug, not a refusal
+    assert not isinstance(raised.value, CasbiError)
 
 
 def test_pipeline_validation_names_file_and_key(tmp_path):
