@@ -40,7 +40,23 @@ _API = {
     "evaluate": ("casbi_store.cli.evaluate", "evaluate_models"),
 }
 
-__all__ = ["__version__", *sorted(_API)]
+__all__ = ["CasbiError", "InputError", "MissingInput", "__version__", *sorted(_API)]
+
+
+class CasbiError(Exception):
+    """Bad input: a file, an option, a store, a model folder. The command line prints it as one
+    line (``casbi-store: error: ...``) and exits with 2; any other exception is a bug and shows
+    its traceback. Every exception class of the package derives from it."""
+
+    __str__ = Exception.__str__  # the message as given (KeyError's quoting skipped)
+
+
+class InputError(CasbiError, ValueError):
+    """A value that cannot be used: an option out of range, a file's content, a name unknown."""
+
+
+class MissingInput(CasbiError, FileNotFoundError):
+    """A file, folder or store that is not there."""
 
 
 def __getattr__(name: str):

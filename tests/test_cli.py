@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_outside
 
@@ -54,6 +55,41 @@ def test_clear_errors(tmp_path):
     assert proc.returncode == 2 and "lo < hi" in proc.stderr
     proc = run("ls", tmp_path / "missing.zarr", check=False)
     assert proc.returncode == 2 and "missing.zarr" in proc.stderr
+
+
+def test_a_bad_file_is_one_line_and_a_bug_shows_its_traceback(tmp_path, capsys, monkeypatch):
+    """Bad input (``CasbiError``) is one line and rc 2; any other exception, here a plain
+    ValueError raised inside the ls command as a bug would, leaves ``main`` with its traceback."""
+    import casbi_store.store.io as io
+    from casbi_store import CasbiError
+    from casbi_store.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mock: {preset: tiny, sed: 3}\n")
+    for argv in (["run", str(bad)], ["ls", str(tmp_path / "missing.zarr")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("casbi-store: error: ") and err.count("\n") == 1, err
+        assert argv[1] in err
+    with pytest.raises(CasbiError):
+        load_pipeline(bad)
+
+    def broken(store):
+        raise ValueError("an index computed wrongly")
+
+    monkeypatch.setattr(io, "describe_store", broken)
+    with pytest.raises(ValueError, match="an index computed wrongly"):
+        main(["ls", str(tmp_path)])
+    assert "casbi-store: error" not in capsys.readouterr().err
+    # the bridge for modules that still refuse with plain ValueErrors: their own raise only
+    from casbi_store import InputError
+    from casbi_store.cli.common import refusals_of
+
+    with pytest.raises(InputError, match="refused here"), refusals_of(__name__):
+        raise ValueError("refused here")
+    with pytest.raises(ValueError) as raised, refusals_of(__name__):
+        np.zeros(2).reshape(3)  # numpy's ValueError, raised inside numpy: a bug, not a refusal
+    assert not isinstance(raised.value, CasbiError)
 
 
 def test_pipeline_validation_names_file_and_key(tmp_path):

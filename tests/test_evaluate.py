@@ -146,14 +146,15 @@ def test_survey_section_says_what_is_missing(tmp_path):
 
 def test_two_step_mixture_conditions_each_draw_on_its_n_sub(models):
     from casbi_store.apply.posteriors import load_posterior
-    from casbi_store.evaluation.evaluate import mixture_samples, read_split
+    from casbi_store.apply.twostep import mixture_samples
+    from casbi_store.evaluation.evaluate import read_split
     from casbi_store.learn.modelfolder import load_model
 
     store, paths = models
     model = load_model(paths["theta"])
     data = read_split(store, "t", "v1", "test", max_halos=3)
     draws = np.array([[3, 5, 8], [5, 3, 8], [3, 5, 4], [5, 5, 8]] * 100)  # (samples, halos)
-    samples, _ = mixture_samples(model, torch.as_tensor(data.x)[:, None], draws, ranks=3)
+    samples = mixture_samples(model, torch.as_tensor(data.x)[:, None], draws, 3, [0, 1, 2]).samples
     assert samples.shape == (400, 3, 3, 3) and np.isfinite(samples).all()  # every draw >= 3
     # the draws of N_sub = 5 for halo 1: their rank-1 samples against the flow's own at (x, 5, 1)
     got = samples[draws[:, 1] == 5, 1, 0]
@@ -165,9 +166,47 @@ def test_two_step_mixture_conditions_each_draw_on_its_n_sub(models):
     se = np.sqrt(direct.var(axis=0) / len(got) + direct.var(axis=0) / len(direct))
     assert np.all(np.abs(got.mean(axis=0) - direct.mean(axis=0)) < 5 * se)
     few = np.array([[2, 3]] * 50)  # rank 3 does not exist for N_sub = 2
-    samples, _ = mixture_samples(model, torch.as_tensor(data.x[:2])[:, None], few, ranks=3)
+    samples = mixture_samples(model, torch.as_tensor(data.x[:2])[:, None], few, 3, [0, 1]).samples
     assert np.isnan(samples[:, 0, 2]).all() and np.isfinite(samples[:, 0, :2]).all()
     assert np.isfinite(samples[:, 1]).all()
+
+
+def test_evaluate_judges_exactly_what_infer_returns(models):
+    """The two-step samples evaluate judges for a halo are infer's at the halo's seed, number
+    for number, with the classifier or the rounded N_sub NPE as step 1."""
+    import warnings
+
+    from casbi_store.apply.infer import infer
+    from casbi_store.evaluation.evaluate import (
+        evaluate_two_step,
+        halo_seeds,
+        read_split,
+        two_step_samples,
+    )
+    from casbi_store.learn.modelfolder import load_model
+
+    store, paths = models
+    data = read_split(store, "t", "v1", "test", max_halos=3)
+    step2 = load_model(paths["theta"])
+    seeds = halo_seeds(data, 3)
+    assert len(set(seeds)) == 3
+    for task in ("nsub_classifier", "nsub"):
+        step1 = load_model(paths[task])
+        draws, mixture = two_step_samples(step1, step2, data, n_samples=40, seed=3)
+        assert draws.shape == (40, 3) and mixture.samples.shape == (40, 3, 3, 3)
+        for h in range(3):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # misspecification, thin support: not the point
+                got = infer([step1, step2], data.x[h], n_samples=40, seed=seeds[h])
+            np.testing.assert_array_equal(got["n_sub"].values, draws[:, h])
+            for k, name in enumerate(step2.parameters):
+                np.testing.assert_array_equal(got[name].values, mixture.samples[:, h, :, k])
+            assert got.attrs["support_box_inside"] == mixture.first_inside[h]
+        # and what evaluate_two_step reports is computed from these very samples
+        result = evaluate_two_step(step1, step2, data, n_samples=40, seed=3,
+                                   nsub={"draws": draws, "metrics": {"accuracy": 0.0}})
+        np.testing.assert_array_equal(result["nsub_mean"], draws.mean(axis=0))
+        assert not np.array_equal(draws[:, 0], draws[:, 1])  # halos of their own seeds
 
 
 def test_batched_sampler_inverts_the_flow_as_nflows_does(models):
@@ -208,7 +247,12 @@ def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
 
     from sbi.inference import EnsemblePosterior
 
-    from casbi_store.apply.posteriors import BatchedFlowSampler, box_bounds, load_posterior
+    from casbi_store.apply.posteriors import (
+        BatchedFlowSampler,
+        box_bounds,
+        load_posterior,
+        sample_rows_in_prior,
+    )
     from casbi_store.evaluation.evaluate import read_split
     from casbi_store.learn.modelfolder import load_model
 
@@ -233,10 +277,11 @@ def test_batched_sampler_draws_each_sample_s_member_from_the_weights(models):
     again = sampler.sample(contexts, context_of, torch.Generator().manual_seed(0))
     assert torch.equal(s, again)  # the generator is the only randomness
     before = float((~((s >= low) & (s <= high)).all(dim=-1)).float().mean())  # >= 0.75
-    s, outside = sampler.sample_in_box(contexts, context_of, low, high,
-                                       torch.Generator().manual_seed(1), rounds=10)
-    assert torch.equal(outside, ~((s >= low) & (s <= high)).all(dim=-1))
-    assert before >= 0.7 and float(outside.float().mean()) < before / 3  # ~before**11 left
+    stats: dict = {}
+    s = sample_rows_in_prior(sampler, model, contexts, context_of, torch.Generator().manual_seed(1),
+                             stats=stats)
+    assert before >= 0.7 and ((s >= low) & (s <= high)).all()  # every row redrawn until inside
+    assert abs(stats["first_inside"] - (1 - before)) < 0.05
 
 
 def test_external_store_is_a_third_condition_and_other_bin_edges_are_refused(

@@ -28,11 +28,13 @@ def test_wheel_and_sdist_build_install_and_run(wheel_venv, tmp_path):
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"pipelines/tiny.yaml", "docs/conf.py", "docs/STORE.md", "CHANGELOG.md", "README.md",
-            "tests/test_docs.py", "casbi_store/cli/config.py"} <= names
+            "tests/test_docs.py", "casbi_store/cli/config.py",
+            "casbi_store/evaluation/templates/report.html.j2"} <= names
     assert not [n for n in names if n.startswith(("docs/_build", "docs/reference"))]
     with zipfile.ZipFile(wheel) as whl:
         files = set(whl.namelist())
         entry_points = whl.read(f"casbi_store-{VERSION}.dist-info/entry_points.txt").decode()
+    assert "casbi_store/evaluation/templates/report.html.j2" in files  # the report's template
     assert "casbi_store/learn/tasks/theta.py" in files and not [f for f in files if f.startswith("tests/")]
     assert "casbi-store = casbi_store.cli:main" in entry_points and "casbi_training_set" in entry_points
 

@@ -24,7 +24,7 @@ from casbi_store.surrogate.metrics import (
     wasserstein_1d,
 )
 from casbi_store.surrogate.model import SurrogateConfig, load_surrogate, train_surrogate
-from casbi_store.surrogate.prior import OutsidePriorError, ThetaPrior
+from casbi_store.surrogate.prior import OutsideSupportError, ThetaPrior
 from casbi_store.surrogate.validation import figure_paths, validate_surrogate
 
 TINY = dict(epochs=4, stars_per_galaxy=128, batch_size=256, transforms=2, hidden_features=16,
@@ -199,7 +199,7 @@ def test_prior_is_a_truncated_kde_with_scotts_rule(tiny_store):
     assert prior.log_mass_inside <= 0
     far = np.array([[12.0, 13.0, 5.0]])
     assert prior.log_prob(far)[0] == -np.inf
-    with pytest.raises(OutsidePriorError, match="outside the prior's support"):
+    with pytest.raises(OutsideSupportError, match="outside the prior's support"):
         prior.check(far)
     assert prior.check(far, allow_outside=True)
     again = ThetaPrior.from_dict(json.loads(json.dumps(prior.to_dict())))

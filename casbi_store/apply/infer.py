@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from casbi_store import InputError
 from casbi_store.learn.misspecification import Assessment, assess, warn_if_flagged
 from casbi_store.learn.modelfolder import TrainedModel, as_model, n_obs_range
 from casbi_store.learn.tasks import by_preference, task_names
@@ -42,15 +43,7 @@ from .observe import (
     read_observation,
     warn_if_outside_n_obs,
 )
-from .posteriors import (
-    BatchedFlowSampler,
-    load_posterior,
-    nsub_probabilities,
-    sample_in_prior,
-    sample_nsub,
-    sample_rows_in_prior,
-    seeded_generator,
-)
+from .posteriors import load_posterior, sample_in_prior, seeded_generator
 from .support import (
     MIN_INSIDE,
     MIN_SUPPORTED,
@@ -59,6 +52,7 @@ from .support import (
     supported_fraction,
     warn_if_thin,
 )
+from .twostep import mixture_samples, nsub_step
 
 NSUB_DRAWS = ("mixture", "mode")
 
@@ -215,39 +209,13 @@ def at_n_obs(histogram: np.ndarray, n_obs: float, models: list[TrainedModel]) ->
     into its shape and its total); refused for a model that sees the counts."""
     if isinstance(n_obs, bool) or not isinstance(n_obs, (int, float, np.integer, np.floating)) \
             or not np.isfinite(n_obs) or n_obs < 1:
-        raise ValueError(f"n_obs must be a number >= 1, not {n_obs!r}")
+        raise InputError(f"n_obs must be a number >= 1, not {n_obs!r}")
     counts = [str(m.path) for m in models if m.representation != "normalised"]
     if counts:
-        raise ValueError(f"n_obs is a condition of models of the normalised representation only; "
+        raise InputError(f"n_obs is a condition of models of the normalised representation only; "
                          f"{', '.join(counts)} see(s) the counts, whose total is the N_obs: "
                          "give the histogram of the observed stars instead")
     return (histogram * (float(n_obs) / float(histogram.sum()))).astype(np.float32)
-
-
-def _ranked_samples(posterior, model: TrainedModel, x: torch.Tensor, n_draws: np.ndarray,
-                    ranks: int, generator: torch.Generator, stats: dict | None = None) -> np.ndarray:
-    """theta of ranks 1..ranks for each N_sub draw: (draws, ranks, 3), NaN above N_sub.
-
-    One sample per (draw, rank), as evaluation's mixture samples it (``BatchedFlowSampler``:
-    each distinct (N_sub, rank) condition embedded once, the image's CNN run once, an
-    ensemble's member drawn per sample from the weights), kept inside the prior box by
-    rejection per sample (``sample_rows_in_prior``).
-    """
-    out = np.full((len(n_draws), ranks, len(model.parameters)), np.nan)
-    draw_i, rank_i = np.nonzero(np.arange(1, ranks + 1)[None, :] <= n_draws[:, None])
-    keys, context_of = np.unique(n_draws[draw_i] * (ranks + 1) + rank_i + 1, return_inverse=True)
-    n_sub, rank = (torch.as_tensor(keys // (ranks + 1)).float(),
-                   torch.as_tensor(keys % (ranks + 1)).float())
-    sampler = BatchedFlowSampler(posterior)
-    if sampler.ranked:
-        contexts = sampler.ranked_contexts(x, np.zeros(len(keys), dtype=int), n_sub, rank)
-    else:
-        contexts = sampler.contexts(model.task_spec.condition(
-            x.reshape(1, -1).expand(len(keys), -1), n_sub, rank))
-    samples = sample_rows_in_prior(sampler, model, contexts, torch.as_tensor(context_of),
-                                   generator, stats=stats)
-    out[draw_i, rank_i] = samples.numpy()
-    return out
 
 
 def _var(values, dims, name: str, model: TrainedModel, **attrs) -> xr.Variable:
@@ -257,7 +225,7 @@ def _var(values, dims, name: str, model: TrainedModel, **attrs) -> xr.Variable:
 
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        raise InputError(f"{name} must be an integer >= 1, not {value!r}")
     return int(value)
 
 
@@ -286,17 +254,17 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     total (``at_n_obs``). Default: its total, which for an observation is its N_obs.
     """
     if nsub_draw not in NSUB_DRAWS:
-        raise ValueError(f"nsub_draw must be one of {NSUB_DRAWS}, not {nsub_draw!r}")
+        raise InputError(f"nsub_draw must be one of {NSUB_DRAWS}, not {nsub_draw!r}")
     n_samples, ranks = _positive_int(n_samples, "n_samples"), _positive_int(ranks, "ranks")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+        raise InputError(f"seed must be an integer >= 0, not {seed!r}")
     if not models:
-        raise ValueError("no model folder given")
+        raise InputError("no model folder given")
     loaded = [as_model(m) for m in models]
     for m in loaded[1:]:
         if not all(np.array_equal(m.stats[k], loaded[0].stats[k])
                    for k in ("feh_edges", "ofe_edges")):
-            raise ValueError(f"{m.path} and {loaded[0].path} were trained on other binnings; "
+            raise InputError(f"{m.path} and {loaded[0].path} were trained on other binnings; "
                              "give models of one store's binning")
     if isinstance(histogram, (str, os.PathLike)):
         histogram = read_input(histogram, loaded[0])
@@ -321,13 +289,13 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     for m in loaded:
         other = by_task.setdefault(m.task, m)
         if other is not m:
-            raise ValueError(f"two {m.task} models given ({other.path}, {m.path})")
+            raise InputError(f"two {m.task} models given ({other.path}, {m.path})")
     x = torch.as_tensor(histogram, dtype=torch.float32)[None, None]
     data: dict[str, xr.Variable] = {}
     step1 = [by_task[t] for t in by_preference(by_task, 1)]
     draws = None
     for model in step1:
-        s = sample_nsub(model, load_posterior(model), n_samples, x, seed=seed)
+        s = nsub_step(model).draws(x, n_samples, [seed])[:, 0]
         name = "n_sub" if draws is None else f"n_sub_{model.task_spec.infer_suffix}"
         data[name] = _var(s, "sample", "n_sub", model)
         draws = s if draws is None else draws
@@ -336,21 +304,19 @@ def infer(models: list[TrainedModel | str | os.PathLike],
     for model in step2:
         if model.task_spec.needs_nsub:
             if draws is None:
-                raise ValueError(f"a {model.task} model needs a step-1 model (one of "
+                raise InputError(f"a {model.task} model needs a step-1 model (one of "
                                  f"{by_preference(task_names(), 1)}) among "
                                  "the model folders")
             if nsub_draw == "mode":
-                values, p = nsub_probabilities(step1[0], load_posterior(step1[0]), x,
-                                               generator=seeded_generator(seed, 33))
-                draws = np.full(n_samples, values[np.argmax(p[0])])
-            box: dict = {}
-            theta = _ranked_samples(load_posterior(model), model, x, draws, ranks,
-                                    seeded_generator(seed, 31), stats=box)
+                first = nsub_step(step1[0])
+                draws = np.full(n_samples, first.values[np.argmax(first.probabilities(x, [seed])[0])])
+            mixture = mixture_samples(model, x, draws[:, None], ranks, [seed])
+            theta = mixture.samples[:, 0]
             for k, name in enumerate(model.parameters):
                 data[name] = _var(theta[..., k], ("sample", "rank"), name, model,
                                   nsub_draw=nsub_draw)
             ranked = True
-            observed.update(_support_attrs(model, theta[:, 0], box.get("first_inside", 1.0)))
+            observed.update(_support_attrs(model, theta[:, 0], float(mixture.first_inside[0])))
         else:
             s = sample_in_prior(load_posterior(model), model, n_samples, x,
                                 seeded_generator(seed, 32))

@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from casbi_store import CasbiError
 from casbi_store.store import schema as S
+from casbi_store.store.atomic import atomic_path
 from casbi_store.store.binning import Binning, BinningSpec, bin_stars, histogram_stack
 from casbi_store.store.provenance import PACKAGES, package_versions, provenance, sha256_file
 
@@ -74,7 +76,7 @@ ALPHA_PROXY_CAVEAT = (
     "lines; offsets of ~0.1 dex and a different height of the low-metallicity plateau are typical.")
 
 
-class ObservationError(ValueError):
+class ObservationError(CasbiError, ValueError):
     """A table or binning source that cannot become an observation; the message names the file."""
 
 
@@ -141,10 +143,9 @@ def _binning_from_edges(feh_edges: np.ndarray, ofe_edges: np.ndarray, where: Pat
 def training_star_counts(store: str, name: str, version: str) -> dict:
     """Star counts of the training halos of ``name:version``: percentiles over whole chunks
     evenly spread through the train split (at most ``TRAINING_CHUNKS_READ`` chunks)."""
-    import zarr
+    from casbi_store.store import trainingsets
 
-    x = zarr.open_array(store, path=f"{S.TRAINING_SETS}/{name}/{version}/train/{S.X.name}",
-                        mode="r", zarr_format=S.ZARR_FORMAT)
+    x = trainingsets.open_split_group(store, name, version, "train")[S.X.name]
     rows = x.chunks[0]
     n_chunks = math.ceil(x.shape[0] / rows)
     picked = np.unique(np.linspace(0, n_chunks - 1, min(TRAINING_CHUNKS_READ, n_chunks)).astype(int))
@@ -505,9 +506,8 @@ def write_observation(obs: Observation, out: str | os.PathLike) -> Path:
     if out.suffix != ".nc":
         raise ObservationError(f"{out}: an observation is written as NetCDF; name it *.nc")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    obs.to_dataset().to_netcdf(partial)
-    os.replace(partial, out)
+    with atomic_path(out) as partial:
+        obs.to_dataset().to_netcdf(partial)
     return out
 
 

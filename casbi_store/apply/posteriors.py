@@ -6,9 +6,8 @@ Each task makes its own posterior (``casbi_store.learn.tasks``): NPE models beco
 from validation log-likelihood. The N_sub classifier becomes an ``NsubPosterior``: the members'
 softmax averaged with the same weights.
 
-``nsub_probabilities`` and ``sample_nsub`` give p(N_sub | x) and N_sub draws on the integers
-for either kind of step-1 posterior (the NPE's continuous samples rounded), which evaluation
-and inference share.
+The two-step posterior that ``infer`` and ``evaluate`` share is built from these in
+``casbi_store.apply.twostep``.
 
 Every flow sample, in evaluation and in ``infer``, comes from one sampler,
 ``BatchedFlowSampler``: an ensemble's member drawn per sample from the weights (one
@@ -28,13 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from casbi_store import CasbiError
 from casbi_store.learn.modelfolder import TrainedModel, as_model
-from casbi_store.learn.tasks.nsub_classifier import NsubPosterior
 
-__all__ = ["BatchedFlowSampler", "FactoredContext", "NsubPosterior", "OutsidePriorError", "box_bounds",
-           "credible_set", "flow_inverse", "load_posterior", "nsub_probabilities",
-           "outside_fraction", "quiet_sampling", "sample_in_prior", "sample_nsub",
-           "sample_rows_in_prior", "seeded_generator"]
+__all__ = ["BatchedFlowSampler", "FactoredContext", "OutsidePriorError", "box_bounds",
+           "credible_set", "flow_inverse", "load_posterior", "outside_fraction", "quiet_sampling",
+           "sample_in_prior", "sample_rows_in_prior", "seeded_generator"]
 
 
 # what sbi, nflows and torch warn on every sampling call: the leakage outside the prior box is
@@ -56,7 +54,7 @@ def quiet_sampling() -> Iterator[None]:
 CHUNK_ROWS = 2**14  # rows per flow inverse call: ~12% fewer CPU-s than 60,000 at once here
 
 
-class OutsidePriorError(ValueError):
+class OutsidePriorError(CasbiError, ValueError):
     """Almost no posterior samples fall inside the prior box: the observation is unlike the
     training halos (or the model is untrained)."""
 
@@ -73,27 +71,29 @@ def seeded_generator(seed: int, *tags: int) -> torch.Generator:
 
 
 def sample_in_prior(posterior, model: TrainedModel, n: int, x: torch.Tensor,
-                    generator: torch.Generator | None = None, min_acceptance: float = 0.005
-                    ) -> np.ndarray:
+                    generator: torch.Generator | None = None, min_acceptance: float = 0.005,
+                    outside: str = "raise") -> np.ndarray:
     """``n`` samples of ``posterior`` at one condition ``x`` inside the prior box
     (``sample_rows_in_prior``: ``BatchedFlowSampler``, an ensemble's member drawn per sample).
     ``generator``: the randomness (torch's global generator if None)."""
     sampler = BatchedFlowSampler(posterior)
     return sample_rows_in_prior(sampler, model, sampler.contexts(x), torch.zeros(n, dtype=torch.long),
-                                generator, min_acceptance).numpy()
+                                generator, min_acceptance, outside=outside).numpy()
 
 
 def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
                          contexts: list[torch.Tensor | FactoredContext], context_of: torch.Tensor,
                          generator: torch.Generator | None = None, min_acceptance: float = 0.005,
-                         stats: dict | None = None) -> torch.Tensor:
+                         stats: dict | None = None, outside: str = "raise") -> torch.Tensor:
     """One sample per row inside the prior box (row i conditioned on ``contexts[..][
     context_of[i]]``), by rejection per row: a row outside is redrawn, with 2, 4, .. 1024 draws
     per round (at most 2^17 draws a round), its first draw inside kept (the truncated posterior,
     exactly). A bound: once a condition's draws pass 20 x its rows + 20,000 with fewer than
     ``min_acceptance`` of them inside, raise ``OutsidePriorError`` (unbounded rejection would
-    loop for hours on such an observation). ``stats``, if given, gets ``first_inside``: the share
-    of the rows whose first draw fell inside the box (the flow's own mass inside, unbiased)."""
+    loop for hours on such an observation); with ``outside="keep"`` (evaluation, which measures
+    the leakage) that condition's rows keep their last draw instead. ``stats``, if given, gets
+    ``first_inside``: the share of the rows whose first draw fell inside the box (the flow's own
+    mass inside, unbiased), and ``outside``: the rows kept outside."""
     low, high = (torch.as_tensor(b) for b in box_bounds(model))
     generator = generator if generator is not None else torch.default_generator
     n_ctx = len(contexts[0])
@@ -118,7 +118,13 @@ def sample_rows_in_prior(sampler: BatchedFlowSampler, model: TrainedModel,
         stuck = torch.unique(context_of[todo])
         bad = stuck[(drawn[stuck] >= 20 * need[stuck] + 20_000)
                     & (kept[stuck] < min_acceptance * drawn[stuck])]
-        if len(bad):
+        if len(bad) and outside == "keep":
+            stuck_rows = torch.isin(context_of[todo], bad)
+            out[todo[stuck_rows]] = s[~hit][stuck_rows, -1]
+            todo = todo[~stuck_rows]
+            if stats is not None:
+                stats["outside"] = stats.get("outside", 0) + int(stuck_rows.sum())
+        elif len(bad):
             c = int(bad[0])
             raise OutsidePriorError(
                 f"{model.path}: only {int(kept[c]) / int(drawn[c]):.2%} of {int(drawn[c])} "
@@ -240,27 +246,6 @@ class BatchedFlowSampler:
                     out[sel[part]] = inverse(noise[sel[part]], local[part])
         return out
 
-    def sample_in_box(self, contexts: list[torch.Tensor | FactoredContext], context_of: torch.Tensor,
-                      low: torch.Tensor, high: torch.Tensor, generator: torch.Generator,
-                      rounds: int = 10, first: dict | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One sample per row inside the box [low, high], by redrawing the rows outside up to
-        ``rounds`` times (a bounded rejection: a row still outside keeps its last draw, the
-        flow's leakage); returns the samples and a mask of the rows outside. ``first``, if
-        given, gets ``outside``: the mask of the rows whose first draw fell outside."""
-        out = self.sample(contexts, context_of, generator)
-        outside = ~((out >= low) & (out <= high)).all(dim=-1)
-        if first is not None:
-            first["outside"] = outside.clone()
-        for _ in range(rounds):
-            redo = torch.nonzero(outside)[:, 0]
-            if not len(redo):
-                break
-            again = self.sample(contexts, context_of[redo], generator)
-            out[redo] = again
-            outside[redo] = ~((again >= low) & (again <= high)).all(dim=-1)
-        return out, outside
-
 
 def _context_terms(net, contexts: torch.Tensor | FactoredContext):
     """What a coupling transform's conditioner computes from the context alone, once per
@@ -353,38 +338,6 @@ def load_posterior(model: TrainedModel | str | os.PathLike):
     # the global generator when built: the caller's random state is restored after
     with quiet_sampling(), torch.random.fork_rng(devices=[]):
         return model.task_spec.posterior(model)
-
-
-def sample_nsub(model: TrainedModel, posterior, n: int, x: torch.Tensor, seed: int = 0
-                ) -> np.ndarray:
-    """``n`` integer N_sub draws of a step-1 posterior at one (1, 1, 64, 64) histogram (the
-    NPE's samples rounded and clipped into [n_min, n_max])."""
-    if isinstance(posterior, NsubPosterior):
-        return posterior.sample(n, x[0], seed=seed)
-    n_min, n_max = model.meta["n_sub_range"]
-    raw = sample_in_prior(posterior, model, n, x, seeded_generator(seed, 30))[:, 0]
-    return np.clip(np.rint(raw), n_min, n_max).astype(int)
-
-
-def nsub_probabilities(model: TrainedModel, posterior, x: torch.Tensor, n_samples: int = 1000,
-                       generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(values, probabilities (N, n_values)) of N_sub for a batch of histograms; the NPE's
-    samples (``BatchedFlowSampler``, outside the prior box too) are rounded and clipped into
-    [n_min, n_max]. ``generator``: the randomness (torch's global generator if None)."""
-    n_min, n_max = model.meta["n_sub_range"]
-    values = np.arange(n_min, n_max + 1)
-    if isinstance(posterior, NsubPosterior):
-        return values, posterior.probs(x)
-    sampler = BatchedFlowSampler(posterior)
-    context_of = torch.arange(x.shape[0]).repeat(n_samples)  # sample-major
-    samples = sampler.sample(sampler.contexts(x), context_of,
-                             generator if generator is not None else torch.default_generator
-                             ).reshape(n_samples, x.shape[0], -1)
-    idx = np.clip(np.rint(samples[..., 0].numpy()), n_min, n_max).astype(int) - n_min  # (S, N)
-    probs = np.zeros((x.shape[0], len(values)))
-    for j in range(x.shape[0]):
-        probs[j] = np.bincount(idx[:, j], minlength=len(values)) / n_samples
-    return values, probs
 
 
 def credible_set(probs: np.ndarray, level: float) -> np.ndarray:

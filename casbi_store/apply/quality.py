@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from casbi_store import CasbiError
+
 COMPARISONS: dict[type, Callable] = {
     ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
     ast.Eq: operator.eq, ast.NotEq: operator.ne,
@@ -30,7 +32,7 @@ COMPARISONS: dict[type, Callable] = {
 _BACKTICK = re.compile(r"`([^`]*)`")
 
 
-class QualityExpressionError(ValueError):
+class QualityExpressionError(CasbiError, ValueError):
     """An expression outside the grammar (or unparseable)."""
 
 

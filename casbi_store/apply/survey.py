@@ -26,16 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from casbi_store.compose import registry
+from casbi_store import InputError
 from casbi_store.compose.sources.observation import ObservationSpec
 from casbi_store.learn.calibration import LEVELS
 from casbi_store.learn.misspecification import MisspecificationWarning
 from casbi_store.learn.modelfolder import TrainedModel, as_model
 from casbi_store.store import schema as S
 from casbi_store.store import trainingsets
+from casbi_store.store.atomic import atomic_path
 from casbi_store.store.io import open_stars, open_store
 
-from .infer import infer, read_input
+from .infer import ObservedHistogram, infer, read_input
 from .observe import NObsRangeWarning, load_binning_source
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,11 @@ class SurveyTable:
 
 def set_observation(store: str | os.PathLike, name: str, version: str) -> ObservationSpec:
     """The observation model a published set was composed with (refused if it has none)."""
-    entry = registry(store, name).get(version)
-    if entry is None:
-        raise ValueError(f"{store}: no published training set {name}:{version}")
-    spec = (entry.get("source") or {}).get("observation")
+    if version not in trainingsets.versions(store, name, consolidated=False):
+        raise InputError(f"{store}: no published training set {name}:{version}")
+    spec = trainingsets.observation_model(store, name, version, consolidated=False)
     if not spec:
-        raise ValueError(f"{store}: {name}:{version} has no observation model; give the survey's "
+        raise InputError(f"{store}: {name}:{version} has no observation model; give the survey's "
                          "(observation: {n_obs: ..., feh_err: ..., ...})")
     return ObservationSpec.from_dict(spec, where=f"{name}:{version} observation")
 
@@ -71,10 +71,9 @@ def write_table(path: Path, columns: dict[str, np.ndarray]) -> Path:
     from astropy.table import Table
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    Table({k: np.asarray(v, dtype=np.float32) for k, v in columns.items()}).write(
-        partial, format="fits", overwrite=True)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        Table({k: np.asarray(v, dtype=np.float32) for k, v in columns.items()}).write(
+            partial, format="fits", overwrite=True)
     return path
 
 
@@ -85,14 +84,14 @@ def make_survey_tables(store: str | os.PathLike, name: str, version: str, out: s
     ``seed``), observed with ``observation`` (default: the set's own observation model);
     ``truth.json`` lists every table with its truth."""
     if n_tables < 1:
-        raise ValueError(f"n_tables must be >= 1, not {n_tables}")
+        raise InputError(f"n_tables must be >= 1, not {n_tables}")
     spec = (set_observation(store, name, version) if observation is None
             else ObservationSpec.from_dict(observation))
     group = trainingsets.open_split_group(store, name, version, split)
     members_all = group[S.MEMBERS.name]
     n_halos = members_all.shape[0]
     if n_tables > n_halos:
-        raise ValueError(f"{name}:{version} {split} has {n_halos} halos, fewer than the "
+        raise InputError(f"{name}:{version} {split} has {n_halos} halos, fewer than the "
                          f"{n_tables} tables asked for")
     rng = np.random.default_rng([seed, 10])
     halos = np.sort(rng.choice(n_halos, size=n_tables, replace=False))
@@ -140,13 +139,16 @@ def _truths(table: SurveyTable, parameters: list[str], ranks: int) -> dict[tuple
 
 def survey_coverage(models: list[TrainedModel | str | os.PathLike], tables: list[SurveyTable],
                     *, n_samples: int = 500, ranks: int = 3, seed: int = 0,
-                    out: str | os.PathLike | None = None) -> dict:
+                    out: str | os.PathLike | None = None,
+                    observed: dict[str, ObservedHistogram] | None = None) -> dict:
     """Each table observed and inferred as a user would (``read_input`` + ``infer``); per
     parameter, the fraction of tables whose truth lies inside the central 68%/95% intervals.
 
     Returns ``{"coverage": {name: {"n": tables, "0.68": fraction, "0.95": fraction}},
     "tables": [{path, n_obs, per parameter: [truth, 68% lo, hi, 95% lo, hi]}]}``; written as
-    ``coverage.json`` into ``out`` with each table's samples (``<table>.nc``) if given."""
+    ``coverage.json`` into ``out`` with each table's samples (``<table>.nc``) if given.
+    ``observed``: tables already observed (table path -> ``read_input``'s answer), not read
+    again."""
     loaded = [as_model(m) for m in models]
     step2 = [m for m in loaded if m.task_spec.step == 2 and m.task_spec.needs_nsub]
     parameters = step2[0].parameters if step2 else []
@@ -154,15 +156,15 @@ def survey_coverage(models: list[TrainedModel | str | os.PathLike], tables: list
     rows = []
     source = load_binning_source(loaded[0].path)  # the training halos' star counts, read once
     for i, table in enumerate(tables):
-        observed = read_input(table.path, loaded[0], source)
+        seen = (observed or {}).get(table.path) or read_input(table.path, loaded[0], source)
         with warnings.catch_warnings():  # counted below (``flagged``), not one warning per table
             warnings.simplefilter("ignore", MisspecificationWarning)
             warnings.simplefilter("ignore", NObsRangeWarning)
-            samples = infer(loaded, observed, n_samples=n_samples, seed=seed + i, ranks=ranks)
+            samples = infer(loaded, seen, n_samples=n_samples, seed=seed + i, ranks=ranks)
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
             samples.to_netcdf(Path(out) / (Path(table.path).stem + ".nc"))
-        row = {"path": table.path, "n_obs": int(observed.counts.sum()), "halo": table.halo,
+        row = {"path": table.path, "n_obs": int(seen.counts.sum()), "halo": table.halo,
                "misspecification_score": samples.attrs.get("misspecification_score"),
                "misspecification_flagged": bool(samples.attrs.get("misspecification_flagged", 0))}
         for (var, rank), truth in _truths(table, parameters, ranks).items():

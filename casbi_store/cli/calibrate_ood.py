@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from casbi_store import InputError
+
 
 def add_parser(sub) -> None:
     from casbi_store.learn.misspecification import DEFAULTS
@@ -61,6 +63,6 @@ def parse_pool(text: str) -> tuple[int, int]:
     try:
         a, b = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--pools takes FEHxOFE pairs of integers such as 4x4 or 64x8, "
+        raise InputError(f"--pools takes FEHxOFE pairs of integers such as 4x4 or 64x8, "
                          f"not {text!r}") from None
     return a, b

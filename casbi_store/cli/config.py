@@ -19,13 +19,14 @@ from pathlib import Path
 
 import yaml
 
+from casbi_store import CasbiError, InputError
 from casbi_store.mock import PRESETS, Physics
 from casbi_store.store.binning import BinningSpec
 from casbi_store.store.cluster import ClusterSpec
 from casbi_store.store.extract import ExtractionSettings
 
 
-class ConfigError(ValueError):
+class ConfigError(CasbiError, ValueError):
     """A pipeline file that does not validate; the message names the file and the key."""
 
 
@@ -125,7 +126,7 @@ def _model_specs(data: dict, where: str, extra: tuple[str, ...] = ()) -> list[tu
         try:
             get_task(item["task"])
             if not version:
-                raise ValueError(f"set must be NAME:VERSION, not {item['set']!r}")
+                raise InputError(f"set must be NAME:VERSION, not {item['set']!r}")
             cfg = TrainConfig.from_dict({**defaults, **options})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{here}: {exc}") from exc

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from casbi_store import InputError
+
 
 def add_parser(sub) -> None:
     ev = sub.add_parser("evaluate", help="metrics, calibration (TARP, SBC) and report.html")
@@ -40,7 +42,7 @@ def parse_against(value: str | None) -> tuple | None:
     head, rest = (scheme + sep, rest) if sep else ("", value)
     parts = rest.split(":")
     if len(parts) > 3 or not parts[0]:
-        raise ValueError(f"--against must be STORE[:SET[:VERSION]], not {value!r}")
+        raise InputError(f"--against must be STORE[:SET[:VERSION]], not {value!r}")
     parts += [None] * (3 - len(parts))
     return (head + parts[0], parts[1] or None, parts[2] or None)
 
@@ -57,9 +59,9 @@ def evaluate_models(models: list[str], out: str, *, split: str = "test", halos: 
 
     for name, value in (("halos", halos), ("samples", samples)):
         if value < 1:
-            raise ValueError(f"--{name} must be at least 1, not {value}")
+            raise InputError(f"--{name} must be at least 1, not {value}")
     if baseline_rows < 0:
-        raise ValueError(f"--baseline-rows must be >= 0, not {baseline_rows}")
+        raise InputError(f"--baseline-rows must be >= 0, not {baseline_rows}")
     results = evaluate(models, split=split, max_halos=halos, n_samples=samples, seed=seed,
                        against=against, in_distribution_split=in_distribution_split,
                        baseline_fit_rows=baseline_rows)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from casbi_store import InputError
 from casbi_store.store.binning import BinningSpec
 from casbi_store.store.extract import MAIN_HALO_RULES, ExtractionSettings
+
+from .common import refusals_of
 
 
 def add_parser(sub) -> None:
@@ -37,7 +40,7 @@ def binning_from_options(percentiles: tuple[float, float], feh_range: tuple | No
     """Fixed binning when both ranges are given, percentile clipping otherwise."""
     if feh_range or ofe_range:
         if not (feh_range and ofe_range):
-            raise ValueError("--feh-range and --ofe-range go together (fixed binning)")
+            raise InputError("--feh-range and --ofe-range go together (fixed binning)")
         return BinningSpec(method="fixed", feh_range=tuple(feh_range),
                            ofe_range=tuple(ofe_range), n_bins=n_bins)
     return BinningSpec(method="percentile", percentiles=tuple(percentiles), n_bins=n_bins)
@@ -50,8 +53,9 @@ def extract(suite: str | os.PathLike, store: str | os.PathLike, *,
     LocalCluster) or an open ``client``, print what the run did and return its RunSummary."""
     from casbi_store.store.extraction_run import extract_suite
 
-    summary = extract_suite(suite, store, settings=settings, binning=binning, cluster=cluster,
-                            client=client, retry_failed=retry_failed, progress=progress)
+    with refusals_of("casbi_store.store.extraction_run", "casbi_store.store.extract"):
+        summary = extract_suite(suite, store, settings=settings, binning=binning, cluster=cluster,
+                                client=client, retry_failed=retry_failed, progress=progress)
     print(summary.as_text())
     return summary
 
@@ -59,8 +63,9 @@ def extract(suite: str | os.PathLike, store: str | os.PathLike, *,
 def run(args: argparse.Namespace) -> int:
     from casbi_store.store.cluster import ClusterSpec
 
-    extract(args.suite, args.store,
-            settings=ExtractionSettings(main_halo=args.main_halo, mstar_limit=args.mstar_limit),
+    with refusals_of("casbi_store.store.extract"):  # --mstar-limit
+        settings = ExtractionSettings(main_halo=args.main_halo, mstar_limit=args.mstar_limit)
+    extract(args.suite, args.store, settings=settings,
             binning=binning_from_options(args.percentiles, args.feh_range, args.ofe_range,
                                          args.bins),
             cluster=ClusterSpec.from_options(args.scheduler, args.workers),

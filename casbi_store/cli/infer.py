@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from casbi_store import InputError
+
 
 def add_parser(sub) -> None:
     inf = sub.add_parser("infer", help="two-step posterior samples for one halo")
@@ -37,7 +39,7 @@ def infer_halo(models: list[str], out: str, *, histogram: str | None = None,
     from .common import warnings_as_lines
 
     if bool(histogram) == bool(stars):
-        raise ValueError("give exactly one of --histogram (.npy/.nc) or --stars (.csv/.fits)")
+        raise InputError("give exactly one of --histogram (.npy/.nc) or --stars (.csv/.fits)")
     loaded = [load_model(m) for m in models]
     # an observation file is checked against the model's bin edges; a star table is read as
     # `observe --binning MODEL` reads it (dex check, cuts, drops counted)

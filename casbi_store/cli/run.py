@@ -64,10 +64,14 @@ def _stage_client(pipe: Pipeline) -> Iterator:
 
 def on_device(pipe: Pipeline, device: str) -> Pipeline:
     """The pipeline with every tune and train config on ``device`` (validated: 'cuda' without a
-    GPU is a ValueError)."""
+    GPU is an ``InputError``)."""
+    from casbi_store import InputError
     from casbi_store.learn.trainer import TrainConfig
 
-    TrainConfig(device=device)
+    try:
+        TrainConfig(device=device)
+    except ValueError as exc:  # the --device option
+        raise InputError(f"--device: {exc}") from exc
     move = lambda m: dataclasses.replace(m, config=dataclasses.replace(m.config, device=device))  # noqa: E731
     if pipe.train:
         pipe = dataclasses.replace(pipe, train=dataclasses.replace(

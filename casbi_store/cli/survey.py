@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from casbi_store import InputError
+
 from .common import split_set
 
 
@@ -40,6 +42,7 @@ def survey_check(store: str | os.PathLike, set_name: str, version: str, models: 
     (observation.nc) and ``infer`` (posterior.nc, corner plot; at least ``FIRST_TABLE_SAMPLES``
     samples) as the commands do, then every table through ``survey.survey_coverage`` (``samples``
     each); print and return the coverage."""
+    from casbi_store.apply.infer import read_input
     from casbi_store.apply.survey import make_survey_tables, survey_coverage
 
     from .infer import infer_halo
@@ -53,8 +56,10 @@ def survey_check(store: str | os.PathLike, set_name: str, version: str, models: 
     observe(first.path, models[-1], str(out / "observation.nc"))
     infer_halo(models, str(out / "posterior.nc"), histogram=str(out / "observation.nc"),
                samples=max(samples, FIRST_TABLE_SAMPLES), ranks=ranks, seed=seed)
+    # the first table's observation, read back (not observed a second time) for the coverage
+    first_observed = read_input(out / "observation.nc", models[0])
     result = survey_coverage(models, made, n_samples=samples, ranks=ranks, seed=seed,
-                             out=out / "posteriors")
+                             out=out / "posteriors", observed={first.path: first_observed})
     print(f"truth inside the central credible intervals over {len(made)} survey tables "
           f"({samples} samples each; {out / 'posteriors' / 'coverage.json'}):")
     print(f"  {'parameter':<16} {'tables':>6} {'68%':>6} {'95%':>6}")
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         observation = json.loads(args.observation) if args.observation else None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--observation is not JSON ({exc}): {args.observation!r}") from None
+        raise InputError(f"--observation is not JSON ({exc}): {args.observation!r}") from None
     survey_check(args.store, name, version, args.models, args.out, split=args.split,
                  tables=args.tables, observation=observation, samples=args.samples,
                  ranks=args.ranks, seed=args.seed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from casbi_store import InputError
+
 from .common import add_set_options, add_train_options, split_set, train_config
 
 
@@ -63,7 +65,7 @@ def tuned_config(folder: str | os.PathLike, config):
     try:
         best = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: no readable tune summary ({exc}); run the tune first") from exc
+        raise InputError(f"{path}: no readable tune summary ({exc}); run the tune first") from exc
     if not best.get("params"):
-        raise ValueError(f"{path}: no complete trial yet; re-run the tune to finish it")
+        raise InputError(f"{path}: no complete trial yet; re-run the tune to finish it")
     return dataclasses.replace(config, **best["params"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from casbi_store import MissingInput
+
 
 def add_parser(sub) -> None:
     un = sub.add_parser(
@@ -32,7 +34,7 @@ def unlock(store: str, name: str | None = None, *, force: bool = False) -> int:
     held = list_locks(store)
     if name is not None:
         if name not in held:
-            raise FileNotFoundError(f"{lock_path(store, name)}: no such lock")
+            raise MissingInput(f"{lock_path(store, name)}: no such lock")
         held = {name: held[name]}
     if not held:
         print(f"{store}: no locks")

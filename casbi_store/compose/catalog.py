@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from casbi_store import CasbiError
 from casbi_store.store import trainingsets
+from casbi_store.store.atomic import atomic_write_text
 from casbi_store.store.schema import SPLITS
 from casbi_store.store.trainingsets import LATEST, sorted_versions, version_key
 
@@ -69,7 +70,7 @@ def _entry(store_url: str, name: str, versions: dict[str, dict]) -> dict:
 
 def write_catalog(catalog_path: str | os.PathLike, store_path: str | os.PathLike,
                   sets: dict[str, dict]) -> Path:
-    """Write the intake catalog of one store, atomically (temp file + ``os.replace``).
+    """Write the intake catalog of one store, atomically (``store.atomic``).
 
     Parameters
     ----------
@@ -100,21 +101,10 @@ def write_catalog(catalog_path: str | os.PathLike, store_path: str | os.PathLike
             sources[name] = _entry(store_url, name, sets[name])
     text = yaml.safe_dump({"metadata": {"version": 1, "store": relative}, "sources": sources},
                           sort_keys=False, default_flow_style=False, width=100)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{catalog_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, catalog_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return catalog_path
+    return atomic_write_text(catalog_path, text)
 
 
-class CatalogError(ValueError):
+class CatalogError(CasbiError, ValueError):
     """The catalog cannot be written for this store: it describes another one, or is not ours."""
 
 

@@ -16,6 +16,7 @@ import warnings
 import xarray as xr
 from intake.source.base import DataSource, NoEntry, Schema
 
+from casbi_store import InputError
 from casbi_store.store import trainingsets
 from casbi_store.store.io import open_store
 from casbi_store.store.schema import SPLITS
@@ -109,15 +110,15 @@ class TrainingSetSource(_XarraySource):
         self.store = os.fspath(store)
         registry = trainingsets.read_registry(self.store, self.storage_options)
         if name not in registry:
-            raise ValueError(f"{self.store}: no published training set {name!r} "
+            raise InputError(f"{self.store}: no published training set {name!r} "
                              f"(published: {', '.join(registry) or 'none'})")
         versions = list(registry[name])  # natural order
         allowed = [LATEST, *versions]
         if version not in allowed:
-            raise ValueError(f"{self.store}: training set {name!r} has no published version "
+            raise InputError(f"{self.store}: training set {name!r} has no published version "
                              f"{version!r} (allowed: {', '.join(allowed)})")
         if split not in SPLITS:
-            raise ValueError(f"{self.store}: training set {name!r}: split {split!r} is not one of "
+            raise InputError(f"{self.store}: training set {name!r}: split {split!r} is not one of "
                              f"{', '.join(SPLITS)}")
         self.set_name = name
         self.set_version = versions[-1] if version == LATEST else version

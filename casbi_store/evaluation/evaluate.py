@@ -29,12 +29,13 @@ Per parameter (N_sub, theta of ranks 1..3): 68%/95% central-interval coverage, S
 against the prior (``casbi_store.learn.calibration``); the joint TARP over theta pools the (halo,
 rank) rows. ``TARGETS`` are issue 23's; ``meets`` judges them per condition.
 
-Posterior samples are the flows' own, drawn by ``posteriors.BatchedFlowSampler``: one flow
-pass per up to ``ROWS_PER_PASS`` samples across halos, each condition embedded once (the CNN once
-per halo for the per-rank task), an ensemble's member drawn per sample. In the two-step mixture
-a sample outside the prior box is redrawn up to 10 times (as ``infer`` keeps its samples inside;
-one halo of an unseen simulation would stall unbounded rejection for hours); the fraction left
-outside is ``outside_prior_fraction``. Step 2 on the true N_sub measures the flow's raw leakage.
+The two-step posterior and the step-1 models are sampled as ``infer`` samples them
+(``casbi_store.apply.twostep``), halo by halo, each halo at its own seed (``halo_seeds``):
+``infer`` at a halo's seed returns the very samples judged here. A halo whose samples almost
+never fall inside the prior box (``infer`` refuses it) keeps samples outside; their share is
+``outside_prior_fraction``. Step 2 on the true N_sub (``evaluate_theta``) measures the flow's
+raw leakage, with ``posteriors.BatchedFlowSampler`` across halos (``ROWS_PER_PASS`` samples a
+pass).
 
 Same seed, same numbers: every random draw (N_sub draws, flow samples from a
 ``torch.Generator`` per pass, PIT tie-breaks, TARP references) comes from ``seed``, halos are
@@ -54,15 +55,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from casbi_store import CasbiError, InputError
 from casbi_store.apply.posteriors import (
     BatchedFlowSampler,
-    NsubPosterior,
     box_bounds,
     credible_set,
     load_posterior,
     seeded_generator,
 )
 from casbi_store.apply.support import flag_answer, flagged, model_blocks, support, supported_fraction
+from casbi_store.apply.twostep import Mixture, halo_seed, mixture_samples, nsub_step
 from casbi_store.learn import calibration as cal
 from casbi_store.learn.modelfolder import TrainedModel, load_model
 from casbi_store.learn.tasks import block_parameters, by_preference
@@ -102,7 +104,7 @@ CONDITIONS = ("in_distribution", "held_out", "external")
 ROWS_PER_PASS = 2**17  # samples per batched flow pass (memory: ~0.5 GB at the seed's size)
 
 
-class BinningMismatch(ValueError):
+class BinningMismatch(CasbiError, ValueError):
     """A test set binned with other edges than the model's training set."""
 
 
@@ -209,25 +211,20 @@ def _rng(seed: int, *tags: int) -> np.random.Generator:
     return np.random.default_rng([seed, *tags])
 
 
-def nsub_draws(model: TrainedModel, x: torch.Tensor, n_samples: int, seed: int
+def halo_seeds(data: SplitData, seed: int) -> list[int]:
+    """Each halo's seed (``twostep.halo_seed`` of its row): ``infer`` at a halo's seed returns
+    the samples the evaluation judged for it."""
+    return [halo_seed(seed, row) for row in data.rows]
+
+
+def nsub_draws(model: TrainedModel, data: SplitData, n_samples: int, seed: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(values, probs (halos, values), draws (samples, halos))`` of a step-1 model: the
-    classifier's softmax sampled by inverse CDF, the NPE's samples rounded and clipped into the
-    training range (their histogram is its probabilities)."""
-    posterior = load_posterior(model)
-    n_min, n_max = model.meta["n_sub_range"]
-    values = np.arange(n_min, n_max + 1)
-    if isinstance(posterior, NsubPosterior):
-        probs = posterior.probs(x)
-        cdf = np.cumsum(probs, axis=1)
-        cdf /= cdf[:, -1:]
-        u = _rng(seed, 1).random((len(x), n_samples))
-        idx = np.stack([np.searchsorted(c, row, side="right") for c, row in zip(cdf, u, strict=True)])
-        return values, probs, values[np.clip(idx, 0, len(values) - 1)].T
-    draws = _flow_samples(posterior, x, n_samples, seed)[..., 0].numpy()
-    draws = np.clip(np.rint(draws), n_min, n_max).astype(int)
-    probs = np.stack([np.bincount(d - n_min, minlength=len(values)) for d in draws.T]) / n_samples
-    return values, probs, draws
+    """``(values, probs (halos, values), draws (samples, halos))`` of a step-1 model, as
+    ``infer`` gives them for each halo at its seed (``twostep.NsubStep``)."""
+    step, seeds = nsub_step(model), halo_seeds(data, seed)
+    x = _x(data)
+    return (step.values, step.probabilities(x, seeds),
+            step.draws(x, n_samples, seeds, outside="keep"))
 
 
 def nsub_prior_variance(model: TrainedModel) -> float:
@@ -238,7 +235,7 @@ def nsub_prior_variance(model: TrainedModel) -> float:
 def evaluate_nsub(model: TrainedModel, data: SplitData, n_samples: int = 500, seed: int = 0) -> dict:
     """Step-1 metrics and the arrays behind them (probabilities over N_sub values, draws)."""
     start = time.perf_counter()
-    values, probs, draws = nsub_draws(model, _x(data), n_samples, seed)
+    values, probs, draws = nsub_draws(model, data, n_samples, seed)
     seconds = time.perf_counter() - start
     truth = data.n_sub.astype(int)
     mode = values[np.argmax(probs, axis=1)]
@@ -306,7 +303,7 @@ def evaluate_theta(model: TrainedModel, data: SplitData, n_samples: int = 200, r
     theta, cond, rank_of = model.task_spec.evaluation_pairs(
         _x(data), torch.as_tensor(data.theta), ranks=ranks, joint_n_sub=model.joint_n_sub)
     if len(theta) < 10:
-        raise ValueError(f"{data.source}: only {len(theta)} halos usable by {model.path}")
+        raise InputError(f"{data.source}: only {len(theta)} halos usable by {model.path}")
     start = time.perf_counter()
     samples = _flow_samples(load_posterior(model), cond, n_samples, seed)
     seconds = time.perf_counter() - start
@@ -326,56 +323,17 @@ def _outside(model: TrainedModel, samples: torch.Tensor) -> float:
     return float(1 - inside[finite].float().mean()) if finite.any() else 0.0
 
 
-def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ranks: int = 3,
-                    seed: int = 0, first_inside: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, float]:
-    """theta of ranks 1..``ranks`` for each N_sub draw of each halo, as ``infer``'s mixture:
-    ``(samples, halos, ranks, parameters)``, NaN above the drawn N_sub; and the fraction of
-    samples taken from outside the prior box.
-
-    Batched across halos: every (draw, halo, rank) is one row of one flow pass (exactly one
-    sample each), conditioned on its (halo, N_sub, rank) embedding, computed once per distinct
-    condition from the halo's CNN features, computed once per halo. A row outside the prior box
-    is redrawn (``BatchedFlowSampler.sample_in_box``), as ``infer`` keeps its samples inside.
-    ``first_inside`` (halos,), if given, gets each halo's share of rank-1 rows whose first draw
-    fell inside the box (``infer``'s ``support_box_inside``).
-    """
-    n_samples, n_halos = draws.shape
-    out = np.full((n_samples, n_halos, ranks, len(model.parameters)), np.nan)
-    sampler = BatchedFlowSampler(load_posterior(model))
-    low, high = (torch.as_tensor(b) for b in box_bounds(model))
-    n_top = int(draws.max()) + 1
-    per_pass = max(1, ROWS_PER_PASS // (n_samples * ranks))
-    used_outside = used = 0
-    for start in range(0, n_halos, per_pass):
-        halos = np.arange(start, min(start + per_pass, n_halos))
-        d = draws[:, halos]
-        s_i, h_i, r_i = np.meshgrid(np.arange(n_samples), np.arange(len(halos)),
-                                    np.arange(1, ranks + 1), indexing="ij")
-        keep = r_i <= d[..., None]
-        s_i, h_i, r_i = s_i[keep], h_i[keep], r_i[keep]
-        n_i = d[s_i, h_i]
-        keys, context_of = np.unique((h_i * n_top + n_i) * (ranks + 1) + r_i, return_inverse=True)
-        job_h, job_n, job_r = keys // ((ranks + 1) * n_top), (keys // (ranks + 1)) % n_top, keys % (ranks + 1)
-        if sampler.ranked:
-            contexts = sampler.ranked_contexts(x[halos], job_h, torch.as_tensor(job_n),
-                                               torch.as_tensor(job_r))
-        else:
-            contexts = sampler.contexts(model.task_spec.condition(
-                x[halos][job_h].reshape(len(job_h), -1), torch.as_tensor(job_n, dtype=torch.float32),
-                torch.as_tensor(job_r, dtype=torch.float32)))
-        first: dict = {}
-        samples, outside = sampler.sample_in_box(contexts, torch.as_tensor(context_of), low, high,
-                                                 seeded_generator(seed, 21, start), first=first)
-        if first_inside is not None:
-            top = r_i == 1
-            inside = ~first["outside"].numpy()  # one row per (sample, halo, rank)
-            first_inside[halos] = (np.bincount(h_i[top], weights=inside[top], minlength=len(halos))
-                                   / np.maximum(np.bincount(h_i[top], minlength=len(halos)), 1))
-        out[s_i, halos[h_i], r_i - 1] = samples.double().numpy()
-        used_outside += int(outside.sum())
-        used += len(context_of)
-    return out, used_outside / max(used, 1)
+def two_step_samples(step1: TrainedModel, step2: TrainedModel, data: SplitData,
+                     n_samples: int = 200, ranks: int = 3, seed: int = 0,
+                     draws: np.ndarray | None = None) -> tuple[np.ndarray, Mixture]:
+    """The two-step posterior's samples of the split's halos, each halo's exactly ``infer``'s
+    at its seed (``halo_seeds``): ``(N_sub draws (samples, halos), twostep.Mixture)``.
+    ``draws``: step 1's, when already drawn. A halo whose flow samples almost never fall inside
+    the prior box (``infer`` refuses it) keeps samples outside (``Mixture.outside``)."""
+    seeds = halo_seeds(data, seed)
+    if draws is None:
+        draws = nsub_step(step1).draws(_x(data), n_samples, seeds, outside="keep")
+    return draws, mixture_samples(step2, _x(data), draws, ranks, seeds, outside="keep")
 
 
 def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
@@ -384,11 +342,12 @@ def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
     """The full two-step posterior on the split's halos: N_sub from ``step1`` (its evaluation
     ``nsub`` reused when given), theta of ranks 1..``ranks`` the mixture over those draws."""
     start = time.perf_counter()
-    if nsub is None or nsub["draws"].shape[0] < n_samples:
+    if nsub is None:
         nsub = evaluate_nsub(step1, data, n_samples=n_samples, seed=seed)
-    draws = nsub["draws"][:n_samples]
-    first_inside = np.ones(len(data.x))
-    samples, outside = mixture_samples(step2, _x(data), draws, ranks, seed, first_inside)
+    draws, mixture = two_step_samples(step1, step2, data, n_samples, ranks, seed,
+                                      nsub["draws"] if len(nsub["draws"]) == n_samples else None)
+    samples, first_inside = mixture.samples, mixture.first_inside
+    outside = float(mixture.outside.sum() / max(mixture.rows.sum(), 1))
     truth_blocks = torch.as_tensor(data.theta)
     blocks = block_parameters(truth_blocks[:, :ranks]).double().numpy()  # (halos, ranks, 3)
     has = np.isfinite(blocks).all(axis=-1)  # the halo has a block of that rank
@@ -443,11 +402,12 @@ def training_summary(model: TrainedModel) -> dict:
 
 def sampling_speed(model: TrainedModel, data: SplitData, n: int = 10_000) -> float:
     """Seconds for ``n`` posterior samples of one halo (the inference target: < 1 s)."""
-    posterior = load_posterior(model)
-    if isinstance(posterior, NsubPosterior):
+    if model.task_spec.step == 1:
+        step = nsub_step(model)
         start = time.perf_counter()
-        posterior.sample(n, _x(data)[0])
+        step.draws(_x(data)[:1], n, [0], outside="keep")
         return time.perf_counter() - start
+    posterior = load_posterior(model)
     cond = model.task_spec.condition(_x(data)[:1], torch.tensor([float(data.n_sub[0])]),
                                      torch.tensor([1.0]))
     start = time.perf_counter()

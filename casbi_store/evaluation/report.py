@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from markupsafe import Markup
 
 from casbi_store.learn.tasks import BLOCK_PARAMETERS, by_preference, get_task
 from casbi_store.plots.common import plane as draw_plane
@@ -174,24 +175,30 @@ def _conditions(results: dict) -> list[str]:
     return [c for c in CONDITIONS if c in results["conditions"]]
 
 
-def _metrics_table(results: dict) -> str:
+def _text(v) -> str:
+    """A metric's value as text (``_fmt`` unescaped: the template escapes)."""
+    if isinstance(v, float) and not isinstance(v, bool):
+        return f"{v:.3g}"
+    if isinstance(v, list):
+        return ", ".join(f"{x:.3g}" for x in v)
+    return str(v)
+
+
+def _model_metrics(results: dict) -> list[dict]:
     """Every model's metrics, one column per test condition."""
     out = []
     for path, r in results["models"].items():
         names = [c for c in CONDITIONS if c in r["conditions"]]
         keys = list(dict.fromkeys(k for c in names for k in r["conditions"][c]["metrics"]))
-        head = "".join(f"<th>{c}</th>" for c in names)
-        body = "".join(f"<tr><td>{html.escape(k)}</td>"
-                       + "".join(f"<td>{_fmt(r['conditions'][c]['metrics'].get(k))}</td>"
-                                 for c in names) + "</tr>" for k in keys)
         t = r["training"]
         training = (f"{t['members']} member(s), epochs {t['epochs']}, {t['train_seconds']:.0f} s, "
                     "weights " + ", ".join(f"{w:.2f}" for w in t["weights"])
                     + (f", temperature {t['temperature']:.3f}" if t.get("temperature") else ""))
-        out.append(f"<h3>{html.escape(_title(r['task']))} <small>{html.escape(path)}</small></h3>"
-                   f"<p>training: {html.escape(training)}</p>"
-                   f"<table><tr><th>metric</th>{head}</tr>{body}</table>")
-    return "\n".join(out)
+        out.append({"title": _title(r["task"]), "path": path, "training": training,
+                    "conditions": names,
+                    "rows": [(k, [_text(r["conditions"][c]["metrics"].get(k)) for c in names])
+                             for k in keys]})
+    return out
 
 
 def _target_text(metric: str, condition: str) -> str:
@@ -199,23 +206,17 @@ def _target_text(metric: str, condition: str) -> str:
     return f"{target[0]}–{target[1]}" if kind == "within" else f"{kind} {target}"
 
 
-def _targets_table(results: dict) -> str:
-    """The targets (issue 23): measured value and ✔/✘ in each condition."""
-    names = _conditions(results)
-    head = "".join(f"<th>{c}</th>" for c in names)
-    body = []
+def _targets(results: dict) -> list[tuple[str, list[dict | None]]]:
+    """The targets (issue 23): measured value, met or not and the target in each condition."""
+    rows = []
     for metric in TARGETS:
         cells = []
-        for c in names:
+        for c in _conditions(results):
             got = results["conditions"][c].get("targets", {}).get(metric)
-            if got is None:
-                cells.append("<td>–</td>")
-                continue
-            mark = "<span class=ok>✔</span>" if got["met"] else "<span class=no>✘</span>"
-            cells.append(f"<td>{got['value']:.3f} {mark} <small>({_target_text(metric, c)})"
-                         "</small></td>")
-        body.append(f"<tr><td>{metric}</td>{''.join(cells)}</tr>")
-    return f"<table><tr><th>target metric</th>{head}</tr>{''.join(body)}</table>"
+            cells.append(None if got is None else {"value": got["value"], "met": got["met"],
+                                                   "target": _target_text(metric, c)})
+        rows.append((metric, cells))
+    return rows
 
 
 PARAMETER_COLUMNS = ("coverage_68", "coverage_95", "sbc_ks_pvalue", "tarp_max_deviation", "rmse",
@@ -245,30 +246,24 @@ SUPPORT_ROWS = {
 }
 
 
-def _support_table(results: dict) -> str:
-    """The thin-support signal (``apply.support``) in each condition."""
+def _support(results: dict) -> dict | None:
+    """The thin-support signal (``apply.support``) in each condition, None without one."""
     names = [c for c in _conditions(results)
              if "support_flag_rate" in results["conditions"][c].get("two_step", {}).get("metrics", {})]
     if not names:
-        return ""
-    head = "".join(f"<th>{c}</th>" for c in names)
-    body = "".join(f"<tr><td>{label}</td>" + "".join(
-        f"<td>{_fmt(results['conditions'][c]['two_step']['metrics'].get(key))}</td>" for c in names)
-                   + "</tr>" for key, label in SUPPORT_ROWS.items())
-    return ("<h2>Can the answer be trusted? Training galaxies near the top block</h2>"
-            "<p>A halo is flagged when fewer than half of the flow's first draws fall inside the "
-            "training range (the halo is unlike every training halo), or fewer than half of its "
-            "posterior's top-block samples (log M* of rank 1) have a training galaxy within 0.1 "
-            "dex: "
-            "the answer lies between or beyond the training suite's galaxies. <code>infer</code> "
-            "prints the same verdict.</p>"
-            f"<table><tr><th></th>{head}</tr>{body}</table>")
+        return None
+    return {"conditions": names, "rows": [
+        (label, [_text(results["conditions"][c]["two_step"]["metrics"].get(key)) for c in names])
+        for key, label in SUPPORT_ROWS.items()]}
 
 
-def _conditions_table(results: dict) -> str:
+def _parameter_headers() -> list[str]:
+    return [h for k in PARAMETER_COLUMNS
+            for h in ([HEADERS.get(k, k)] + (["truth σ"] if k == "r2" else []))]
+
+
+def _parameter_rows(results: dict) -> list[tuple[str, str, str, list[str]]]:
     """Per parameter and condition: the two-step posterior's figures and the baselines' rows."""
-    head = "".join(f"<th>{HEADERS.get(k, k)}</th>" + ("<th>truth σ</th>" if k == "r2" else "")
-                   for k in PARAMETER_COLUMNS)
     body = []
     for name in _parameters(results):
         for c in _conditions(results):
@@ -285,13 +280,11 @@ def _conditions_table(results: dict) -> str:
                 cells = []
                 for k in PARAMETER_COLUMNS:
                     v = m.get(k)
-                    cells.append(f"<td>{'–' if v is None else _fmt(float(v))}</td>")
+                    cells.append("–" if v is None else _text(float(v)))
                     if k == "r2":  # the truth's spread beside every R^2
-                        cells.append(f"<td>{_fmt(float(m['truth_std']))}</td>")
-                body.append(f"<tr><td>{html.escape(name)}</td><td>{c}</td><td>{label}</td>"
-                            f"{''.join(cells)}</tr>")
-    return ("<table class=small><tr><th>parameter</th><th>condition</th><th>estimator</th>"
-            f"{head}</tr>{''.join(body)}</table>")
+                        cells.append(_text(float(m["truth_std"])))
+                body.append((name, c, label, cells))
+    return body
 
 
 def plot_two_step_tarp(results: dict, path: Path) -> Path | None:
@@ -529,37 +522,29 @@ def write_report(results: dict, out: str | os.PathLike, corner: Path | None = No
         sections.append(survey_section(survey, figs))
     (out / "metrics.json").write_text(json.dumps(_jsonable(results), indent=2))
     (out / "timings.json").write_text(json.dumps(_timings(results), indent=2))
-    body = "\n".join(f"<h2>{html.escape(title)}</h2>\n" + "\n".join(parts)
-                     for title, parts in sections)
     tarp = plot_two_step_tarp(results, figs / "two_step_tarp.png")
     tarp_img = _img(tarp, "TARP of the two-step posterior (theta, ranks pooled)") if tarp else ""
-    sources = "".join(f"<li>{c}: {html.escape(results['conditions'][c]['source'])}, "
-                      f"{results['conditions'][c]['halos']} halos</li>"
-                      for c in _conditions(results))
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>CASBI evaluation</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}
-img{{max-width:100%}} table{{border-collapse:collapse;margin-bottom:1em}} pre{{white-space:pre-wrap}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} .ok{{color:green}} .no{{color:#b00}}
-figure{{margin:0.5em 0}} .small{{font-size:85%}} figcaption{{color:#555;font-size:90%}}</style></head><body>
-<h1>CASBI evaluation: {html.escape(first["set"])}</h1>
-<p>Test conditions (halos evenly spaced in each split, {results["n_samples"]} posterior samples
-per halo, seed {results.get("seed")}):</p><ul>{sources}</ul>
-<p>The two-step posterior is the one <code>infer</code> returns: N_sub drawn from the step-1
-model, theta of each rank conditioned on each draw. Per-model sections judge step 2 conditioned
-on the true N_sub. Coverage is of central intervals (randomized PIT for the discrete N_sub);
-skill = 1 − MSE / Var(prior).</p>
-<h2>Targets (issue 23: judged on unseen galaxies)</h2>{_targets_table(results)}
-{_support_table(results)}
-<h2>Two-step posterior and baselines, per parameter and condition</h2>
-{_conditions_table(results)}
-{tarp_img}
-{body}
-<h2>Metrics</h2>{_metrics_table(results)}
-</body></html>"""
+    sources = [{"name": c, "source": results["conditions"][c]["source"],
+                "halos": results["conditions"][c]["halos"]} for c in _conditions(results)]
+    page = _template().render(
+        set_name=first["set"], n_samples=results["n_samples"], seed=results.get("seed"),
+        sources=sources, conditions=_conditions(results), targets=_targets(results),
+        support=_support(results), parameter_headers=_parameter_headers(),
+        parameter_rows=_parameter_rows(results), tarp_figure=Markup(tarp_img),
+        sections=[(title, [Markup(p) for p in parts]) for title, parts in sections],
+        models=_model_metrics(results))
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def _template():
+    """The page's Jinja2 template (``templates/report.html.j2``, package data)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("casbi_store.evaluation", "templates"),
+                             autoescape=True, keep_trailing_newline=True)
+    return env.get_template("report.html.j2")
 
 
 def corner_for_halo(results: dict, path: Path, n_samples: int = 4000) -> Path | None:

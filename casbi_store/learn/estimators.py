@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from casbi_store import InputError
 from casbi_store.store import schema as S
 
 from .representations import (
@@ -197,7 +198,7 @@ class NsubClassifier(nn.Module):
                  estimate_example: np.ndarray | None = None, image: bool = True):
         super().__init__()
         if n_max <= n_min:
-            raise ValueError(f"N_sub range [{n_min}, {n_max}] has fewer than two values")
+            raise InputError(f"N_sub range [{n_min}, {n_max}] has fewer than two values")
         torch.manual_seed(seed)
         self.n_min, self.n_max = int(n_min), int(n_max)
         # stem at 64x64, then one residual block per stage at 32, 16 and 8 pixels
@@ -207,7 +208,7 @@ class NsubClassifier(nn.Module):
         self.representation = (None if default else representation_module(
             {"mean": mean, "std": std, **(extra_stats or {})}, representation))
         if not image and (default or self.representation.extra_mean.numel() == 0):
-            raise ValueError("a classifier without the image (embedding mlp) needs a representation "
+            raise InputError("a classifier without the image (embedding mlp) needs a representation "
                              "with extras (log1p_marginals or normalised)")
         layers: list[nn.Module] = [Log1pStandardize(mean, std)] if default else []
         layers += [nn.Conv2d(1, channels[0], 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)]

@@ -55,7 +55,9 @@ from pathlib import Path
 
 import numpy as np
 
+from casbi_store import CasbiError, InputError
 from casbi_store.store import schema as S
+from casbi_store.store.atomic import atomic_path
 from casbi_store.store.provenance import utc_now
 
 from .modelfolder import CONFIG, ModelFolderError, read_meta, read_transform
@@ -75,7 +77,7 @@ META_KEYS = ("format_version", "method", "k", "quantile", "threshold", "set", "v
              "store", "reference_split", "calibration_split", "created")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(CasbiError, ValueError):
     """A training set that cannot calibrate the score (too few halos in a split)."""
 
 
@@ -88,7 +90,7 @@ def pool_pair(pool: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     pair = (pool, pool) if isinstance(pool, int) else tuple(pool)
     if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1
                                  for p in pair):
-        raise ValueError(f"pool must be a positive integer or a pair of them, not {pool!r}")
+        raise InputError(f"pool must be a positive integer or a pair of them, not {pool!r}")
     return pair
 
 
@@ -107,7 +109,7 @@ def features(x: np.ndarray, pool: int | tuple[int, int] | list[int]) -> np.ndarr
     x = x.reshape((-1,) + x.shape[-2:])
     n, a, b = x.shape
     if a % pa or b % pb:
-        raise ValueError(f"pool {(pa, pb)} does not divide the histogram's shape {(a, b)}")
+        raise InputError(f"pool {(pa, pb)} does not divide the histogram's shape {(a, b)}")
     pooled = x.reshape(n, a // pa, pa, b // pb, pb).sum(axis=(2, 4)).reshape(n, -1)
     total = pooled.sum(axis=1, keepdims=True)
     return np.sqrt(pooled / np.where(total > 0, total, 1)).astype(np.float32)
@@ -230,14 +232,14 @@ def calibrate(store: str | os.PathLike, name: str, version: str, *, k: int = DEF
     pools = [pool_pair(p) for p in pools]
     bad = [p for p in pools if S.N_BINS % p[0] or S.N_BINS % p[1]]
     if bad or not pools:
-        raise ValueError(f"pools {bad or pools} do not divide the histograms' {S.N_BINS} bins")
+        raise InputError(f"pools {bad or pools} do not divide the histograms' {S.N_BINS} bins")
     if not (isinstance(k, int) and k >= 1 and 0 < quantile < 1 and max_reference >= MIN_HALOS
             and max_calibration >= MIN_HALOS):
-        raise ValueError(f"need k >= 1, 0 < quantile < 1 and at least {MIN_HALOS} reference and "
+        raise InputError(f"need k >= 1, 0 < quantile < 1 and at least {MIN_HALOS} reference and "
                          f"calibration halos, not k={k}, quantile={quantile}, "
                          f"max_reference={max_reference}, max_calibration={max_calibration}")
     if split not in ("auto", "val", "test"):
-        raise ValueError(f"split must be 'auto', 'val' or 'test', not {split!r}")
+        raise InputError(f"split must be 'auto', 'val' or 'test', not {split!r}")
     _, entry = resolve_version(store, name, version, storage_options)
     split_by = entry.get("spec", {}).get("split_by", "combination")
     split = calibration_split(split_by) if split == "auto" else split
@@ -267,13 +269,11 @@ def calibrate(store: str | os.PathLike, name: str, version: str, *, k: int = DEF
 
 
 def write_calibration(folder: str | os.PathLike, cal: Calibration) -> Path:
-    """``misspecification.npz`` in the model folder, atomically (temporary file, rename)."""
+    """``misspecification.npz`` in the model folder, atomically (``store.atomic``)."""
     path = Path(folder) / CALIBRATION
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, reference=cal.reference, scores=cal.scores, feh_edges=cal.feh_edges,
                  ofe_edges=cal.ofe_edges, meta=np.array(json.dumps(cal.meta)))
-    os.replace(tmp, path)
     return path
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from casbi_store import CasbiError, MissingInput
+from casbi_store.store.atomic import atomic_path, atomic_write_text
 from casbi_store.store.provenance import sha256_file
 
 from .representations import (
@@ -59,7 +61,7 @@ NETWORK_OPTIONS = ("hidden_features", "num_transforms", "embedding_dim", "conv_c
 STILL_TRAINING = "still training or interrupted: re-run train to finish"
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(CasbiError, ValueError):
     """A model folder that cannot be used as it is; the message names the file and the problem."""
 
 
@@ -68,16 +70,13 @@ def member_dir(out: Path, k: int) -> Path:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill leaves the old file or the new."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` atomically (``store.atomic``): a kill leaves the old file or the new."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=2))
 
 
 def _read_json(path: Path) -> dict:
@@ -374,7 +373,7 @@ def load_model(out: str | os.PathLike, device: str = "cpu") -> TrainedModel:
     ``ModelFolderError`` naming the file for a folder that is incomplete or damaged."""
     out = Path(out)
     if not (out / CONFIG).exists():
-        raise FileNotFoundError(f"{out}: not a model folder (no {CONFIG}); train one first")
+        raise MissingInput(f"{out}: not a model folder (no {CONFIG}); train one first")
     meta = read_meta(out)
     names, weights = read_ensemble(out)
     stats = read_transform(out)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from casbi_store import InputError
 from casbi_store.store import schema as S
 
 DEFAULT_REPRESENTATION, DEFAULT_EMBEDDING = "log1p", "cnn"
@@ -142,7 +143,7 @@ def get_representation(name: str) -> Representation:
     try:
         return REPRESENTATIONS[name]
     except KeyError:
-        raise ValueError(f"representation must be one of {sorted(REPRESENTATIONS)}, "
+        raise InputError(f"representation must be one of {sorted(REPRESENTATIONS)}, "
                          f"not {name!r}") from None
 
 
@@ -150,9 +151,9 @@ def check_choice(representation: str, embedding: str) -> None:
     """Raise for an unknown representation or embedding, or one that cannot go together."""
     rep = get_representation(representation)
     if embedding not in EMBEDDINGS:
-        raise ValueError(f"embedding must be one of {EMBEDDINGS}, not {embedding!r}")
+        raise InputError(f"embedding must be one of {EMBEDDINGS}, not {embedding!r}")
     if embedding == "mlp" and rep.extra_dim() == 0:
-        raise ValueError(f"embedding 'mlp' reads only the extra features; representation "
+        raise InputError(f"embedding 'mlp' reads only the extra features; representation "
                          f"{representation!r} has none (use log1p_marginals or normalised)")
 
 

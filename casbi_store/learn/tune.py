@@ -31,6 +31,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from casbi_store import InputError
+from casbi_store.store.atomic import atomic_write_text
+
 from .streaming import TrainingSetStream
 from .tasks import get_task
 from .trainer import TrainConfig, train
@@ -53,7 +56,7 @@ def tuned_parameters(task: str, search: tuple[str, ...] | None = None) -> tuple[
     if search is not None:
         wrong = sorted(set(search) - set(tuned)) or ([] if search else ["(none)"])
         if wrong:
-            raise ValueError(f"search: {', '.join(wrong)} not tuned for task {task!r}; "
+            raise InputError(f"search: {', '.join(wrong)} not tuned for task {task!r}; "
                              f"choose among {', '.join(k for k in SEARCHED if k in tuned)}")
         tuned = tuple(search)
     return tuple(k for k in SEARCHED if k in tuned)
@@ -84,7 +87,7 @@ def _lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"{out} is in use by another tune; wait for it or choose another out"
+            raise InputError(f"{out} is in use by another tune; wait for it or choose another out"
                              ) from None
         yield
 
@@ -98,10 +101,10 @@ def _check_study(study: optuna.Study, out: Path, base: TrainConfig, task: str,
     """A maximised study, with the base config and searched options its trials were trained
     with, owning every trial folder."""
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise ValueError(f"{out}/optuna.db: study {study.study_name} does not maximise")
+        raise InputError(f"{out}/optuna.db: study {study.study_name} does not maximise")
     searched = list(tuned_parameters(task, search))
     if study.user_attrs.get("search", searched) != searched:
-        raise ValueError(f"{out}: its trials searched {', '.join(study.user_attrs['search'])}, "
+        raise InputError(f"{out}: its trials searched {', '.join(study.user_attrs['search'])}, "
                          f"not {', '.join(searched)}; choose another out")
     study.set_user_attr("search", searched)
     skip = set(UNCHECKED) | set(searched)
@@ -112,14 +115,14 @@ def _check_study(study: optuna.Study, out: Path, base: TrainConfig, task: str,
     else:
         changed = sorted(k for k, v in wanted.items() if stored.get(k) != v)
         if changed:
-            raise ValueError(f"{out}: its trials were trained with other base options ("
+            raise InputError(f"{out}: its trials were trained with other base options ("
                              + ", ".join(f"{k}={stored.get(k)!r}, not {wanted[k]!r}" for k in changed)
                              + "); their values would not compare; choose another out")
     numbers = {t.number for t in study.get_trials(deepcopy=False)}
     strays = sorted(p.name for p in out.glob("trial-*")
                     if not p.name[6:].isdigit() or int(p.name[6:]) not in numbers)
     if strays:
-        raise ValueError(f"{out}: folder(s) {strays} belong to no trial of {study.study_name}; "
+        raise InputError(f"{out}: folder(s) {strays} belong to no trial of {study.study_name}; "
                          "choose another out")
 
 
@@ -180,7 +183,7 @@ def tune(store: str | os.PathLike, name: str, version: str, task: str, out: str 
     size at a fixed network). One process per ``out`` (a lock). Returns what ``best.json`` holds.
     """
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise ValueError(f"n_trials must be an integer >= 1, not {n_trials!r}")
+        raise InputError(f"n_trials must be an integer >= 1, not {n_trials!r}")
     spec = get_task(task)
     search = tuple(search) if search is not None else None
     tuned_parameters(task, search)  # a wrong search fails before the folder is made
@@ -199,7 +202,7 @@ def tune(store: str | os.PathLike, name: str, version: str, task: str, out: str 
             wanted = study_name(name, version, task)
             others = sorted(set(optuna.get_all_study_names(storage)) - {wanted})
             if others:  # trial numbers, hence folders, are per study: one study per folder
-                raise ValueError(f"{out} holds another tune ({', '.join(others)}); choose another "
+                raise InputError(f"{out} holds another tune ({', '.join(others)}); choose another "
                                  f"out for {wanted}")
             study = optuna.create_study(storage=storage, study_name=wanted, direction="maximize",
                                         load_if_exists=True)
@@ -215,9 +218,7 @@ def tune(store: str | os.PathLike, name: str, version: str, task: str, out: str 
             summary = _summary(study, out, base, task, search)
         finally:
             storage.engine.dispose()
-    tmp = out / "best.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "best.json")
+    atomic_write_text(out / "best.json", json.dumps(summary, indent=2))
     if summary["best_trial"] is not None:
         log.info("best: trial %d, validation log-likelihood %.4f, %s", summary["best_trial"],
                  summary["value"] if summary["value"] is not None else -math.inf, summary["model"])

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from casbi_store import InputError
+
 Y_O_CC = 0.015  # IMF-averaged oxygen yield of core-collapse SNe, per unit mass formed
 Y_FE_CC = 0.0012  # iron yield of core-collapse SNe
 Y_FE_IA = 0.0017  # iron yield of type Ia SNe, integrated over the DTD
@@ -50,16 +52,16 @@ class Physics:
     def __post_init__(self):
         for name in ("y_o_cc", "y_fe_cc"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+                raise InputError(f"{name} must be positive, not {getattr(self, name)}")
         if not self.y_fe_ia >= 0:
-            raise ValueError(f"y_fe_ia must be >= 0, not {self.y_fe_ia}")
+            raise InputError(f"y_fe_ia must be >= 0, not {self.y_fe_ia}")
         if not -3 < self.dtd_slope < 0:
-            raise ValueError(f"dtd_slope must lie in (-3, 0), not {self.dtd_slope}")
+            raise InputError(f"dtd_slope must lie in (-3, 0), not {self.dtd_slope}")
         if self.ia_min_delay is not None and not MIN_IA_DELAY <= self.ia_min_delay <= 10:
-            raise ValueError(f"ia_min_delay must lie in [{MIN_IA_DELAY}, 10] Gyr, not "
+            raise InputError(f"ia_min_delay must lie in [{MIN_IA_DELAY}, 10] Gyr, not "
                              f"{self.ia_min_delay}")
         if not self.sfe > 0:
-            raise ValueError(f"sfe must be positive, not {self.sfe}")
+            raise InputError(f"sfe must be positive, not {self.sfe}")
 
     def changes(self) -> dict:
         """The fields that differ from the fiducial physics (empty for the defaults)."""

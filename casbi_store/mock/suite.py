@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from casbi_store import InputError
 from casbi_store.store.abundances import XSOL_FE, XSOL_H, XSOL_O, hydrogen_fraction
 
 from .chemical_evolution import Z_PER_FE, Z_PER_O, OneZoneParams, Physics, evolve
@@ -82,7 +83,7 @@ PRESETS: dict[str, SuiteSpec] = {
 def preset(name: str, seed: int = 0, defects: bool = False, **overrides) -> SuiteSpec:
     """A preset spec with a seed, the defects flag and optional overrides (sizes, ``physics``)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return replace(PRESETS[name], seed=seed, defects=defects, **overrides)
 
 
@@ -165,7 +166,7 @@ def _unique(name: str, taken: set[str]) -> str:
 def _with_defects(models: list[SimulationModel], spec: SuiteSpec, rng) -> list[SimulationModel]:
     """Mark four simulations with a broken snapshot each and add one too-massive dwarf."""
     if len(models) < 4:
-        raise ValueError("--defects needs at least 4 simulations")
+        raise InputError("--defects needs at least 4 simulations")
     kinds = ["truncated", "before_star_formation", "missing_FeMassFrac", "missing_halo_catalogue"]
     marked = [replace(m, defect=k) for m, k in zip(models[:4], kinds, strict=True)]
     early = marked[1]
@@ -473,7 +474,7 @@ def generate_suite(out: Path, spec: SuiteSpec, workers: int = 1, progress: bool 
         if manifest_path.exists() and yaml.safe_load(manifest_path.read_text()) == manifest:
             log.info("mock suite %s already complete for this spec; nothing to do", out)
             return manifest
-        raise FileExistsError(f"{out} is not empty and holds no mock suite of this spec; "
+        raise InputError(f"{out} is not empty and holds no mock suite of this spec; "
                               "choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".partial"

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from casbi_store import InputError
+
 from .schema import FEH, N_BINS
 
 STAR_DTYPE = np.dtype(FEH.dtype)  # [Fe/H] and [O/Fe] share it
@@ -37,16 +39,16 @@ class BinningSpec:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"binning method must be one of {METHODS}, not {self.method!r}")
+            raise InputError(f"binning method must be one of {METHODS}, not {self.method!r}")
         if self.n_bins < 1:
-            raise ValueError(f"n_bins must be positive, not {self.n_bins}")
+            raise InputError(f"n_bins must be positive, not {self.n_bins}")
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
-            raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, not {self.percentiles}")
+            raise InputError(f"percentiles must satisfy 0 <= lo < hi <= 100, not {self.percentiles}")
         if self.method == "fixed":
             for name, rng in (("feh_range", self.feh_range), ("ofe_range", self.ofe_range)):
                 if rng is None or not rng[0] < rng[1]:
-                    raise ValueError(f"fixed binning needs {name} = (lo, hi) with lo < hi, not {rng}")
+                    raise InputError(f"fixed binning needs {name} = (lo, hi) with lo < hi, not {rng}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,11 +89,11 @@ def resolve_binning(spec: BinningSpec, feh: np.ndarray, ofe: np.ndarray) -> Binn
     if spec.method == "fixed":
         return Binning(spec, tuple(spec.feh_range), tuple(spec.ofe_range))
     if len(feh) == 0:
-        raise ValueError("cannot derive percentile ranges from zero stars")
+        raise InputError("cannot derive percentile ranges from zero stars")
     feh_lo, feh_hi = np.percentile(np.asarray(feh, dtype=np.float64), spec.percentiles)
     ofe_lo, ofe_hi = np.percentile(np.asarray(ofe, dtype=np.float64), spec.percentiles)
     if not (feh_lo < feh_hi and ofe_lo < ofe_hi):
-        raise ValueError(f"degenerate ranges [Fe/H] {feh_lo, feh_hi}, [O/Fe] {ofe_lo, ofe_hi}")
+        raise InputError(f"degenerate ranges [Fe/H] {feh_lo, feh_hi}, [O/Fe] {ofe_lo, ofe_hi}")
     return Binning(spec, (float(feh_lo), float(feh_hi)), (float(ofe_lo), float(ofe_hi)))
 
 

@@ -31,6 +31,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from casbi_store import CasbiError, InputError
+
 log = logging.getLogger(__name__)
 
 KINDS = ("local", "address", "slurm", "pbs")
@@ -47,7 +49,7 @@ DASK_SETTINGS = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": N
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
-class ClusterError(ValueError):
+class ClusterError(CasbiError, ValueError):
     """The batch system refused to run the cluster's jobs (its own message, one line)."""
 
 
@@ -76,32 +78,32 @@ class ClusterSpec:
         object.__setattr__(self, "job_extra_directives", tuple(self.job_extra_directives))
         object.__setattr__(self, "job_script_prologue", tuple(self.job_script_prologue))
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
+            raise InputError(f"kind must be one of {KINDS}, not {self.kind!r}")
         if self.kind == "address" and not self.address:
-            raise ValueError("kind 'address' needs 'address' (tcp://host:port or a scheduler file)")
+            raise InputError("kind 'address' needs 'address' (tcp://host:port or a scheduler file)")
         if self.kind != "address" and self.address:
-            raise ValueError(f"'address' is for kind 'address', not {self.kind!r}")
+            raise InputError(f"'address' is for kind 'address', not {self.kind!r}")
         for name in ("workers", "processes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+                raise InputError(f"{name} must be a positive integer, not {value!r}")
         if not isinstance(self.cores, int) or self.cores < 1:
-            raise ValueError(f"cores must be a positive integer, not {self.cores!r}")
+            raise InputError(f"cores must be a positive integer, not {self.cores!r}")
         if not isinstance(self.jobs, int) or self.jobs < 0:
-            raise ValueError(f"jobs must be a non-negative integer, not {self.jobs!r}")
+            raise InputError(f"jobs must be a non-negative integer, not {self.jobs!r}")
         if self.processes is not None and self.processes > self.cores:
-            raise ValueError(f"processes ({self.processes}) cannot exceed cores ({self.cores})")
+            raise InputError(f"processes ({self.processes}) cannot exceed cores ({self.cores})")
         if self.adaptive is not None:
             if not isinstance(self.adaptive, dict) or set(self.adaptive) - {"minimum", "maximum"}:
-                raise ValueError("adaptive must be a mapping with 'minimum' and/or 'maximum' jobs")
+                raise InputError("adaptive must be a mapping with 'minimum' and/or 'maximum' jobs")
             lo, hi = self.adaptive.get("minimum", 0), self.adaptive.get("maximum", 1)
             if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi and hi >= 1):
-                raise ValueError(f"adaptive needs 0 <= minimum <= maximum, maximum >= 1, "
+                raise InputError(f"adaptive needs 0 <= minimum <= maximum, maximum >= 1, "
                                  f"not {self.adaptive}")
         if self.kind not in JOBQUEUE_KINDS:
             jobq = [k for k in ("queue", "account", "adaptive", "interface") if getattr(self, k)]
             if jobq or self.job_extra_directives or self.job_script_prologue or self.extra:
-                raise ValueError(f"{jobq or 'job options'} apply to kinds {JOBQUEUE_KINDS} only")
+                raise InputError(f"{jobq or 'job options'} apply to kinds {JOBQUEUE_KINDS} only")
 
     @classmethod
     def from_options(cls, scheduler: str | None = None, workers: int | None = None) -> ClusterSpec:
@@ -134,7 +136,7 @@ def jobqueue_cluster(spec: ClusterSpec):
 def job_script(spec: ClusterSpec) -> str:
     """The batch script each SLURM/PBS job of ``spec`` would run (to check before submitting)."""
     if spec.kind not in JOBQUEUE_KINDS:
-        raise ValueError(f"kind {spec.kind!r} submits no job script")
+        raise InputError(f"kind {spec.kind!r} submits no job script")
     import dask
     import distributed  # noqa: F401  (loads its config first: set() would otherwise drop it on exit)
 

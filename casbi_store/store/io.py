@@ -22,6 +22,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from casbi_store import CasbiError, InputError
+
 from . import commit
 from . import schema as S
 from .binning import Binning, BinningSpec, coverage_lines, histogram_stack, resolve_binning
@@ -30,7 +32,7 @@ from .locks import LOCK_DIR, is_local
 log = logging.getLogger(__name__)
 
 
-class StoreError(RuntimeError):
+class StoreError(CasbiError, RuntimeError):
     """The store is missing, inconsistent or was made with incompatible settings."""
 
 
@@ -132,7 +134,7 @@ def galaxy_stars(path_or_url: str | os.PathLike, name: str) -> xr.Dataset:
     gal = _open_group(store, S.GALAXIES, snapshot=snap)
     hits = np.flatnonzero(np.asarray(as_strings(gal[S.NAME.name].values)) == name)
     if hits.size == 0:
-        raise KeyError(f"{store}: no galaxy named {name!r}")
+        raise InputError(f"{store}: no galaxy named {name!r}")
     k = int(hits[0])
     start = int(gal[S.STAR_OFFSET.name][k])
     stop = start + int(gal[S.N_STAR.name][k])

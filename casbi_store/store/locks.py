@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from casbi_store import CasbiError, MissingInput
+
 from .provenance import utc_now
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ LOCK_DIR = ".locks"
 KILL_ENV = "CASBI_STORE_KILL_AT_LOCK"  # test hook: SIGKILL while creating the N-th lock ("N:step")
 
 
-class LockHeld(RuntimeError):
+class LockHeld(CasbiError, RuntimeError):
     """The lock is held by another writer; ``stale``: by one on another host that may be gone."""
 
     def __init__(self, path: Path, holder: dict, stale: bool = False):
@@ -280,7 +282,7 @@ def break_lock(store: str | os.PathLike, name: str, force: bool = False) -> dict
     """
     path = lock_path(store, name)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such lock")
+        raise MissingInput(f"{path}: no such lock")
     holder = read_holder(path)
     if not force and not is_stale(holder):
         raise LockHeld(path, holder)

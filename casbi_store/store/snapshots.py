@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from casbi_store import MissingInput
+
 SNAPSHOT_PATTERN = re.compile(r"^(?P<sim>.+)\.(?P<step>\d{4,6})$")
 FINGERPRINT_BLOCK = 65_536
 
@@ -34,7 +36,7 @@ def find_snapshots(root: str | os.PathLike) -> list[SnapshotRef]:
     """All snapshots of a suite (or of one simulation folder), sorted by simulation and step."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"suite folder {root} does not exist")
+        raise MissingInput(f"suite folder {root} does not exist")
     folders = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
     refs = []
     for folder in folders:

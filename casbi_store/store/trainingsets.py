@@ -40,6 +40,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from casbi_store import CasbiError, MissingInput
+
 from . import schema as S
 from .binning import Binning
 from .locks import LockHeld, is_local, store_lock
@@ -52,7 +54,7 @@ DRAFT_PREFIX = "_draft_"
 EDGE_FIELDS: tuple[S.Field, ...] = (S.FEH_EDGES, S.OFE_EDGES)
 
 
-class TrainingSetError(ValueError):
+class TrainingSetError(CasbiError, ValueError):
     """A training set, version or split that does not exist or cannot be written."""
 
 
@@ -87,11 +89,15 @@ def sorted_versions(versions: Iterable[str]) -> list[str]:
 # ---- the registry -------------------------------------------------------------------------------
 
 def _root(store: str, storage_options: dict | None, consolidated: bool) -> zarr.Group:
-    if consolidated:
-        return zarr.open_consolidated(store, mode="r", zarr_format=S.ZARR_FORMAT,
-                                      storage_options=storage_options or None)
-    return zarr.open_group(store, mode="r", zarr_format=S.ZARR_FORMAT, use_consolidated=False,
-                           storage_options=storage_options or None)
+    """The store's root group; ``MissingInput`` where there is no store."""
+    try:
+        if consolidated:
+            return zarr.open_consolidated(store, mode="r", zarr_format=S.ZARR_FORMAT,
+                                          storage_options=storage_options or None)
+        return zarr.open_group(store, mode="r", zarr_format=S.ZARR_FORMAT, use_consolidated=False,
+                               storage_options=storage_options or None)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise MissingInput(f"{os.fspath(store)}: no such store ({exc})") from exc
 
 
 def _entries(group: zarr.Group) -> dict[str, dict]:

@@ -18,7 +18,7 @@ import importlib
 
 _EXPORTS = {
     "Surrogate": "model", "SurrogateConfig": "model", "load_surrogate": "model",
-    "train_surrogate": "model", "ThetaPrior": "prior", "OutsidePriorError": "prior",
+    "train_surrogate": "model", "ThetaPrior": "prior", "OutsideSupportError": "prior",
     "StarCountRelation": "starcount", "validate_surrogate": "validation",
     "figure_paths": "validation", "THETA_NAMES": "data",
 }

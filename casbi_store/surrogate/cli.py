@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from casbi_store import InputError, MissingInput
+
 log = logging.getLogger("casbi_store")
 
 
@@ -26,7 +28,7 @@ def _cmd_train(args) -> int:
         options["holdout_simulations"] = tuple(args.holdout)
     cfg = SurrogateConfig.from_dict({k: v for k, v in options.items() if v is not None})
     if not Path(args.store).exists() and "://" not in str(args.store):
-        raise FileNotFoundError(f"{args.store}: no such store")
+        raise MissingInput(f"{args.store}: no such store")
     result = train_surrogate(args.store, args.out, cfg)
     last = result["history"][-1] if result["history"] else {}
     held = last.get("heldout_loss")
@@ -45,9 +47,9 @@ def _cmd_sample(args) -> int:
     sur = load_surrogate(args.model)
     rng = np.random.default_rng(args.seed)
     if (args.theta is None) == (args.from_prior is None):
-        raise ValueError("give exactly one of --theta LOGMSTAR LOGMDM TAU or --from-prior N")
+        raise InputError("give exactly one of --theta LOGMSTAR LOGMDM TAU or --from-prior N")
     if args.n < 1 or (args.from_prior is not None and args.from_prior < 1):
-        raise ValueError("--n and --from-prior must be at least 1")
+        raise InputError("--n and --from-prior must be at least 1")
     if args.theta is not None:
         theta = np.repeat(np.asarray(args.theta, dtype=np.float64)[None], args.n, axis=0)
         for note in sur.prior.check(theta[:1], allow_outside=args.allow_outside):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from casbi_store import InputError
 from casbi_store.store import schema as S
 from casbi_store.store.binning import Binning
 from casbi_store.store.io import StoreError, as_strings, open_stars, open_store, store_attrs
@@ -74,18 +75,18 @@ def holdout_simulations(simulation: np.ndarray, fraction: float, seed: int,
     if explicit:
         unknown = sorted(set(explicit) - set(sims))
         if unknown:
-            raise ValueError(f"held-out simulation(s) {unknown} are not in the store "
+            raise InputError(f"held-out simulation(s) {unknown} are not in the store "
                              f"(it has {len(sims)}: {', '.join(sims[:8])}{' ...' if len(sims) > 8 else ''})")
         held = sorted(set(explicit))
     else:
         if not 0 <= fraction < 1:
-            raise ValueError(f"holdout fraction must be in [0, 1), not {fraction}")
+            raise InputError(f"holdout fraction must be in [0, 1), not {fraction}")
         n = round(fraction * len(sims))
         if fraction > 0:
             n = max(1, n)
         held = sorted(str(s) for s in sims[np.random.default_rng(seed).permutation(len(sims))[:n]])
     if len(held) >= len(sims):
-        raise ValueError(f"holding out {len(held)} of {len(sims)} simulations leaves none to train on")
+        raise InputError(f"holding out {len(held)} of {len(sims)} simulations leaves none to train on")
     return held
 
 

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import zuko
 
+from casbi_store import InputError, MissingInput
+from casbi_store.store.atomic import atomic_path, atomic_write_text
 from casbi_store.store.binning import Binning, histogram_stack
 from casbi_store.store.provenance import package_versions, utc_now
 
@@ -87,19 +89,19 @@ class SurrogateConfig:
                 "hidden_layers", "bins")
         bad = [k for k in ints if int(getattr(self, k)) < 1]
         if bad or self.learning_rate <= 0 or self.clip_norm <= 0:
-            raise ValueError("surrogate options must be positive: "
+            raise InputError("surrogate options must be positive: "
                              f"{', '.join(bad) or 'learning_rate, clip_norm'}")
         if self.theta_noise < 0:
-            raise ValueError(f"theta_noise must be >= 0, not {self.theta_noise}")
+            raise InputError(f"theta_noise must be >= 0, not {self.theta_noise}")
         if not 0 <= self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must be in [0, 1), not {self.holdout_fraction}")
+            raise InputError(f"holdout_fraction must be in [0, 1), not {self.holdout_fraction}")
 
     @classmethod
     def from_dict(cls, values: dict) -> SurrogateConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown surrogate option(s) {sorted(unknown)}; allowed: {sorted(known)}")
+            raise InputError(f"unknown surrogate option(s) {sorted(unknown)}; allowed: {sorted(known)}")
         return cls(**values)
 
 
@@ -147,15 +149,12 @@ def torch_threads(n: int):
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def _build(meta: dict) -> StarFlow:
@@ -175,11 +174,11 @@ def _prepare(store: str, out: Path, cfg: SurrogateConfig) -> tuple[dict, GalaxyT
         saved = SurrogateConfig.from_dict(meta["options"])
         changed = [k for k in SHAPING if getattr(saved, k) != getattr(cfg, k)]
         if changed:
-            raise ValueError(f"{out} was trained with other {', '.join(changed)} "
+            raise InputError(f"{out} was trained with other {', '.join(changed)} "
                              f"({', '.join(f'{k}={getattr(saved, k)}' for k in changed)}); "
                              "resume with the same options or choose another --out")
         if os.path.abspath(meta["store"]) != os.path.abspath(store):
-            raise ValueError(f"{out} was trained on {meta['store']}, not {store}; choose another --out")
+            raise InputError(f"{out} was trained on {meta['store']}, not {store}; choose another --out")
         meta["options"] = asdict(cfg)  # e.g. more epochs
         _write_json_atomic(meta, config_path)
         return meta, galaxies
@@ -339,7 +338,7 @@ class Surrogate:
         """
         theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
         if theta.shape[1] != 3:
-            raise ValueError(f"theta must have 3 columns ({', '.join(THETA_NAMES)}), got {theta.shape}")
+            raise InputError(f"theta must have 3 columns ({', '.join(THETA_NAMES)}), got {theta.shape}")
         counts = self.n_stars(theta) if n_stars is None else np.broadcast_to(
             np.asarray(n_stars, dtype=np.int64), (len(theta),))
         stars = self.sample_stars(theta, counts, rng)
@@ -355,7 +354,7 @@ def load_surrogate(path: str | os.PathLike) -> Surrogate:
     """A trained surrogate model folder (weights via ``torch.load(weights_only=True)``)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such surrogate model folder")
+        raise MissingInput(f"{path}: no such surrogate model folder")
     missing = [name for name in REQUIRED if not (path / name).exists()]
     if missing:
         hint = ""
@@ -363,11 +362,11 @@ def load_surrogate(path: str | os.PathLike) -> Surrogate:
             state = json.loads(torch.load(path / "checkpoint.pt", weights_only=True)["state"])
             hint = (f"; training stopped after epoch {state['epoch']}: re-run "
                     "`casbi-store surrogate train` with the same --out to finish it")
-        raise FileNotFoundError(f"{path}: incomplete surrogate model folder, missing "
+        raise MissingInput(f"{path}: incomplete surrogate model folder, missing "
                                 f"{', '.join(missing)}{hint}")
     meta = json.loads((path / "config.json").read_text())
     if meta.get("kind") != "surrogate":
-        raise ValueError(f"{path}/config.json is not a surrogate model's config")
+        raise InputError(f"{path}/config.json is not a surrogate model's config")
     flow = _build(meta)
     flow.load_state_dict(torch.load(path / "model.pt", weights_only=True))
     flow.eval()

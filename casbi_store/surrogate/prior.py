@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import gaussian_kde
 
+from casbi_store import CasbiError, InputError
+from casbi_store.store.atomic import atomic_write_text
+
 from .data import THETA_NAMES
 
 NORMALISATION_DRAWS = 20_000  # draws that estimate the mass of the KDE inside the box
 LOW_DENSITY_QUANTILE = 0.005  # theta less dense than 99.5% of the prior's draws gets a warning
 
 
-class OutsidePriorError(ValueError):
+class OutsideSupportError(CasbiError, ValueError):
     """θ outside the prior's support: the surrogate would extrapolate."""
 
 
@@ -46,7 +49,7 @@ class ThetaPrior:
     def fit(cls, theta: np.ndarray, seed: int = 0, factor: float | None = None) -> ThetaPrior:
         theta = np.asarray(theta, dtype=np.float64)
         if theta.ndim != 2 or theta.shape[1] != 3 or len(theta) < 4:
-            raise ValueError(f"a prior over θ needs at least 4 galaxies (n, 3), got {theta.shape}")
+            raise InputError(f"a prior over θ needs at least 4 galaxies (n, 3), got {theta.shape}")
         kde = gaussian_kde(theta.T)  # Scott's rule
         factor = float(kde.factor if factor is None else factor)
         kde = gaussian_kde(theta.T, bw_method=factor)
@@ -87,7 +90,7 @@ class ThetaPrior:
         return np.concatenate(kept)[:n] if n else np.empty((0, 3))
 
     def check(self, theta: np.ndarray, allow_outside: bool = False) -> list[str]:
-        """Refuse θ outside the support (``OutsidePriorError``) unless ``allow_outside``; return
+        """Refuse θ outside the support (``OutsideSupportError``) unless ``allow_outside``; return
         warnings for θ inside the box but less dense than 99.5% of the prior's draws."""
         theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
         outside = ~self.in_support(theta)
@@ -99,7 +102,7 @@ class ThetaPrior:
             message = (f"{int(outside.sum())} θ outside the prior's support ({box}), e.g. "
                        f"{np.round(first, 3).tolist()}: the surrogate would extrapolate beyond the suite")
             if not allow_outside:
-                raise OutsidePriorError(message)
+                raise OutsideSupportError(message)
             notes.append(message)
         low = (self.log_prob(theta) < self.low_density) & ~outside
         if low.any():
@@ -121,11 +124,7 @@ class ThetaPrior:
                    float(d["log_mass_inside"]), float(d["low_density"]))
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ThetaPrior:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from casbi_store import InputError
+
 
 @dataclass(frozen=True)
 class StarCountRelation:
@@ -27,7 +29,7 @@ class StarCountRelation:
         x = np.asarray(log_mstar, dtype=np.float64)
         y = np.log10(np.asarray(n_star, dtype=np.float64))
         if len(x) < 2 or np.ptp(x) == 0:
-            raise ValueError("the star-count relation needs galaxies of at least two stellar masses")
+            raise InputError("the star-count relation needs galaxies of at least two stellar masses")
         slope, intercept = np.polyfit(x, y, 1)
         rms = float(np.sqrt(np.mean((y - (intercept + slope * x)) ** 2)))
         return cls(float(intercept), float(slope), rms, len(x))

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from casbi_store import InputError
 from casbi_store.store import schema as S
+from casbi_store.store.atomic import atomic_write_text
 from casbi_store.store.io import open_store
 
 from .data import THETA_NAMES, read_galaxies, store_binning
@@ -131,7 +133,7 @@ def validate_surrogate(model: str | os.PathLike | Surrogate, out: str | os.PathL
     galaxies = read_galaxies(store)
     train_rows, held_rows = split_rows(sur.meta, galaxies)
     if len(held_rows) == 0:
-        raise ValueError(f"{sur.path}: trained without held-out simulations (holdout fraction 0) "
+        raise InputError(f"{sur.path}: trained without held-out simulations (holdout fraction 0) "
                          "or they are no longer in the store: nothing to validate on")
     binning, version = store_binning(store)
     if version != sur.binning_version:
@@ -200,9 +202,7 @@ def validate_surrogate(model: str | os.PathLike | Surrogate, out: str | os.PathL
                (strip_info["from"], strip_info["to"]), fe, of, out / FIGURES["strip"])
     plot_physics(theta_held[:, 0], physics, out / FIGURES["physics"])
     result["figures"] = {k: str(v) for k, v in figure_paths(out).items()}
-    tmp = out / "validation.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "validation.json")
+    atomic_write_text(out / "validation.json", json.dumps(result, indent=1))
     return result
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from casbi_store import InputError
 from casbi_store.learn.estimators import build_npe, with_estimate
 from casbi_store.store import schema as S
 
@@ -154,7 +155,7 @@ def get_task(name: str) -> Task:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"task must be one of {task_names()}, not {name!r}") from None
+        raise InputError(f"task must be one of {task_names()}, not {name!r}") from None
 
 
 def task_names() -> tuple[str, ...]:

@@ -38,9 +38,20 @@ class NsubPosterior:
             out.append(p.numpy())
         return np.concatenate(out)
 
-    def sample(self, n: int, x: torch.Tensor, seed: int = 0) -> np.ndarray:
-        p = self.probs(x[None] if x.ndim == 3 else x)[0]
-        return np.random.default_rng(seed).choice(self.values, size=n, p=p / p.sum())
+    def probabilities(self, x: torch.Tensor, seeds=None) -> np.ndarray:
+        """(N, n_values) probabilities, each histogram's on its own (a halo's numbers do not
+        depend on the others'): step 1 of ``casbi_store.apply.twostep`` (no randomness)."""
+        return np.concatenate([self.probs(x[h:h + 1]) for h in range(len(x))])
+
+    def draws(self, x: torch.Tensor, n: int, seeds, outside: str = "raise") -> np.ndarray:
+        """(n, N) draws of N_sub, halo h's by inverse CDF from ``default_rng(seeds[h])``
+        (``outside``: the NPE's concern, unused)."""
+        if len(seeds) != len(x):
+            raise ValueError(f"{len(seeds)} seeds for {len(x)} halos")
+        out = np.empty((n, len(x)), dtype=self.values.dtype)
+        for h, (p, seed) in enumerate(zip(self.probabilities(x), seeds, strict=True)):
+            out[:, h] = np.random.default_rng(int(seed)).choice(self.values, size=n, p=p / p.sum())
+        return out
 
 
 @register

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from casbi_store import InputError
 from casbi_store.store import schema as S
 
 from .base import FlowTask, register
@@ -24,7 +25,7 @@ class ThetaJoint(FlowTask):
 
     def parameters(self, joint_n_sub: int | None = None) -> list[str]:
         if not joint_n_sub:
-            raise ValueError("theta_joint needs a fixed n_sub (joint_n_sub, e.g. --joint-n-sub 5)")
+            raise InputError("theta_joint needs a fixed n_sub (joint_n_sub, e.g. --joint-n-sub 5)")
         return [f"{p}_{k}" for k in range(1, joint_n_sub + 1) for p in BLOCK_PARAMETERS]
 
     def to_training_pair(self, x, target, *, max_rank=3, joint_n_sub=None, generator=None):
