@@ -3,7 +3,9 @@
 One Dask task per snapshot. Each finished task is staged on disk next to the store
 (``STORE.staging/``) as it arrives, so a killed run resumes without redoing finished snapshots;
 at the end all outcomes are committed in (simulation, step) order, so the store does not depend
-on the number of workers or the order in which tasks finished.
+on the number of workers or the order in which tasks finished. The commit runs while the cluster
+is up: its workers write the star and histogram chunks (:mod:`casbi_store.store.chunkwrite`)
+and this process publishes.
 """
 
 from __future__ import annotations

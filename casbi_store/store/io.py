@@ -2,11 +2,12 @@
 
 Layout and names come from :mod:`casbi_store.store.schema` (documented in ``docs/STORE.md``).
 
-Commit order makes every interruption repairable: stars are appended first, then the galaxies
-rows (the commit point: a galaxy exists once its row does), then the binning and histograms,
-which are a pure function of the committed stars and the binning spec. ``StoreWriter.repair``
-truncates stars written past the last committed galaxy and rebuilds histograms that do not match
-the current binning, so re-running after a kill converges to the same store.
+Nothing written is visible before :meth:`StoreWriter.commit` publishes it
+(:mod:`casbi_store.store.commit`); a killed commit is rolled back by the next writer. The star
+and histogram chunks are written by chunk tasks (:mod:`casbi_store.store.chunkwrite`, on the
+workers), after this module has set the arrays' new shapes; the binning's percentile ranges
+come from the chunks' extreme values. Histograms are a pure function of the stars and the
+binning, so a rewritten chunk holds the same values for its committed rows.
 """
 
 from __future__ import annotations
