@@ -50,12 +50,12 @@ def main() -> None:
     p.add_argument("--label", default="")
     args = p.parse_args()
 
+    from bench_extract import warm_cache
+
     import casbi_store
     from casbi_store.store import extraction_run
     from casbi_store.store.cluster import ClusterSpec, cluster_client
     from casbi_store.store.extract import ExtractionSettings
-
-    from bench_extract import warm_cache
 
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.work / "serial.zarr"
