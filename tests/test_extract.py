@@ -11,6 +11,7 @@ import pytest
 import xarray as xr
 import zarr
 from conftest import assert_same_arrays, consolidate_whole_store, copy_suite, store_arrays
+from kill_harness import stage_everything
 from tipsy_reader import main_halo_stars
 
 from casbi_store import galaxy_stars, open_errors, open_store
@@ -365,3 +366,31 @@ def test_fixed_ranges_that_cut_the_suite_count_and_warn(tiny_suite, dask_client,
     assert summary.ok == 3 and summary.binning_version == 1
     check(open_store(store).load())
     assert validate_store(store) == []
+
+
+def test_workers_write_the_chunks_and_the_client_only_metadata(tiny_suite, dask_client, tmp_path,
+                                                               monkeypatch):
+    """Issue 20 §2: the star and histogram chunks of a commit are written by the workers (their
+    writes are not this process's); the client writes metadata, galaxy rows and small per-galaxy
+    arrays. The store equals one committed by this process alone (no cluster), bit for bit."""
+    from casbi_store.store import commit
+
+    log = tmp_path / "client-writes.log"
+    monkeypatch.setenv(commit.LOG_ENV, str(log))  # this process only: the workers started before
+    store = tmp_path / "workers.zarr"
+    extract_suite(tiny_suite, store, client=dask_client, progress=False)
+    written = [line.split()[1] for line in log.read_text().splitlines()]
+    big = [k for k in written if k.startswith(("stars/", "histograms/counts/",
+                                               "histograms/mass_weighted/"))]
+    assert big and all(k.rsplit("/", 1)[-1] in commit.META_FILES for k in big), big
+    assert validate_store(store) == []
+    chunks = [p.name for p in (store / "stars" / "feh").iterdir() if not p.name.startswith(".")]
+    assert chunks == ["0"]
+    # the same outcomes committed by this process alone, writing every chunk itself
+    here = tmp_path / "here.zarr"
+    stage_everything(tiny_suite, Path(f"{here}.staging"), ExtractionSettings())
+    monkeypatch.delenv(commit.LOG_ENV)
+    extract_suite(tiny_suite, here, staged_only=True, progress=False)
+    assert_same_arrays(store_arrays(store), store_arrays(here))
+    digests = [commit.committed_digests(s) for s in (store, here)]
+    assert digests[0] == digests[1] and digests[0]["stars/feh"]

@@ -112,9 +112,18 @@ class CountedStore(WrapperStore):
         await super().delete_dir(prefix)
 
 
-def local_store(path: str | os.PathLike) -> Store:
-    """A writable zarr store of the folder ``path`` whose writes are counted write points."""
-    return CountedStore(LocalStore(os.fspath(path)))
+class UnrecordedStore(CountedStore):
+    """A :class:`CountedStore` whose writes are not remembered for :func:`publish`: a chunk
+    task's, which returns its chunk's digest itself."""
+
+    def _record(self, key: str) -> None:
+        pass
+
+
+def local_store(path: str | os.PathLike, record: bool = True) -> Store:
+    """A writable zarr store of the folder ``path`` whose writes are counted write points (and,
+    unless ``record`` is false, remembered until :func:`publish` digests them)."""
+    return (CountedStore if record else UnrecordedStore)(LocalStore(os.fspath(path)))
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
@@ -208,9 +217,13 @@ def committed_digests(root: Path) -> dict[str, dict[str, str]]:
         return {}
 
 
-def _new_digests(root: Path, meta: dict, swaps: list[str]) -> dict[str, dict[str, str]]:
-    """Chunk digests of every array of the extraction's groups after this commit: chunks written
-    since the last commit (and any without a digest) are read back and digested, the rest kept."""
+def _new_digests(root: Path, meta: dict, swaps: list[str],
+                 given: dict[str, dict[str, dict[str, str]]] | None = None
+                 ) -> dict[str, dict[str, str]]:
+    """Chunk digests of every array of the extraction's groups after this commit: the digests
+    ``given`` by the chunk tasks that wrote them (folder -> array path -> chunk key), chunks
+    written here since the last commit (and any without a digest) read back and digested, the
+    rest kept."""
     from zarr.storage import LocalStore
 
     base = committed_digests(root)
@@ -225,8 +238,10 @@ def _new_digests(root: Path, meta: dict, swaps: list[str]) -> dict[str, dict[str
         old = {} if group in swaps else base.get(path, {})
         regions = chunk_regions(tuple(zarray["shape"]), tuple(zarray["chunks"]),
                                 zarray.get("dimension_separator") or ".")
-        todo = [k for k in regions if k not in old or f"{path}/{k}" in written[folder]]
-        digests = {k: old[k] for k in regions if k not in todo}
+        known = (given or {}).get(folder, {}).get(path, {})
+        todo = [k for k in regions if k not in known
+                and (k not in old or f"{path}/{k}" in written[folder])]
+        digests = {k: known.get(k, old.get(k)) for k in regions if k not in todo}
         if todo:
             arr = zarr.open_array(LocalStore(root / folder, read_only=True), path=path, mode="r",
                                   zarr_format=2)
@@ -245,13 +260,18 @@ def _metadata_lock(root: Path):
     return store_lock(root, METADATA_LOCK, purpose="updating .zmetadata", wait=METADATA_WAIT)
 
 
-def publish(path: str | os.PathLike, swaps: list[str] = ()) -> None:
-    """Make everything written since the last commit visible to readers, atomically."""
+def publish(path: str | os.PathLike, swaps: list[str] = (),
+            digests: dict[str, dict[str, dict[str, str]]] | None = None) -> None:
+    """Make everything written since the last commit visible to readers, atomically.
+
+    ``digests``: the digests of chunks written by chunk tasks (folder ``""`` or ``.pending``
+    -> array path -> chunk key), which are then not read back here."""
     root = Path(path)
     with _metadata_lock(root):
         generations = _stamp_generations(root, list(swaps))
         meta = _new_metadata(root, list(swaps))
-        extra = {DIGESTS_KEY: _new_digests(root, meta, list(swaps)), GENERATIONS_KEY: generations}
+        extra = {DIGESTS_KEY: _new_digests(root, meta, list(swaps), digests),
+                 GENERATIONS_KEY: generations}
         if swaps:
             _atomic_json(root / COMMIT_RECORD, {"metadata": meta, "swaps": list(swaps), **extra})
             _apply(root)  # (the record is the commit point)

@@ -3,7 +3,9 @@
 One Dask task per snapshot. Each finished task is staged on disk next to the store
 (``STORE.staging/``) as it arrives, so a killed run resumes without redoing finished snapshots;
 at the end all outcomes are committed in (simulation, step) order, so the store does not depend
-on the number of workers or the order in which tasks finished.
+on the number of workers or the order in which tasks finished. The commit runs while the cluster
+is up: its workers write the star and histogram chunks (:mod:`casbi_store.store.chunkwrite`)
+and this process publishes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from . import commit
 from . import schema as S
 from .abundances import SOLAR_CONSTANTS
 from .binning import Binning, BinningSpec, resolve_binning
+from .chunkwrite import ChunkRunner
 from .cluster import ClusterSpec, cluster_client
 from .extract import ErrorKind, ExtractionSettings, extract_outcome
 from .io import GalaxyBatch, StoreError, StoreWriter, check_target, coverage_summary
@@ -35,8 +37,6 @@ from .provenance import provenance
 from .snapshots import SnapshotRef, find_snapshots, fingerprint
 
 log = logging.getLogger(__name__)
-
-COMMIT_BATCH = 256  # galaxies per append
 
 
 @dataclass
@@ -138,6 +138,10 @@ class Staging:
                 outcome.update({k: arrays[k] for k in arrays.files})
         return outcome
 
+    def arrays_file(self, name: str, fp: str) -> Path:
+        """The ``.npz`` of a staged galaxy's star arrays."""
+        return self._stem(name, fp).with_suffix(".npz")
+
     def put(self, name: str, fp: str, outcome: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         stem = self._stem(name, fp)
@@ -233,7 +237,7 @@ def _extract_locked(suite: Path, store: str, refs: list[SnapshotRef], settings, 
                     staged_only: bool = False) -> RunSummary:
     start = time.perf_counter()
     extraction_attrs = {**asdict(settings), "solar": SOLAR_CONSTANTS, "halo_finder": "AHF"}
-    writer = StoreWriter(store, extraction_attrs, binning)
+    writer = StoreWriter(store, extraction_attrs, binning)  # recovers before the cluster starts
     summary = RunSummary(store=store)
     summary.repaired = writer.repair()
     summary.n_snapshots = len(refs)
@@ -242,6 +246,8 @@ def _extract_locked(suite: Path, store: str, refs: list[SnapshotRef], settings, 
     clock = time.perf_counter()
     if staged_only:
         outcomes = _scan_staged(refs, suite, plan, staging)
+        summary.phases["scan+extract"] = time.perf_counter() - clock
+        commit_outcomes(writer, plan, outcomes, staging, suite, summary, start)
     else:
         opened = contextlib.nullcontext(client) if client is not None else cluster_client(cluster)
         with opened as client:
@@ -252,8 +258,11 @@ def _extract_locked(suite: Path, store: str, refs: list[SnapshotRef], settings, 
             fixed = resolve_binning(binning, [], []) if binning.method == "fixed" else None
             outcomes = _scan_and_extract(client, refs, suite, settings, plan, staging, progress,
                                          fixed)
-    summary.phases["scan+extract"] = time.perf_counter() - clock
-    commit_outcomes(writer, plan, outcomes, staging, suite, summary, start)
+            summary.phases["scan+extract"] = time.perf_counter() - clock
+            # the workers write the commit's chunks where they share the staging folder's file
+            # system (they staged their outcomes themselves); otherwise this process does
+            writer.runner = ChunkRunner(None if plan.staged_here else client)
+            commit_outcomes(writer, plan, outcomes, staging, suite, summary, start)
     staging.clear()
     log.info("extraction of %s done: %d ok, %d excluded, %d failed, %d skipped in %.1f s", suite,
              summary.ok, summary.excluded, summary.failed, summary.skipped, summary.seconds)
@@ -283,8 +292,7 @@ def commit_outcomes(writer: StoreWriter, plan: _Plan, outcomes: dict[str, dict],
     summary.n_stars = sum(int(outcomes[r.name]["n_star"]) for r in ok_refs)
 
     clock = time.perf_counter()
-    batches = (_batch(chunk, staging, prints, suite) for chunk in iter_batches(ok_refs, COMMIT_BATCH))
-    added = writer.append_galaxies(batches)
+    added = writer.append_galaxies([_batch(ok_refs, staging, prints, suite)])
     writer.write_errors(errors)
     summary.phases["commit"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -309,6 +317,7 @@ class _Plan:
         self.known, self.errors, self.retry_failed, self.summary = known, errors, retry_failed, summary
         self.prints: dict[str, str] = {}
         self.todo: list[SnapshotRef] = []
+        self.staged_here = False  # a worker could not write the staging folder
 
     def needs_extraction(self, ref: SnapshotRef, fp: str) -> bool:
         self.prints[ref.name] = fp
@@ -374,6 +383,7 @@ def _scan_and_extract(client, refs, suite: Path, settings, plan: _Plan, staging:
                        "message": f"{ref.relpath}: task failed on the cluster: {exc!r}"}
         if not outcome.pop("staged", False):
             staging.put(ref.name, plan.prints[ref.name], outcome)
+            plan.staged_here = True
         outcomes[ref.name] = _metadata(outcome)
         fut.release()
         bar.update()
@@ -400,11 +410,6 @@ def _fingerprint_task(paths: list[str]) -> list[str]:
     return [fingerprint(Path(p)) for p in paths]
 
 
-def iter_batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 def _error_row(ref: SnapshotRef, status: str, kind: str, fp: str, message: str) -> dict:
     return {S.ERR_PATH.name: ref.relpath, S.ERR_NAME.name: ref.name,
             S.ERR_SIMULATION.name: ref.simulation, S.ERR_STATUS.name: status,
@@ -413,7 +418,9 @@ def _error_row(ref: SnapshotRef, status: str, kind: str, fp: str, message: str) 
 
 
 def _batch(refs: list[SnapshotRef], staging: Staging, prints: dict, suite: Path) -> GalaxyBatch:
-    rows = [staging.get(r.name, prints[r.name]) for r in refs]
+    """The galaxy rows of ``refs`` from their staged metadata; the stars stay in the staged
+    files, which the chunk tasks read."""
+    rows = [staging.get(r.name, prints[r.name], arrays=False) for r in refs]
     columns = {
         S.NAME.name: [r.name for r in refs],
         S.SIMULATION.name: [r.simulation for r in refs],
@@ -424,6 +431,6 @@ def _batch(refs: list[SnapshotRef], staging: Staging, prints: dict, suite: Path)
     }
     for f in (S.TIME, S.REDSHIFT, S.MSTAR, S.MDM, S.N_STAR, S.N_STAR_DROPPED, S.HALO_NUMBER):
         columns[f.name] = [row[f.name] for row in rows]
-    stars = {f.name: np.concatenate([row[f.name] for row in rows]).astype(f.dtype)
-             for f in S.STAR_FIELDS}
-    return GalaxyBatch(columns=columns, stars=stars)
+    return GalaxyBatch(columns=columns,
+                       star_files=[os.fspath(staging.arrays_file(r.name, prints[r.name]))
+                                   for r in refs])

@@ -2,11 +2,12 @@
 
 Layout and names come from :mod:`casbi_store.store.schema` (documented in ``docs/STORE.md``).
 
-Commit order makes every interruption repairable: stars are appended first, then the galaxies
-rows (the commit point: a galaxy exists once its row does), then the binning and histograms,
-which are a pure function of the committed stars and the binning spec. ``StoreWriter.repair``
-truncates stars written past the last committed galaxy and rebuilds histograms that do not match
-the current binning, so re-running after a kill converges to the same store.
+Nothing written is visible before :meth:`StoreWriter.commit` publishes it
+(:mod:`casbi_store.store.commit`); a killed commit is rolled back by the next writer. The star
+and histogram chunks are written by chunk tasks (:mod:`casbi_store.store.chunkwrite`, on the
+workers), after this module has set the arrays' new shapes; the binning's percentile ranges
+come from the chunks' extreme values. Histograms are a pure function of the stars and the
+binning, so a rewritten chunk holds the same values for its committed rows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,18 @@ from casbi_store import CasbiError, InputError
 
 from . import commit
 from . import schema as S
-from .binning import Binning, BinningSpec, coverage_lines, histogram_stack, resolve_binning
+from .binning import Binning, BinningSpec, coverage_lines, resolve_binning
+from .chunkwrite import (
+    ChunkRunner,
+    HistogramChunk,
+    Ranks,
+    merge_digests,
+    resolve_ranges,
+    star_chunks,
+    star_extremes,
+    write_histogram_chunk,
+    write_star_chunk,
+)
 from .locks import LOCK_DIR, is_local
 
 log = logging.getLogger(__name__)
@@ -160,10 +172,20 @@ def _table(fields: Iterable[S.Field], dim: str, columns: dict) -> xr.Dataset:
 
 @dataclass
 class GalaxyBatch:
-    """Galaxies to append, rows already in final (sorted) order, stars concatenated."""
+    """Galaxies to append, rows already in final (sorted) order; each galaxy's stars are the
+    arrays ``feh``, ``ofe``, ``mass``, ``tform`` of its staged ``.npz`` file."""
 
     columns: dict[str, list]  # galaxy field name -> values (without star_offset)
-    stars: dict[str, np.ndarray]  # feh, ofe, mass, tform
+    star_files: list[str]  # one per galaxy
+
+
+def _lazy_variable(field: S.Field, dims: tuple[str, ...], shape: tuple[int, ...],
+                   chunks: tuple[int, ...]) -> xr.Variable:
+    """A variable whose values chunk tasks write later: xarray writes only its metadata."""
+    import dask.array as da
+
+    return xr.Variable(dims, da.zeros(shape, dtype=field.dtype, chunks=chunks),
+                       attrs={S.ATTR_UNITS: field.units, S.ATTR_DESCRIPTION: field.description})
 
 
 class StoreWriter:
@@ -174,8 +196,11 @@ class StoreWriter:
     :meth:`commit`, which publishes it atomically.
     """
 
-    def __init__(self, path: str | os.PathLike, extraction: dict, binning_spec: BinningSpec):
+    def __init__(self, path: str | os.PathLike, extraction: dict, binning_spec: BinningSpec,
+                 runner: ChunkRunner | None = None):
         self.path = os.fspath(path)
+        self.runner = runner or ChunkRunner()
+        self._digests: dict[str, dict[str, dict[str, str]]] = {}  # folder -> chunk tasks' digests
         self.extraction = extraction
         self.binning_spec = binning_spec
         check_target(Path(self.path))
@@ -248,24 +273,55 @@ class StoreWriter:
 
     # -- commit -----------------------------------------------------------------------------------
     def append_galaxies(self, batches: Iterable[GalaxyBatch]) -> int:
-        """Append galaxies past the committed rows (stars, then rows); return how many."""
+        """Append galaxies past the committed rows (stars, then rows); return how many.
+
+        The star chunks are written by chunk tasks (:mod:`casbi_store.store.chunkwrite`) from
+        the staged files; here only the arrays' metadata (their new length) and the galaxy
+        rows are written."""
         added = 0
-        offset = self._committed_star_rows()
         for batch in batches:
             n = len(batch.columns[S.NAME.name])
             if n == 0:
                 continue
-            stars = _table(S.STAR_FIELDS, S.DIM_STAR, batch.stars)
-            self._write(stars, S.STARS, S.DIM_STAR, {f.name: (S.STAR_CHUNK,) for f in S.STAR_FIELDS})
+            offset = self._committed_star_rows()
             n_star = np.asarray(batch.columns[S.N_STAR.name], dtype=np.int64)
+            self._grow(S.STARS, S.DIM_STAR, offset + int(n_star.sum()),
+                       {f: (S.STAR_CHUNK,) for f in S.STAR_FIELDS})
+            chunks = star_chunks(self.path, offset, n_star, batch.star_files)
+            self._note_digests("", merge_digests(self.runner.map(write_star_chunk, chunks)))
             starts = offset + np.concatenate([[0], np.cumsum(n_star)[:-1]])
-            offset += int(n_star.sum())
             columns = {**batch.columns, S.STAR_OFFSET.name: starts}
             rows = _table(S.GALAXY_FIELDS, S.DIM_GALAXY, columns)
             self._write(rows, S.GALAXIES, S.DIM_GALAXY,
                         {f.name: (S.TABLE_CHUNK,) for f in S.GALAXY_FIELDS})
             added += n
         return added
+
+    def _note_digests(self, folder: str, digests: dict[str, dict[str, str]]) -> None:
+        mine = self._digests.setdefault(folder, {})
+        for path, chunks in digests.items():
+            mine.setdefault(path, {}).update(chunks)
+
+    def _grow(self, group: str, dim: str, length: int, fields: dict, target=None,
+              shape: tuple[int, ...] = (), dims: tuple[str, ...] = ()) -> None:
+        """Give the arrays ``fields`` (field -> chunks) of ``group`` the length ``length``
+        along ``dim`` (their metadata only: chunk tasks write the values). A group that does
+        not exist (or is empty) is created as xarray would write it."""
+        target = target or self._zstore
+        root = zarr.open_group(target, mode="a", zarr_format=S.ZARR_FORMAT, use_consolidated=False)
+        first = next(iter(fields)).name
+        if group in root and first in root[group] and root[group][first].shape[0]:
+            for f in fields:
+                arr = root[group][f.name]
+                arr.resize((length, *arr.shape[1:]))
+        else:
+            dims = (dim, *dims)
+            ds = xr.Dataset({f.name: _lazy_variable(f, dims, (length, *shape), c)
+                             for f, c in fields.items()})
+            encoding = {f.name: {"chunks": c} for f, c in fields.items()}
+            ds.to_zarr(target, group=group, mode="w", encoding=encoding, write_empty_chunks=True,
+                       zarr_format=S.ZARR_FORMAT, consolidated=False, compute=False)
+        self._root = self._open_root()
 
     def _write(self, ds: xr.Dataset, group: str, dim: str, chunks: dict) -> None:
         if self._has(group) and ds.sizes[dim] and self._root[group][next(iter(ds.data_vars))].shape[0]:
@@ -299,8 +355,16 @@ class StoreWriter:
 
     # -- binning and histograms -------------------------------------------------------------------
     def _resolve_binning(self) -> Binning:
-        stars = self._root[S.STARS]
-        return resolve_binning(self.binning_spec, stars[S.FEH.name][:], stars[S.OFE.name][:])
+        """The binning of every stored star: percentile ranges from a tree reduction of each
+        star chunk's extreme values (chunk tasks), the same numbers as ``np.percentile``."""
+        if self.binning_spec.method == "fixed":
+            return resolve_binning(self.binning_spec, [], [])
+        n = self._root[S.STARS][S.FEH.name].shape[0] if self._has(S.STARS) else 0
+        if n == 0:
+            raise ValueError("cannot derive percentile ranges from zero stars")
+        rows = [(self.path, s0, min(s0 + S.STAR_CHUNK, n)) for s0 in range(0, n, S.STAR_CHUNK)]
+        part = self.runner.extremes(star_extremes, rows, Ranks.of(n, self.binning_spec.percentiles))
+        return resolve_ranges(self.binning_spec, part)
 
     def update_binning(self, new_rows: int = 0) -> dict:
         """Bring histograms in line with the stars.
@@ -334,46 +398,69 @@ class StoreWriter:
         return record
 
     def _write_histograms(self, binning: Binning, version: int, start: int) -> None:
+        """Histogram rows ``start:`` from the stars: the 64x64 chunks by chunk tasks (the
+        chunk holding row ``start`` is rebuilt whole, its earlier rows to the same values),
+        names, stars outside, edges and centres here. ``start`` 0 rebuilds the group (under
+        ``.pending`` once committed)."""
         gal = self._root[S.GALAXIES]
         names = gal[S.NAME.name][:]
         offsets = gal[S.STAR_OFFSET.name][:]
         n_star = gal[S.N_STAR.name][:]
-        stars = self._root[S.STARS]
+        n_gal = len(names)
         target = self._zstore if start else self._target(S.HISTOGRAMS)
-        for g0 in range(start, len(names), S.HISTOGRAM_CHUNK):
-            g1 = min(g0 + S.HISTOGRAM_CHUNK, len(names))
-            s0, s1 = int(offsets[g0]), int(offsets[g1 - 1] + n_star[g1 - 1])
-            counts, weighted = histogram_stack(
-                stars[S.FEH.name][s0:s1], stars[S.OFE.name][s0:s1], stars[S.STAR_MASS.name][s0:s1],
-                n_star[g0:g1], binning)
-            dims = (S.DIM_GALAXY, S.DIM_FEH_BIN, S.DIM_OFE_BIN)
-            block = xr.Dataset({
-                S.COUNTS.name: _variable(S.COUNTS, dims, counts),
-                S.MASS_WEIGHTED.name: _variable(S.MASS_WEIGHTED, dims, weighted),
-                S.HIST_NAME.name: _variable(S.HIST_NAME, S.DIM_GALAXY, names[g0:g1]),
-                S.N_STAR_OUTSIDE.name: _variable(S.N_STAR_OUTSIDE, S.DIM_GALAXY,
-                                                 n_star[g0:g1] - counts.sum(axis=(1, 2))),
-            })
-            if g0 == 0:
-                fe, of = binning.feh_edges, binning.ofe_edges
-                block = block.assign_coords({
-                    S.FEH_CENTERS.name: _variable(S.FEH_CENTERS, S.DIM_FEH_BIN, (fe[1:] + fe[:-1]) / 2),
-                    S.OFE_CENTERS.name: _variable(S.OFE_CENTERS, S.DIM_OFE_BIN, (of[1:] + of[:-1]) / 2),
-                })
-                block[S.FEH_EDGES.name] = _variable(S.FEH_EDGES, S.DIM_FEH_EDGE, fe)
-                block[S.OFE_EDGES.name] = _variable(S.OFE_EDGES, S.DIM_OFE_EDGE, of)
-                block.attrs[S.ATTR_BINNING_VERSION] = version
-                nb = binning.spec.n_bins
-                encoding = {v: {"chunks": (S.HISTOGRAM_CHUNK, nb, nb)}
-                            for v in (S.COUNTS.name, S.MASS_WEIGHTED.name)}
-                encoding[S.HIST_NAME.name] = encoding[S.N_STAR_OUTSIDE.name] = {
-                    "chunks": (S.TABLE_CHUNK,)}
-                block.to_zarr(target, group=S.HISTOGRAMS, mode="w", encoding=encoding,
-                              write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False)
-            else:
-                block.to_zarr(target, group=S.HISTOGRAMS, mode="a", append_dim=S.DIM_GALAXY,
-                              write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False)
+        folder = "" if target is self._zstore else commit.PENDING
+        nb = binning.spec.n_bins
+        dims = (S.DIM_GALAXY, S.DIM_FEH_BIN, S.DIM_OFE_BIN)
+        fields = {S.COUNTS: (S.HISTOGRAM_CHUNK, nb, nb), S.MASS_WEIGHTED: (S.HISTOGRAM_CHUNK, nb, nb),
+                  S.N_STAR_OUTSIDE: (S.TABLE_CHUNK,)}
+        if start:
+            self._grow(S.HISTOGRAMS, S.DIM_GALAXY, n_gal, {S.HIST_NAME: None, **fields})
+        else:
+            self._create_histograms(target, binning, version, names, fields, dims)
+        first = start // S.HISTOGRAM_CHUNK * S.HISTOGRAM_CHUNK
+        chunks = [HistogramChunk(self.path, os.path.join(self.path, folder), g0,
+                                 min(g0 + S.HISTOGRAM_CHUNK, n_gal), int(offsets[g0]),
+                                 tuple(int(x) for x in n_star[g0:g0 + S.HISTOGRAM_CHUNK]),
+                                 binning.to_dict())
+                  for g0 in range(first, n_gal, S.HISTOGRAM_CHUNK)]
+        results = self.runner.map(write_histogram_chunk, chunks)
+        self._note_digests(folder, merge_digests(r[0] for r in results))
+        outside = np.concatenate([r[1] for r in results]) if results else np.zeros(0, np.int64)
+        hist = zarr.open_group(target, path=S.HISTOGRAMS, mode="a", zarr_format=S.ZARR_FORMAT,
+                               use_consolidated=False)
+        hist[S.N_STAR_OUTSIDE.name][first:n_gal] = outside.astype(S.N_STAR_OUTSIDE.dtype)
+        if start:
+            hist[S.HIST_NAME.name][start:n_gal] = np.asarray(as_strings(names[start:]),
+                                                             dtype=object)
         self._root = self._open_root()
+
+    def _create_histograms(self, target, binning: Binning, version: int, names, fields: dict,
+                           dims: tuple[str, ...]) -> None:
+        """The histograms group's metadata, names, edges and centres, as xarray writes them;
+        counts, mass-weighted counts and stars outside are written by the chunk tasks."""
+        n_gal = len(names)
+        nb = binning.spec.n_bins
+        block = xr.Dataset({
+            S.COUNTS.name: _lazy_variable(S.COUNTS, dims, (n_gal, nb, nb), fields[S.COUNTS]),
+            S.MASS_WEIGHTED.name: _lazy_variable(S.MASS_WEIGHTED, dims, (n_gal, nb, nb),
+                                                 fields[S.MASS_WEIGHTED]),
+            S.HIST_NAME.name: _variable(S.HIST_NAME, S.DIM_GALAXY, names),
+            S.N_STAR_OUTSIDE.name: _lazy_variable(S.N_STAR_OUTSIDE, (S.DIM_GALAXY,), (n_gal,),
+                                                  fields[S.N_STAR_OUTSIDE]),
+        })
+        fe, of = binning.feh_edges, binning.ofe_edges
+        block = block.assign_coords({
+            S.FEH_CENTERS.name: _variable(S.FEH_CENTERS, S.DIM_FEH_BIN, (fe[1:] + fe[:-1]) / 2),
+            S.OFE_CENTERS.name: _variable(S.OFE_CENTERS, S.DIM_OFE_BIN, (of[1:] + of[:-1]) / 2),
+        })
+        block[S.FEH_EDGES.name] = _variable(S.FEH_EDGES, S.DIM_FEH_EDGE, fe)
+        block[S.OFE_EDGES.name] = _variable(S.OFE_EDGES, S.DIM_OFE_EDGE, of)
+        block.attrs[S.ATTR_BINNING_VERSION] = version
+        encoding = {f.name: {"chunks": c} for f, c in fields.items()}
+        encoding[S.HIST_NAME.name] = {"chunks": (S.TABLE_CHUNK,)}
+        block.to_zarr(target, group=S.HISTOGRAMS, mode="w", encoding=encoding,
+                      write_empty_chunks=True, zarr_format=S.ZARR_FORMAT, consolidated=False,
+                      compute=False)
 
     def binning_current(self) -> bool:
         """True if the histograms were built with what the binning spec gives for these stars."""
@@ -389,8 +476,9 @@ class StoreWriter:
         """Add the run's provenance ``record`` and publish everything written, atomically."""
         attrs = self._root.attrs
         attrs[S.ATTR_PROVENANCE] = [*attrs.get(S.ATTR_PROVENANCE, []), _jsonable(record)]
-        commit.publish(self.path, self._swaps)
+        commit.publish(self.path, self._swaps, digests=self._digests)
         self._swaps = []
+        self._digests = {}
 
 
 def check_target(path: Path) -> None:
