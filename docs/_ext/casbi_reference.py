@@ -263,7 +263,8 @@ def api_reference() -> str:
     for name in casbi_store.__all__:
         if name.startswith("__"):
             continue
-        module, attribute = casbi_store._API[name]
+        # lazy names live in their stage; the error family in the package itself
+        module, attribute = casbi_store._API.get(name, ("casbi_store", name))
         obj = getattr(importlib.import_module(module), attribute)
         kind = "autoclass" if inspect.isclass(obj) else "autofunction"
         # documented where it lives (its full entry is in its stage below): ``casbi_store.compose``
