@@ -38,7 +38,7 @@ docs: venv
 
 # the suite on 2 pytest-xdist workers, a test file at a time, the longest first (tests/conftest.py)
 pytest: venv
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 # what CI runs: ruff, then the docs build beside the suite (each output shown when it ends)
 test: venv lint

@@ -199,6 +199,8 @@ class StoreWriter:
     def __init__(self, path: str | os.PathLike, extraction: dict, binning_spec: BinningSpec,
                  runner: ChunkRunner | None = None):
         self.path = os.fspath(path)
+        # chunk tasks run in worker processes with their own working folder: an absolute path
+        self._task_root = os.path.abspath(self.path)
         self.runner = runner or ChunkRunner()
         self._digests: dict[str, dict[str, dict[str, str]]] = {}  # folder -> chunk tasks' digests
         self.extraction = extraction
@@ -287,7 +289,7 @@ class StoreWriter:
             n_star = np.asarray(batch.columns[S.N_STAR.name], dtype=np.int64)
             self._grow(S.STARS, S.DIM_STAR, offset + int(n_star.sum()),
                        {f: (S.STAR_CHUNK,) for f in S.STAR_FIELDS})
-            chunks = star_chunks(self.path, offset, n_star, batch.star_files)
+            chunks = star_chunks(self._task_root, offset, n_star, batch.star_files)
             self._note_digests("", merge_digests(self.runner.map(write_star_chunk, chunks)))
             starts = offset + np.concatenate([[0], np.cumsum(n_star)[:-1]])
             columns = {**batch.columns, S.STAR_OFFSET.name: starts}
@@ -362,7 +364,8 @@ class StoreWriter:
         n = self._root[S.STARS][S.FEH.name].shape[0] if self._has(S.STARS) else 0
         if n == 0:
             raise ValueError("cannot derive percentile ranges from zero stars")
-        rows = [(self.path, s0, min(s0 + S.STAR_CHUNK, n)) for s0 in range(0, n, S.STAR_CHUNK)]
+        rows = [(self._task_root, s0, min(s0 + S.STAR_CHUNK, n))
+                for s0 in range(0, n, S.STAR_CHUNK)]
         part = self.runner.extremes(star_extremes, rows, Ranks.of(n, self.binning_spec.percentiles))
         return resolve_ranges(self.binning_spec, part)
 
@@ -418,7 +421,7 @@ class StoreWriter:
         else:
             self._create_histograms(target, binning, version, names, fields, dims)
         first = start // S.HISTOGRAM_CHUNK * S.HISTOGRAM_CHUNK
-        chunks = [HistogramChunk(self.path, os.path.join(self.path, folder), g0,
+        chunks = [HistogramChunk(self._task_root, os.path.join(self._task_root, folder), g0,
                                  min(g0 + S.HISTOGRAM_CHUNK, n_gal), int(offsets[g0]),
                                  tuple(int(x) for x in n_star[g0:g0 + S.HISTOGRAM_CHUNK]),
                                  binning.to_dict())
