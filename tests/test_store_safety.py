@@ -78,12 +78,12 @@ def test_a_dead_writers_lock_is_broken_by_the_next_writer(tiny_store, tmp_path, 
 
 def test_kill_at_the_writes_of_a_commit_leaves_before_or_after(tiny_suite, tmp_path):
     """tests/kill_harness.py on the tiny suite: a first commit and an incremental one (new rows,
-    changed error table, rebuilt histograms), killed at every 40th write, at each of the last 8
-    (publishing) writes, at every 40th write of the error table and while creating each lock; a
+    changed error table, rebuilt histograms), killed at every 80th write, at each of the last 8
+    (publishing) writes, at every 80th write of the error table and while creating each lock; a
     compose killed while creating its locks and at its draft's creation. No unlock anywhere.
     `python tests/kill_harness.py SUITE WORK` kills at every write."""
     out = subprocess.run([sys.executable, str(TESTS / "kill_harness.py"), str(tiny_suite),
-                          str(tmp_path / "work"), "--first", "2", "--stride", "40"],
+                          str(tmp_path / "work"), "--first", "2", "--stride", "80"],
                          env=ENV, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
