@@ -127,9 +127,12 @@ class _InMemory:
 
     def __init__(self, stream: TrainingSetStream):
         group = stream._open()
-        self.x = torch.from_numpy(group[S.X.name][:].astype(np.float32))[:, None]
+        self.x = self._load_x(group)
         self.target = torch.from_numpy(np.asarray(group[stream.target][:], dtype=np.float32))
         self.shuffle, self.seed, self.epoch = stream.shuffle, stream.seed, 0
+
+    def _load_x(self, group) -> torch.Tensor | None:
+        return torch.from_numpy(group[S.X.name][:].astype(np.float32))[:, None]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -151,11 +154,14 @@ class _Augmented(_InMemory):
         super().__init__(stream)
         self.augmenter = BlockAugmenter(stream.store, stream.name, stream.version, stream.split,
                                         augmentation, stream.seed, storage_options)
-        self.set_epoch(0)
+
+    def _load_x(self, group) -> None:
+        return None  # the composed halos are never used: each epoch's are summed in set_epoch
 
     def set_epoch(self, epoch: int) -> None:
+        if self.x is None or epoch != self.epoch:  # members after the first repeat the epochs
+            self.x = torch.from_numpy(self.augmenter.halos(epoch))[:, None]
         self.epoch = epoch
-        self.x = torch.from_numpy(self.augmenter.halos(epoch))[:, None]
 
 
 def _rows(source, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -194,7 +200,7 @@ def scheduled_lr(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 def _steps_per_epoch(source, batch_size: int) -> int:
-    rows = len(source.x) if isinstance(source, _InMemory) else source._open()[S.X.name].shape[0]
+    rows = len(source.target) if isinstance(source, _InMemory) else source._open()[S.X.name].shape[0]
     return math.ceil(rows / batch_size)
 
 
