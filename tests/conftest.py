@@ -80,6 +80,11 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
+# the interpreters the suite starts (CLIs, Dask workers, the wheel's venv) write their bytecode
+# once and reuse it, as Makefile's `unexport PYTHONDONTWRITEBYTECODE` does for `make test`
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def work_tree_unchanged():
     """Tests write only into their temporary folders: the run fails (an error at the teardown of

@@ -6,25 +6,34 @@ import argparse
 
 from casbi_store import InputError
 
+from .common import LazyHelp
+
+
+def _defaults() -> dict:
+    from casbi_store.learn.misspecification import DEFAULTS  # beside torch: not for every command
+
+    return DEFAULTS
+
+
+def _default(key: str, text: str) -> LazyHelp:
+    return LazyHelp(lambda: f"{text} (default {_defaults()[key]})")
+
 
 def add_parser(sub) -> None:
-    from casbi_store.learn.misspecification import DEFAULTS
-
     c = sub.add_parser("calibrate-ood", help="calibrate the misspecification score of model "
                                              "folders on their training set (train does it too)")
     c.add_argument("models", nargs="+", help="model folders written by `train`")
-    c.add_argument("--quantile", type=float, default=DEFAULTS["quantile"],
-                   help="threshold: this quantile of held-out halos' scores (false alarms: 1 - q)")
+    c.add_argument("--quantile", type=float, help=_default(
+        "quantile", "threshold: this quantile of held-out halos' scores (false alarms: 1 - q)"))
     c.add_argument("--pools", nargs="+", metavar="FEHxOFE",
-                   default=[f"{a}x{b}" for a, b in DEFAULTS["pools"]],
                    help="the score's components: bins per cell along [Fe/H] and [O/Fe], each "
                         "dividing 64 (default: the plane in 4x4 cells, the [O/Fe] distribution "
                         "in 8 bins)")
-    c.add_argument("--k", type=int, default=DEFAULTS["k"], help="nearest training halos averaged")
-    c.add_argument("--max-reference", type=int, default=DEFAULTS["max_reference"],
-                   help="training halos kept as the reference")
-    c.add_argument("--max-calibration", type=int, default=DEFAULTS["max_calibration"],
-                   help="validation halos scored to set the threshold")
+    c.add_argument("--k", type=int, help=_default("k", "nearest training halos averaged"))
+    c.add_argument("--max-reference", type=int,
+                   help=_default("max_reference", "training halos kept as the reference"))
+    c.add_argument("--max-calibration", type=int,
+                   help=_default("max_calibration", "validation halos scored to set the threshold"))
     c.add_argument("--split", choices=["auto", "val", "test"], default="auto",
                    help="halos that set the threshold (auto: test if the set holds out "
                         "simulations or galaxies, else val)")
@@ -53,9 +62,10 @@ def calibrate_ood(models: list[str], *, quantile: float, k: int, max_reference: 
 
 
 def run(args: argparse.Namespace) -> int:
-    return calibrate_ood(args.models, quantile=args.quantile, k=args.k,
-                         max_reference=args.max_reference, max_calibration=args.max_calibration,
-                         split=args.split, seed=args.seed, pools=args.pools)
+    given = {k: getattr(args, k) for k in ("quantile", "k", "max_reference", "max_calibration")}
+    options = {k: _defaults()[k] if v is None else v for k, v in given.items()}
+    return calibrate_ood(args.models, split=args.split, seed=args.seed, pools=args.pools,
+                         **options)
 
 
 def parse_pool(text: str) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from casbi_store import InputError
 
@@ -91,13 +91,79 @@ def split_set(value: str) -> tuple[str, str]:
     return name, version
 
 
-def add_set_options(p: argparse.ArgumentParser, task_help: str) -> None:
-    """The store, ``--set NAME:VERSION`` and ``--task`` arguments of train and tune."""
+class LazyChoices:
+    """An argparse ``choices`` read from a registry only when argparse needs it (checking a value
+    given, an error, ``--help``): the registries live beside torch, and building the parser for
+    ``ls`` or ``validate`` should not import it (~2 s a command). Give the argument a ``metavar``:
+    argparse lists ``choices`` in the usage line, which it formats when the parser is built."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self._names = names
+
+    def _all(self) -> list[str]:
+        return list(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._all()
+
+    def __str__(self) -> str:  # a help's %(choices)s
+        return ", ".join(self._all())
+
+
+class LazyHelp(str):
+    """An argparse help text made only when ``--help`` is formatted (argparse expands a help
+    with ``help % params``): a registry's descriptions without importing it for every command."""
+
+    def __new__(cls, make: Callable[[], str]) -> LazyHelp:
+        obj = super().__new__(cls, "(see --help)")
+        obj._make = make
+        return obj
+
+    def __mod__(self, params: object) -> str:
+        return self._make() % params
+
+
+def _task_names() -> list[str]:
     from casbi_store.learn.tasks import task_names
 
+    return task_names()
+
+
+def _representations() -> list[str]:
+    from casbi_store.learn.representations import REPRESENTATIONS
+
+    return sorted(REPRESENTATIONS)
+
+
+def _embeddings() -> list[str]:
+    from casbi_store.learn.representations import EMBEDDINGS
+
+    return list(EMBEDDINGS)
+
+
+def _lr_schedules() -> list[str]:
+    from casbi_store.learn.trainer import LR_SCHEDULES
+
+    return list(LR_SCHEDULES)
+
+
+def _task_help() -> str:
+    from casbi_store.learn.tasks import get_task, task_names
+
+    return "; ".join(f"{n}: {get_task(n).help}" for n in task_names())
+
+
+def add_set_options(p: argparse.ArgumentParser, task_help: str | None = None) -> None:
+    """The store, ``--set NAME:VERSION`` and ``--task`` arguments of train and tune; the task's
+    help lists every task with its description unless ``task_help`` is given."""
     p.add_argument("store", help="store path or URL")
     p.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
-    p.add_argument("--task", choices=task_names(), required=True, help=task_help)
+    p.add_argument("--task", choices=LazyChoices(_task_names), metavar="TASK", required=True,
+                   help=LazyHelp(lambda: (task_help or _task_help()).replace("%", "%%")
+                                 + " (one of %(choices)s)"))
 
 
 def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
@@ -119,17 +185,15 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="load the split into memory instead of streaming chunks")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
-    from casbi_store.learn.representations import EMBEDDINGS, REPRESENTATIONS
-
-    p.add_argument("--representation", choices=sorted(REPRESENTATIONS),
-                   help="what the network sees of the plane (default log1p)")
-    p.add_argument("--embedding", choices=EMBEDDINGS,
-                   help="the flows' plane embedding (default cnn, the seed's CNN)")
-    from casbi_store.learn.trainer import LR_SCHEDULES
-
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
-                   help="learning rate over the steps: constant (default), cosine from "
-                        "--learning-rate to 0, or onecycle (warm-up to it, then down)")
+    p.add_argument("--representation", choices=LazyChoices(_representations),
+                   metavar="NAME", help="what the network sees of the plane: one of "
+                                        "%(choices)s (default log1p)")
+    p.add_argument("--embedding", choices=LazyChoices(_embeddings), metavar="NAME",
+                   help="the flows' plane embedding: one of %(choices)s (default cnn, the "
+                        "seed's CNN)")
+    p.add_argument("--lr-schedule", choices=LazyChoices(_lr_schedules), metavar="NAME",
+                   help="learning rate over the steps: %(choices)s; constant (default), cosine "
+                        "from --learning-rate to 0, or onecycle (warm-up to it, then down)")
     p.add_argument("--point-estimate-weight", type=float,
                    help="weight of a point-estimate head's MSE (an MLP estimate of the "
                         "parameters appended to the flow's condition or the classifier's "

@@ -9,10 +9,8 @@ from .common import add_set_options, add_train_options, refusals_of, split_set, 
 
 
 def add_parser(sub) -> None:
-    from casbi_store.learn.tasks import get_task, task_names
-
     t = sub.add_parser("train", help="train an estimator (step 1 or 2) on a training set, streaming")
-    add_set_options(t, "; ".join(f"{n}: {get_task(n).help}" for n in task_names()))
+    add_set_options(t)
     t.add_argument("--out", required=True, help="model folder (checkpoints, weights, config)")
     add_train_options(t)
     t.set_defaults(func=run)

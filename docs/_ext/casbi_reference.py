@@ -63,7 +63,7 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
         shown = "" if default in (None, argparse.SUPPRESS, False) or isinstance(
             action, argparse._VersionAction) else f"`{default}`"
         text = _help(action.help, vars(action))
-        if action.choices:
+        if action.choices and not all(str(c) in text for c in action.choices):
             text += f" (one of: {', '.join(f'`{c}`' for c in action.choices)})"
         if action.required and action.option_strings:
             text += " **required**"
