@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import run_outside
 
@@ -81,15 +80,31 @@ def test_a_bad_file_is_one_line_and_a_bug_shows_its_traceback(tmp_path, capsys, 
     with pytest.raises(ValueError, match="an index computed wrongly"):
         main(["ls", str(tmp_path)])
     assert "casbi-store: error" not in capsys.readouterr().err
-    # the bridge for modules that still refuse with plain ValueErrors: their own raise only
-    from casbi_store import InputError
-    from casbi_store.cli.common import refusals_of
 
-    with pytest.raises(InputError, match="refused here"), refusals_of(__name__):
-        raise ValueError("refused here")
-    with pytest.raises(ValueError) as raised, refusals_of(__name__):
-        np.zeros(2).reshape(3)  # numpy's ValueError, raised inside numpy: a bug, not a refusal
-    assert not isinstance(raised.value, CasbiError)
+
+def test_refusals_of_the_extraction_and_the_trainer_are_input_errors(tmp_path, capsys):
+    """The extraction's and the trainer's refusals of bad options are ``InputError``s (one line,
+    rc 2 from the CLI), not plain ValueErrors the CLI would have to guess about."""
+    from casbi_store import InputError
+    from casbi_store.cli import main
+    from casbi_store.learn.trainer import TrainConfig
+    from casbi_store.store.extraction_run import extract_suite
+
+    assert main(["extract", str(tmp_path), "--store", str(tmp_path / "s.zarr"),
+                 "--mstar-limit", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "casbi-store: error: mstar_limit must be positive, not -1.0\n", err
+    assert main(["extract", str(tmp_path), "--store", str(tmp_path / "s.zarr"), "-q"]) == 2
+    assert "no snapshots found" in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
+    assert main(["validate", str(tmp_path / "s.zarr")]) == 2  # no store there: not "damaged"
+    assert "s.zarr: no store there" in capsys.readouterr().err
+    with pytest.raises(InputError, match="lr_schedule must be one of"):
+        TrainConfig.from_dict({"lr_schedule": "sometimes"})
+    with pytest.raises(InputError, match="unknown training option"):
+        TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(InputError, match="give one of client, cluster"):
+        extract_suite(tmp_path, tmp_path / "s.zarr", client=object(), cluster=object())
 
 
 def test_pipeline_validation_names_file_and_key(tmp_path):

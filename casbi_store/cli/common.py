@@ -27,30 +27,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (CasbiError,)
 
 
-@contextlib.contextmanager
-def refusals_of(*modules: str) -> Iterator[None]:
-    """A bridge for modules whose refusals of bad input are still plain ``ValueError``s (the
-    trainer, the extraction run; to go once they raise ``InputError``): a ``ValueError`` raised
-    by a ``raise`` statement of one of ``modules`` becomes an ``InputError``; one raised
-    anywhere else (a library's, a bug's) passes on with its traceback."""
-    import linecache
-
-    from casbi_store import CasbiError
-
-    try:
-        yield
-    except ValueError as exc:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if (isinstance(exc, CasbiError) or tb is None
-                or tb.tb_frame.f_globals.get("__name__") not in modules
-                or not linecache.getline(tb.tb_frame.f_code.co_filename,
-                                         tb.tb_lineno).lstrip().startswith("raise ")):
-            raise
-        raise InputError(str(exc)) from exc
-
-
 def setup_logging(verbose: bool) -> None:
     """INFO (DEBUG with -v) to stderr; third-party warnings and loggers that flood a session off."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,

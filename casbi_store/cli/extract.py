@@ -9,8 +9,6 @@ from casbi_store import InputError
 from casbi_store.store.binning import BinningSpec
 from casbi_store.store.extract import MAIN_HALO_RULES, ExtractionSettings
 
-from .common import refusals_of
-
 
 def add_parser(sub) -> None:
     e = sub.add_parser("extract", help="extract every snapshot of a suite into a Zarr store")
@@ -53,9 +51,8 @@ def extract(suite: str | os.PathLike, store: str | os.PathLike, *,
     LocalCluster) or an open ``client``, print what the run did and return its RunSummary."""
     from casbi_store.store.extraction_run import extract_suite
 
-    with refusals_of("casbi_store.store.extraction_run", "casbi_store.store.extract"):
-        summary = extract_suite(suite, store, settings=settings, binning=binning, cluster=cluster,
-                                client=client, retry_failed=retry_failed, progress=progress)
+    summary = extract_suite(suite, store, settings=settings, binning=binning, cluster=cluster,
+                            client=client, retry_failed=retry_failed, progress=progress)
     print(summary.as_text())
     return summary
 
@@ -63,8 +60,7 @@ def extract(suite: str | os.PathLike, store: str | os.PathLike, *,
 def run(args: argparse.Namespace) -> int:
     from casbi_store.store.cluster import ClusterSpec
 
-    with refusals_of("casbi_store.store.extract"):  # --mstar-limit
-        settings = ExtractionSettings(main_halo=args.main_halo, mstar_limit=args.mstar_limit)
+    settings = ExtractionSettings(main_halo=args.main_halo, mstar_limit=args.mstar_limit)
     extract(args.suite, args.store, settings=settings,
             binning=binning_from_options(args.percentiles, args.feh_range, args.ofe_range,
                                          args.bins),

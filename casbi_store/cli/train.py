@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add_set_options, add_train_options, refusals_of, split_set, train_config
+from .common import add_set_options, add_train_options, split_set, train_config
 
 
 def add_parser(sub) -> None:
@@ -22,8 +22,7 @@ def train_model(store: str | os.PathLike, set_name: str, version: str, task: str
     ``trainer.TrainConfig``; print each member's losses (``per_member``) or one line."""
     from casbi_store.learn.trainer import train
 
-    with refusals_of("casbi_store.learn.trainer"):
-        result = train(store, set_name, version, task, out, config)
+    result = train(store, set_name, version, task, out, config)
     if not per_member:
         seconds = sum(r["seconds"] for h in result["members"] for r in h)
         print(f"model {task:<16} {out}: {len(result['members'])} member(s), "

@@ -16,8 +16,15 @@ def add_parser(sub) -> None:
 
 
 def validate(store: str, quick: bool = False) -> int:
-    """Print every problem of ``store`` and a verdict; 1 if there is any problem."""
+    """Print every problem of ``store`` and a verdict; 1 if there is any problem. A store that
+    is not there is bad input (``MissingInput``: one line, rc 2), not a damaged store."""
+    import os
+
+    from casbi_store import MissingInput
     from casbi_store.store.validate import validate_store
+
+    if "://" not in str(store) and not os.path.exists(store):
+        raise MissingInput(f"{store}: no store there (the path does not exist)")
 
     report: dict = {}
     problems = validate_store(store, quick=quick, report=report)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from casbi_store import InputError
 from casbi_store.store import schema as S
 from casbi_store.store.provenance import package_versions, utc_now
 
@@ -94,20 +95,20 @@ class TrainConfig:
         _ = self.augmentation  # checks the shifts
         weight = self.point_estimate_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ValueError(f"point_estimate_weight must be a number >= 0, not {weight!r}")
+            raise InputError(f"point_estimate_weight must be a number >= 0, not {weight!r}")
         object.__setattr__(self, "point_estimate_weight", float(weight))
         check_choice(self.representation, self.embedding)
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+            raise InputError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"not {self.lr_schedule!r}")
         if min(self.epochs, self.batch_size, self.ensemble, self.hidden_features,
                self.num_transforms, self.embedding_dim) < 1 or self.learning_rate <= 0:
-            raise ValueError("epochs, batch_size, ensemble, network sizes and learning_rate "
+            raise InputError("epochs, batch_size, ensemble, network sizes and learning_rate "
                              "must be positive")
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
+            raise InputError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+            raise InputError("device 'cuda' asked for, but torch sees no CUDA device")
 
     @property
     def augmentation(self) -> Augmentation:
@@ -118,7 +119,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown training option(s) {sorted(unknown)}; allowed: {sorted(known)}")
+            raise InputError(f"unknown training option(s) {sorted(unknown)}; allowed: {sorted(known)}")
         return cls(**values)
 
 
@@ -219,12 +220,12 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
     if (out / F.CONFIG).exists():
         meta = F.read_meta(out)
         if (meta["set"], meta["version"], meta["task"]) != (name, version, task):
-            raise ValueError(f"{out} holds a {meta['task']} model of {meta['set']}:{meta['version']};"
+            raise InputError(f"{out} holds a {meta['task']} model of {meta['set']}:{meta['version']};"
                              f" choose another --out for {task} on {name}:{version}")
         saved = TrainConfig.from_dict(meta["config"])
         changed = [k for k in SHAPING if getattr(saved, k) != getattr(cfg, k)]
         if changed:
-            raise ValueError(f"{out} was trained with other {', '.join(changed)} "
+            raise InputError(f"{out} was trained with other {', '.join(changed)} "
                              f"({', '.join(f'{k}={getattr(saved, k)}' for k in changed)}); "
                              "resume with the same network or choose another --out")
         meta["config"] = asdict(cfg)  # e.g. more epochs or members on resume
@@ -248,7 +249,7 @@ def _prepare(store, name: str, version: str, task: str, out: Path, cfg: TrainCon
         values = target.get_orthogonal_selection((rows,) + (slice(None),) * (target.ndim - 1))
         theta = spec.example_parameters(values, max_rank=cfg.max_rank, joint_n_sub=cfg.joint_n_sub)
         if len(theta) < 2:
-            raise ValueError(f"{name}:{version} has fewer than two training halos for task {task}"
+            raise InputError(f"{name}:{version} has fewer than two training halos for task {task}"
                              + (f" with joint_n_sub={cfg.joint_n_sub}" if cfg.joint_n_sub else ""))
         binning = trainingsets.binning(store, name, version, storage_options)  # the set's own
         stats = {**inputs, "theta_example": theta,
@@ -290,7 +291,7 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     spec = get_task(task)
     spec.parameters(cfg.joint_n_sub)  # theta_joint without joint_n_sub fails here, before any work
     if cfg.point_estimate_weight and not spec.point_estimate:
-        raise ValueError(f"point_estimate_weight: task {task} has no point-estimate head")
+        raise InputError(f"point_estimate_weight: task {task} has no point-estimate head")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     streams = {split: TrainingSetStream(store, name, version, split, target=spec.target,

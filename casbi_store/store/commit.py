@@ -43,6 +43,7 @@ from zarr.abc.store import Store
 from zarr.storage import LocalStore, WrapperStore
 
 from . import schema as S
+from .atomic import atomic_write_text
 
 ZMETADATA = ".zmetadata"
 COMMIT_RECORD = ".commit.json"
@@ -128,9 +129,7 @@ def local_store(path: str | os.PathLike, record: bool = True) -> Store:
 
 def _atomic_json(path: Path, obj: dict) -> None:
     write_point(path.name)
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
 def committed(path: str | os.PathLike) -> dict | None:

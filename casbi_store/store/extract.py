@@ -15,6 +15,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from casbi_store import InputError
+
 from .abundances import abundance_ratios
 from .binning import Binning, inside
 
@@ -63,9 +65,9 @@ class ExtractionSettings:
 
     def __post_init__(self):
         if self.main_halo not in MAIN_HALO_RULES:
-            raise ValueError(f"main_halo must be one of {MAIN_HALO_RULES}, not {self.main_halo!r}")
+            raise InputError(f"main_halo must be one of {MAIN_HALO_RULES}, not {self.main_halo!r}")
         if not self.mstar_limit > 0:
-            raise ValueError(f"mstar_limit must be positive, not {self.mstar_limit}")
+            raise InputError(f"mstar_limit must be positive, not {self.mstar_limit}")
 
 
 _UNIT_CACHE: dict[tuple, np.ndarray] = {}

@@ -24,9 +24,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from casbi_store import InputError
+
 from . import commit
 from . import schema as S
 from .abundances import SOLAR_CONSTANTS
+from .atomic import atomic_path, atomic_write_text
 from .binning import Binning, BinningSpec, resolve_binning
 from .chunkwrite import ChunkRunner
 from .cluster import ClusterSpec, cluster_client
@@ -147,10 +150,9 @@ class Staging:
         stem = self._stem(name, fp)
         arrays = {k: v for k, v in outcome.items() if isinstance(v, np.ndarray)}
         if arrays:
-            np.savez(stem.with_suffix(".tmp.npz"), **arrays)
-            os.replace(stem.with_suffix(".tmp.npz"), stem.with_suffix(".npz"))
-        stem.with_suffix(".tmp.json").write_text(json.dumps(_metadata(outcome)))
-        os.replace(stem.with_suffix(".tmp.json"), stem.with_suffix(".json"))  # written last
+            with atomic_path(stem.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(_metadata(outcome)))  # last
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -181,7 +183,7 @@ def extract_suite(
     to extract must be staged).
     """
     if sum(x is not None for x in (client, cluster)) + bool(scheduler or n_workers) > 1:
-        raise ValueError("give one of client, cluster, or scheduler/n_workers")
+        raise InputError("give one of client, cluster, or scheduler/n_workers")
     cluster = cluster or ClusterSpec.from_options(scheduler, n_workers)
     settings = settings or ExtractionSettings()
     binning = binning or BinningSpec()
@@ -189,7 +191,7 @@ def extract_suite(
     store = os.fspath(store)
     refs = find_snapshots(suite)  # before touching the store: a bad suite leaves nothing behind
     if not refs:
-        raise ValueError(f"{suite}: no snapshots found (expected SUITE/<sim>/<sim>.<step>, "
+        raise InputError(f"{suite}: no snapshots found (expected SUITE/<sim>/<sim>.<step>, "
                          "NIHAO layout): not a simulation suite")
     check_target(Path(store))
     existed = Path(store).exists()
