@@ -269,14 +269,18 @@ def _rows_lazily(values: np.ndarray, name: str) -> da.Array:
 
 
 def _progress(show: bool, label: str):
-    """Dask's progress bar around a write, when wanted."""
+    """Dask's progress bar around a write, when wanted and stdout is a terminal (in a notebook or
+    a log file its redraws would be a line each second: the log line says what is composed)."""
     import contextlib
+    import sys
 
     from dask.diagnostics import ProgressBar
 
     if not show:
         return contextlib.nullcontext()
     log.info("composing %s", label)
+    if not sys.stdout.isatty():
+        return contextlib.nullcontext()
     return ProgressBar(dt=1.0)
 
 
