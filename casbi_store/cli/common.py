@@ -15,7 +15,8 @@ TUNED_OPTIONS = ("batch_size", "learning_rate", "hidden_features", "num_transfor
 TRAIN_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "hidden_features",
                  "num_transforms", "embedding_dim", "ensemble", "max_rank", "joint_n_sub",
                  "in_memory", "seed", "device", "representation", "embedding", "lr_schedule",
-                 "point_estimate_weight", "shift_feh", "shift_ofe", "resample_stars")
+                 "point_estimate_weight", "shift_feh", "shift_ofe", "resample_stars",
+                 "bootstrap_simulations")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -181,6 +182,9 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="augmentation: the same in [O/Fe] (default 0)")
     p.add_argument("--resample-stars", action="store_true", default=None,
                    help="augmentation: each training block's counts redrawn (Poisson) every epoch")
+    p.add_argument("--bootstrap-simulations", action="store_true", default=None,
+                   help="each ensemble member trains on a bootstrap draw of the simulations that "
+                        "top the training halos (default: all members see every simulation)")
     if tuned:
         p.set_defaults(**dict.fromkeys(TUNED_OPTIONS))
 

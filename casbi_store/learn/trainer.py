@@ -29,6 +29,7 @@ from casbi_store.store.provenance import package_versions, utc_now
 
 from . import modelfolder as F
 from .augment import Augmentation, BlockAugmenter
+from .bootstrap import simulation_bag, top_block_simulations
 from .estimators import point_estimate_head
 from .misspecification import calibrate_after_training
 from .representations import (
@@ -61,6 +62,9 @@ class TrainConfig:
     ``shift_feh`` / ``shift_ofe`` (dex) and ``resample_stars`` augment the training halos: every
     epoch each is summed anew from its blocks, each block moved by its own Gaussian offset and
     its counts redrawn (``casbi_store.learn.augment``; the split is then held in memory);
+    ``bootstrap_simulations``: each member trains on a bootstrap draw of the simulations that
+    top the training halos (``casbi_store.learn.bootstrap``; the split is held in memory), so
+    the ensemble carries the finite suite's uncertainty;
     ``point_estimate_weight`` > 0 gives the network a ``PointEstimate`` head (an MLP estimate of
     the standardised parameters, appended to a flow's condition or to the classifier's pooled
     features) trained by MSE with this weight beside the negative log-likelihood (0: none, the
@@ -89,6 +93,7 @@ class TrainConfig:
     shift_feh: float = 0.0
     shift_ofe: float = 0.0
     resample_stars: bool = False
+    bootstrap_simulations: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
@@ -131,6 +136,7 @@ class _InMemory:
         self.x = self._load_x(group)
         self.target = torch.from_numpy(np.asarray(group[stream.target][:], dtype=np.float32))
         self.shuffle, self.seed, self.epoch = stream.shuffle, stream.seed, 0
+        self.rows: np.ndarray | None = None  # a member's bootstrap rows (learn.bootstrap)
 
     def _load_x(self, group) -> torch.Tensor | None:
         return torch.from_numpy(group[S.X.name][:].astype(np.float32))[:, None]
@@ -138,10 +144,15 @@ class _InMemory:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def __len__(self) -> int:
+        return len(self.target) if self.rows is None else len(self.rows)
+
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.x)
+        n = len(self)
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if self.rows is not None:
+            order = torch.from_numpy(self.rows)[order]
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             yield self.x[rows], self.target[rows]
@@ -201,7 +212,7 @@ def scheduled_lr(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 def _steps_per_epoch(source, batch_size: int) -> int:
-    rows = len(source.target) if isinstance(source, _InMemory) else source._open()[S.X.name].shape[0]
+    rows = len(source) if isinstance(source, _InMemory) else source._open()[S.X.name].shape[0]
     return math.ceil(rows / batch_size)
 
 
@@ -304,8 +315,19 @@ def train(store: str | os.PathLike, name: str, version: str, task: str, out: str
     if cfg.augmentation.active:
         sources["train"] = _Augmented(streams["train"], cfg.augmentation, storage_options)
         log.info("%s: training halos re-summed every epoch (%s)", out, cfg.augmentation)
+    top = None
+    if cfg.bootstrap_simulations:
+        if not isinstance(sources["train"], _InMemory):
+            sources["train"] = _InMemory(streams["train"])
+        top = top_block_simulations(store, name, version, "train", storage_options)
     histories, best = [], []
     for k in range(cfg.ensemble):
+        if top is not None:
+            bag = simulation_bag(top, cfg.seed + k)
+            sources["train"].rows = bag.rows
+            log.info("%s member %d: %d of %d simulations drawn, %.0f%% of the training halos "
+                     "in its bag", out, k, len(bag.simulations), len(np.unique(top)),
+                     100 * bag.in_bag_fraction)
         result = _train_member(meta, stats, sources, F.member_dir(out, k), cfg, cfg.seed + k)
         histories.append(result["history"])
         best.append(result["best"])
