@@ -13,7 +13,7 @@ metrics of ``casbi_store.evaluation.evaluate``.
 
 Training options follow the demo's (``--cls-epochs``, ``--theta-epochs``, ``--cls-extra`` and
 ``--theta-extra`` for more ``casbi-store train`` options, one member each); a fold's models are
-reused when present (resumable).
+reused when present, and so are its evaluations (resumable: run it again after a stop).
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ def main() -> None:
                     *extra.split())
             models.append(str(out))
         report = work / f"fold{fold}" / "report"
-        run("evaluate", *models, "--out", str(report), "--split", "test", "--halos",
-            str(args.halos), *(["--against", args.external] if args.external else []))
+        if not (report / "metrics.json").exists():  # a fold already evaluated is kept
+            run("evaluate", *models, "--out", str(report), "--split", "test", "--halos",
+                str(args.halos), *(["--against", args.external] if args.external else []))
         metrics = json.loads((report / "metrics.json").read_text())
         row = {"fold": fold, "seconds": time.perf_counter() - start}
         for cond in ("held_out", "external"):
