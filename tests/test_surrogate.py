@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -170,6 +171,17 @@ def test_knee_found_where_the_plateau_bends():
     flat = np.zeros((64, 64))
     flat[:, 50] = 10
     assert np.isnan(knee_feh(flat, fe, of))
+    # the last plateau column already below the level and as low as the next: the knee is that
+    # column, finite and without a division by zero (the demo's surrogate stage warned of one)
+    from casbi_store.surrogate.metrics import PLATEAU_COLUMNS
+
+    step = np.zeros((64, 64))
+    low = np.argmin(abs(oc - 0.0))
+    for i in range(64):
+        step[i, np.argmin(abs(oc - 0.3)) if i < PLATEAU_COLUMNS - 1 else low] = 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert knee_feh(step, fe, of) == pytest.approx(fc[PLATEAU_COLUMNS - 1])
 
 
 def test_nearest_theta_standardises_on_a_constructed_case():

@@ -89,6 +89,8 @@ def knee_feh(plane: np.ndarray, feh_edges: np.ndarray, ofe_edges: np.ndarray) ->
         return float("nan")
     k = PLATEAU_COLUMNS + below[0]
     x = _centres(feh_edges)[populated]
+    if med[k - 1] == med[k]:  # a plateau column already below the level, as low as the next
+        return float(x[k - 1])
     return float(x[k - 1] + (med[k - 1] - level) / (med[k - 1] - med[k]) * (x[k] - x[k - 1]))
 
 
