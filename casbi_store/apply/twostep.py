@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from casbi_store.learn.modelfolder import TrainedModel, as_model
 
@@ -116,7 +117,8 @@ class Mixture:
 
 
 def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ranks: int,
-                    seeds: Sequence[int], outside: str = "raise", posterior=None) -> Mixture:
+                    seeds: Sequence[int], outside: str = "raise", posterior=None,
+                    progress: str | None = None) -> Mixture:
     """theta of ranks 1..``ranks`` for each N_sub draw of each halo: the second step of the
     two-step posterior (``infer`` with one halo, ``evaluate`` with many).
 
@@ -126,6 +128,8 @@ def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ran
     rejection (``sample_rows_in_prior``), from ``seeded_generator(seeds[h], 31)``. ``outside``:
     ``"raise"`` (``OutsidePriorError`` for a halo whose draws almost never fall inside the box)
     or ``"keep"`` (that halo keeps draws outside; ``Mixture.outside`` counts them).
+    ``progress``: a label for a progress bar over the halos, shown on a terminal (halos unlike
+    the training ones sample slowly: rejection at low acceptance).
     """
     if outside not in OUTSIDE:
         raise ValueError(f"outside must be one of {OUTSIDE}, not {outside!r}")
@@ -136,6 +140,8 @@ def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ran
     out = np.full((n_draws, halos, ranks, len(model.parameters)), np.nan)
     first_inside, kept_outside = np.ones(halos), np.zeros(halos, dtype=int)
     rows = np.zeros(halos, dtype=int)
+    bar = tqdm(total=halos, desc=progress, unit="halo", leave=False,
+               disable=None if progress else True)  # None: only on a terminal
     for h, seed in enumerate(_seeds(seeds, halos)):
         d = draws[:, h]
         draw_i, rank_i = np.nonzero(np.arange(1, ranks + 1)[None, :] <= d[:, None])
@@ -154,4 +160,6 @@ def mixture_samples(model: TrainedModel, x: torch.Tensor, draws: np.ndarray, ran
         out[draw_i, h, rank_i] = samples.numpy()
         first_inside[h] = stats.get("first_inside", 1.0)
         kept_outside[h], rows[h] = stats.get("outside", 0), len(draw_i)
+        bar.update()
+    bar.close()
     return Mixture(out, first_inside, kept_outside, rows)

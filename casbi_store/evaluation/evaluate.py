@@ -333,7 +333,8 @@ def two_step_samples(step1: TrainedModel, step2: TrainedModel, data: SplitData,
     seeds = halo_seeds(data, seed)
     if draws is None:
         draws = nsub_step(step1).draws(_x(data), n_samples, seeds, outside="keep")
-    return draws, mixture_samples(step2, _x(data), draws, ranks, seeds, outside="keep")
+    return draws, mixture_samples(step2, _x(data), draws, ranks, seeds, outside="keep",
+                                  progress=f"two-step posterior, {data.source}")
 
 
 def evaluate_two_step(step1: TrainedModel, step2: TrainedModel, data: SplitData,
