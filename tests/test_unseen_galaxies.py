@@ -46,6 +46,29 @@ def test_validation_on_simulations_of_its_own(store):
     assert set(sims[list(_members(store, "vh", "val"))]) & set(sims[list(_members(store, "vh", "train"))])
 
 
+def test_validation_simulations_by_mass_span_the_range(store):
+    """val_split simulations_by_mass: the validation simulations are one per stratum of the
+    training simulations ordered by their most massive galaxy (a random draw can take only
+    dwarfs), still disjoint from training and test; the halo counts are unchanged."""
+    base = dict(name="vm", version="v1", n_sub_min=2, n_sub_max=3, train_per_n=20, test_per_n=5,
+                seed=3, split_by="simulation", test_fraction=0.2, val_fraction=0.5)
+    entry = compose(store, ComposeSpec(**base, val_split="simulations_by_mass"))
+    assert entry["counts"] == compose(store, ComposeSpec(**{**base, "name": "vr"}))["counts"]
+    ds = open_store(store)
+    sims = np.asarray([str(s) for s in ds.simulation.values])
+    mstar = ds.mstar.values
+    used = {part: set(sims[list(_members(store, "vm", part))]) for part in ("train", "val", "test")}
+    assert not used["train"] & used["val"] and not used["val"] & used["test"]
+    pool = sorted(used["train"] | used["val"], key=lambda s: mstar[sims == s].max())
+    n_val = len(used["val"])
+    assert n_val == max(1, round(0.5 * len(pool))) >= 2
+    step = len(pool) / n_val
+    strata = sorted(int(pool.index(s) // step) for s in used["val"])
+    assert strata == list(range(n_val))  # one from each stratum: the lightest and the heaviest
+    assert ComposeSpec(**base, val_split="simulations_by_mass").identity()["val_split"] == \
+        "simulations_by_mass"
+
+
 def test_spec_options_validate_and_defaults_keep_the_identity():
     spec = ComposeSpec(name="a", version="v1")
     assert "val_split" not in spec.identity() and "simulation_dropout" not in spec.identity()

@@ -167,7 +167,7 @@ def _validation_on_own_simulations(store: str, meta: dict, storage_options: dict
         entry = trainingsets.versions(store, meta["set"], storage_options).get(meta["version"]) or {}
     except Exception:  # noqa: BLE001 - an unreadable registry: the default split
         return False
-    return (entry.get("spec") or {}).get("val_split") == "simulations"
+    return (entry.get("spec") or {}).get("val_split") in ("simulations", "simulations_by_mass")
 
 
 def conditions_for(model: TrainedModel, split: str = "test",

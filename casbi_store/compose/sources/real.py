@@ -135,7 +135,7 @@ def draw_members(spec: ComposeSpec, simulation: np.ndarray, log_mstar: np.ndarra
     mstar = 10.0 ** log_mstar if mstar is None else mstar
     rng = np.random.default_rng(spec.seed)
     train_pool, test_pool = split_pools(simulation, spec, rng)
-    if spec.val_split == "simulations":
+    if spec.val_split in ("simulations", "simulations_by_mass"):
         return _draw_with_validation_simulations(spec, simulation, log_mstar, mstar, train_pool,
                                                  test_pool, rng)
     trainval, test = _draw_pools(spec, simulation, log_mstar, train_pool, test_pool, rng,
@@ -207,7 +207,13 @@ def _draw_with_validation_simulations(spec: ComposeSpec, simulation: np.ndarray,
     if n_val_sims >= len(sims):
         raise ComposeError(f"val_split simulations: {len(sims)} training simulations cannot give "
                            f"{n_val_sims} to validation and keep some for training")
-    val_sims = sims[rng.permutation(len(sims))[:n_val_sims]]
+    if spec.val_split == "simulations_by_mass":  # every k-th by mass: the range spanned
+        top = np.array([mstar[train_pool][simulation[train_pool] == s].max() for s in sims])
+        order = sims[np.argsort(top, kind="stable")]
+        step = len(sims) / n_val_sims
+        val_sims = order[(rng.uniform(0, step) + step * np.arange(n_val_sims)).astype(int)]
+    else:
+        val_sims = sims[rng.permutation(len(sims))[:n_val_sims]]
     is_val = np.isin(simulation[train_pool], val_sims)
     val_pool, fit_pool = train_pool[is_val], train_pool[~is_val]
     n_val_per = round(spec.val_fraction * spec.train_per_n)
