@@ -40,7 +40,9 @@ def run(*args: str) -> None:
 
 
 def fold_spec(base: dict, folds: int, fold: int) -> dict:
-    return {**base, "name": f"kfold{folds}_{fold}", "version": "v1", "split_by": "simulation",
+    # named after the base set: folds of another base are other sets (published ones are immutable)
+    return {**base, "name": f"{base['name']}_fold{fold}of{folds}", "version": "v1",
+            "split_by": "simulation",
             "folds": folds, "fold": fold}
 
 
