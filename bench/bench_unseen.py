@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--store", required=True)
     ap.add_argument("--work", required=True, help="folder for the fold's specs and models")
     ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--only", type=int, nargs="+", metavar="FOLD",
+                    help="run these folds only (e.g. two processes, one per core)")
     ap.add_argument("--spec", default="pipelines/demo.yaml",
                     help="a pipeline whose first compose set is the base spec (or a spec YAML)")
     ap.add_argument("--external", help="STORE:SET:VERSION judged too")
@@ -71,7 +73,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = {"command": " ".join(sys.argv), "folds": []}
-    for fold in range(args.folds):
+    for fold in args.only if args.only else range(args.folds):
         spec = fold_spec(base, args.folds, fold)
         path = work / f"{spec['name']}.yaml"
         path.write_text(yaml.safe_dump(spec))
