@@ -243,8 +243,23 @@ class BatchedFlowSampler:
                 used, local = torch.unique(context_of[sel], return_inverse=True)
                 inverse = flow_inverse(flow._transform, contexts[k][used])
                 for part in torch.arange(len(sel)).split(CHUNK_ROWS):  # intermediates in cache
-                    out[sel[part]] = inverse(noise[sel[part]], local[part])
+                    out[sel[part]] = inverse_or_nan(inverse, noise[sel[part]], local[part])
         return out
+
+
+def inverse_or_nan(inverse, noise: torch.Tensor, context_of: torch.Tensor) -> torch.Tensor:
+    """``inverse(noise, context_of)``, with NaN for the rows on which nflows' spline inverse
+    fails its ``discriminant >= 0`` assertion (float32 rounding far in a spline's tails, nflows
+    issue 87; met on halos far from every training halo). The failing rows are found by halving
+    the batch; NaN is outside every prior box, so the rejection sampler draws those rows again."""
+    try:
+        return inverse(noise, context_of)
+    except AssertionError:
+        if len(noise) == 1:
+            return torch.full_like(noise, float("nan"))
+        half = len(noise) // 2
+        return torch.cat([inverse_or_nan(inverse, noise[:half], context_of[:half]),
+                          inverse_or_nan(inverse, noise[half:], context_of[half:])])
 
 
 def _context_terms(net, contexts: torch.Tensor | FactoredContext):
