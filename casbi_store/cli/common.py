@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from casbi_store import InputError
 
@@ -69,16 +69,21 @@ def split_set(value: str) -> tuple[str, str]:
 
 
 class LazyChoices:
-    """An argparse ``choices`` read from a registry only when argparse needs it (checking a value
-    given, an error, ``--help``): the registries live beside torch, and building the parser for
-    ``ls`` or ``validate`` should not import it (~2 s a command). Give the argument a ``metavar``:
+    """An argparse ``choices`` read from a registry (``module.name``: a collection, or a
+    function giving one) only when argparse needs it (checking a value given, an error,
+    ``--help``): the registries live beside torch, and building the parser for ``ls`` or
+    ``validate`` should not import it (~2 s a command). Give the argument a ``metavar``:
     argparse lists ``choices`` in the usage line, which it formats when the parser is built."""
 
-    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
-        self._names = names
+    def __init__(self, module: str, name: str, sort: bool = False) -> None:
+        self.module, self.name, self.sort = module, name, sort
 
     def _all(self) -> list[str]:
-        return list(self._names())
+        import importlib
+
+        names = getattr(importlib.import_module(self.module), self.name)
+        names = list(names() if callable(names) else names)
+        return sorted(names) if self.sort else names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._all())
@@ -103,28 +108,7 @@ class LazyHelp(str):
         return self._make() % params
 
 
-def _task_names() -> list[str]:
-    from casbi_store.learn.tasks import task_names
-
-    return task_names()
-
-
-def _representations() -> list[str]:
-    from casbi_store.learn.representations import REPRESENTATIONS
-
-    return sorted(REPRESENTATIONS)
-
-
-def _embeddings() -> list[str]:
-    from casbi_store.learn.representations import EMBEDDINGS
-
-    return list(EMBEDDINGS)
-
-
-def _lr_schedules() -> list[str]:
-    from casbi_store.learn.trainer import LR_SCHEDULES
-
-    return list(LR_SCHEDULES)
+REPRESENTATIONS_MODULE = "casbi_store.learn.representations"  # its registries, for LazyChoices
 
 
 def _task_help() -> str:
@@ -138,7 +122,8 @@ def add_set_options(p: argparse.ArgumentParser, task_help: str | None = None) ->
     help lists every task with its description unless ``task_help`` is given."""
     p.add_argument("store", help="store path or URL")
     p.add_argument("--set", required=True, help="NAME:VERSION of a published training set")
-    p.add_argument("--task", choices=LazyChoices(_task_names), metavar="TASK", required=True,
+    p.add_argument("--task", choices=LazyChoices("casbi_store.learn.tasks", "task_names"),
+                   metavar="TASK", required=True,
                    help=LazyHelp(lambda: (task_help or _task_help()).replace("%", "%%")
                                  + " (one of %(choices)s)"))
 
@@ -162,13 +147,15 @@ def add_train_options(p: argparse.ArgumentParser, tuned: bool = False) -> None:
                    help="load the split into memory instead of streaming chunks")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--representation", choices=LazyChoices(_representations),
+    p.add_argument("--representation",
+                   choices=LazyChoices(REPRESENTATIONS_MODULE, "REPRESENTATIONS", sort=True),
                    metavar="NAME", help="what the network sees of the plane: one of "
                                         "%(choices)s (default log1p)")
-    p.add_argument("--embedding", choices=LazyChoices(_embeddings), metavar="NAME",
+    p.add_argument("--embedding", choices=LazyChoices(REPRESENTATIONS_MODULE, "EMBEDDINGS"), metavar="NAME",
                    help="the flows' plane embedding: one of %(choices)s (default cnn, the "
                         "seed's CNN)")
-    p.add_argument("--lr-schedule", choices=LazyChoices(_lr_schedules), metavar="NAME",
+    p.add_argument("--lr-schedule", choices=LazyChoices("casbi_store.learn.trainer", "LR_SCHEDULES"),
+                   metavar="NAME",
                    help="learning rate over the steps: %(choices)s; constant (default), cosine "
                         "from --learning-rate to 0, or onecycle (warm-up to it, then down)")
     p.add_argument("--point-estimate-weight", type=float,

@@ -20,6 +20,7 @@ from .sources import ComposeError, ObservationSpec, get_source, source_names
 SCHEMES = ("uniform", "mass_budget")
 SPLIT_BY = ("combination", "galaxy", "simulation")
 VAL_SPLITS = ("halos", "simulations", "simulations_by_mass")
+VAL_ON_SIMULATIONS = ("simulations", "simulations_by_mass")  # validation sims of their own
 PARAMETERS = ((S.MSTAR.name, "Msol"), (S.MDM.name, "Msol"), ("tau", "Gyr"))
 VERSION_PATTERN = trainingsets.VERSION_PATTERN
 LIBRARY_DEFAULT = 2000
@@ -91,7 +92,7 @@ class ComposeSpec:
             problems.append(f"split_by must be one of {SPLIT_BY}, not {self.split_by!r}")
         if self.val_split not in VAL_SPLITS:
             problems.append(f"val_split must be one of {VAL_SPLITS}, not {self.val_split!r}")
-        elif self.val_split != "halos" and self.split_by != "simulation":
+        elif self.val_split in VAL_ON_SIMULATIONS and self.split_by != "simulation":
             problems.append("val_split simulations needs split_by simulation (validation "
                             "simulations are set aside like the test ones)")
         if self.folds and (self.split_by != "simulation" or self.folds < 2
@@ -201,6 +202,11 @@ class ComposeSpec:
             raise ComposeError(f"{path}: a spec is a mapping of keys to values, not a "
                                f"{type(data).__name__}")
         return cls.from_dict(data, where=str(path))
+
+    @property
+    def validates_on_simulations(self) -> bool:
+        """Validation halos from simulations of their own (``VAL_ON_SIMULATIONS``)."""
+        return self.val_split in VAL_ON_SIMULATIONS
 
     def identity(self) -> dict:
         """What makes two specs the same set (the description does not)."""

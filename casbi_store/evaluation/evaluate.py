@@ -65,6 +65,7 @@ from casbi_store.apply.posteriors import (
 )
 from casbi_store.apply.support import flag_answer, flagged, model_blocks, support, supported_fraction
 from casbi_store.apply.twostep import Mixture, halo_seed, mixture_samples, nsub_step
+from casbi_store.compose.spec import VAL_ON_SIMULATIONS
 from casbi_store.learn import calibration as cal
 from casbi_store.learn.modelfolder import TrainedModel, load_model
 from casbi_store.learn.tasks import block_parameters, by_preference
@@ -167,7 +168,7 @@ def _validation_on_own_simulations(store: str, meta: dict, storage_options: dict
         entry = trainingsets.versions(store, meta["set"], storage_options).get(meta["version"]) or {}
     except Exception:  # noqa: BLE001 - an unreadable registry: the default split
         return False
-    return (entry.get("spec") or {}).get("val_split") in ("simulations", "simulations_by_mass")
+    return (entry.get("spec") or {}).get("val_split") in VAL_ON_SIMULATIONS
 
 
 def conditions_for(model: TrainedModel, split: str = "test",

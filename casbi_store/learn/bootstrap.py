@@ -22,7 +22,7 @@ import numpy as np
 from casbi_store import InputError
 from casbi_store.store import schema as S
 from casbi_store.store import trainingsets
-from casbi_store.store.io import open_store
+from casbi_store.store.io import as_strings, open_store
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ def top_block_simulations(store: str | os.PathLike, name: str, version: str, spl
     if (members < 0).any():
         raise InputError(f"{store}: {name}:{version} holds surrogate-made top blocks, which belong "
                          "to no simulation: a bootstrap by simulation needs the store's galaxies")
-    simulations = open_store(store, storage_options)[S.SIMULATION.name].values
-    return np.array([str(s) for s in simulations[members]])
+    simulations = np.asarray(as_strings(open_store(store, storage_options)[S.SIMULATION.name].values))
+    return simulations[members]
 
 
 def simulation_bag(top_simulations: np.ndarray, seed: int) -> Bag:
@@ -57,8 +57,7 @@ def simulation_bag(top_simulations: np.ndarray, seed: int) -> Bag:
     per halo), and the rows it keeps. Deterministic given ``seed``."""
     names = np.unique(top_simulations)
     drawn = np.random.default_rng((seed, 2303)).choice(names, size=len(names), replace=True)
-    times = dict(zip(*np.unique(drawn, return_counts=True), strict=True))
+    times = {str(k): int(v) for k, v in zip(*np.unique(drawn, return_counts=True), strict=True)}
     weight = np.array([times.get(s, 0) for s in top_simulations], dtype=np.int64)
     rows = np.repeat(np.arange(len(top_simulations)), weight)
-    return Bag(rows=rows, simulations={str(k): int(v) for k, v in times.items()},
-               n_halos=len(top_simulations))
+    return Bag(rows=rows, simulations=times, n_halos=len(top_simulations))

@@ -135,7 +135,7 @@ def draw_members(spec: ComposeSpec, simulation: np.ndarray, log_mstar: np.ndarra
     mstar = 10.0 ** log_mstar if mstar is None else mstar
     rng = np.random.default_rng(spec.seed)
     train_pool, test_pool = split_pools(simulation, spec, rng)
-    if spec.val_split in ("simulations", "simulations_by_mass"):
+    if spec.validates_on_simulations:
         return _draw_with_validation_simulations(spec, simulation, log_mstar, mstar, train_pool,
                                                  test_pool, rng)
     trainval, test = _draw_pools(spec, simulation, log_mstar, train_pool, test_pool, rng,
@@ -208,7 +208,8 @@ def _draw_with_validation_simulations(spec: ComposeSpec, simulation: np.ndarray,
         raise ComposeError(f"val_split simulations: {len(sims)} training simulations cannot give "
                            f"{n_val_sims} to validation and keep some for training")
     if spec.val_split == "simulations_by_mass":  # every k-th by mass: the range spanned
-        top = np.array([mstar[train_pool][simulation[train_pool] == s].max() for s in sims])
+        pool_sims, pool_mstar = simulation[train_pool], mstar[train_pool]
+        top = np.array([pool_mstar[pool_sims == s].max() for s in sims])
         order = sims[np.argsort(top, kind="stable")]
         step = len(sims) / n_val_sims
         val_sims = order[(rng.uniform(0, step) + step * np.arange(n_val_sims)).astype(int)]
