@@ -65,15 +65,18 @@ class RoundedNsub:
 
     def probabilities(self, x: torch.Tensor, seeds: Sequence[int],
                       n_samples: int = NSUB_PROBABILITY_SAMPLES) -> np.ndarray:
-        """The histogram of ``n_samples`` flow samples per halo (outside the prior box too)."""
+        """The histogram of ``n_samples`` flow samples per halo (outside the prior box too; a
+        draw the flow could not invert, NaN, left out)."""
         sampler = BatchedFlowSampler(self.posterior)
         probs = np.zeros((len(x), len(self.values)))
         for h, seed in enumerate(_seeds(seeds, len(x))):
             samples = sampler.sample(sampler.contexts(x[h:h + 1]),
                                      torch.zeros(n_samples, dtype=torch.long),
                                      seeded_generator(seed, 33))
-            idx = self._rounded(samples[:, 0].numpy()) - self.n_min
-            probs[h] = np.bincount(idx, minlength=len(self.values)) / n_samples
+            raw = samples[:, 0].numpy()
+            raw = raw[np.isfinite(raw)]  # a draw the spline inverse failed on (inverse_or_nan)
+            idx = self._rounded(raw) - self.n_min
+            probs[h] = np.bincount(idx, minlength=len(self.values)) / max(len(raw), 1)
         return probs
 
     def draws(self, x: torch.Tensor, n: int, seeds: Sequence[int], outside: str = "raise"
